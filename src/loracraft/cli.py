@@ -1,0 +1,69 @@
+"""The `loracraft` command: a thin dispatcher; everything below it takes typed values."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+from loracraft import __version__
+from loracraft.errors import UserError
+
+USAGE = """usage: loracraft COMMAND [flags]
+
+commands:
+  train   train a LoRA with kohya sd-scripts' flags (loracraft train --help)
+  demo    train a LoRA on the embedded tiny model and render a comparison grid
+
+loracraft {version}
+"""
+
+
+def run_train(argv: list[str]) -> int:
+    from loracraft.config.cli_args import make_train_parser, parse_train_flags
+    from loracraft.config.load import build_config, read_config_file
+
+    parser = make_train_parser()
+    config_file, flags = parse_train_flags(parser, argv)
+    file_values = read_config_file(config_file) if config_file else {}
+    config = build_config(file_values, flags)
+    from loracraft.training.trainer import train
+
+    train(config)
+    return 0
+
+
+def run_demo(argv: list[str]) -> int:
+    from loracraft.tools.demo import main as demo_main
+
+    return demo_main(argv)
+
+
+COMMANDS: dict[str, Callable[[list[str]], int]] = {"train": run_train, "demo": run_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE.format(version=__version__))
+        return 0 if argv else 2
+    if argv[0] == "--version":
+        print(__version__)
+        return 0
+    command = COMMANDS.get(argv[0])
+    if command is None:
+        from loracraft.config.suggest import did_you_mean
+
+        print(f"error: unknown command {argv[0]!r}{did_you_mean(argv[0], COMMANDS)}", file=sys.stderr)
+        return 2
+    try:
+        return command(argv[1:])
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: files already written are kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

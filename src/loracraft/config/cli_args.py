@@ -1,0 +1,107 @@
+"""kohya-style command-line flags generated from TrainConfig, grouped for --help."""
+
+from __future__ import annotations
+
+import argparse
+import types
+import typing
+from typing import Any
+
+from pydantic.fields import FieldInfo
+
+from loracraft.config.schema import TrainConfig
+from loracraft.config.suggest import did_you_mean
+from loracraft.config.values import parse_bool
+from loracraft.errors import UserError
+
+FIELDS = TrainConfig.model_fields
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse that raises UserError instead of printing usage and exiting."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        raise UserError(message)
+
+
+def _is_bool(info: FieldInfo) -> bool:
+    return info.annotation is bool
+
+
+def _is_list(info: FieldInfo) -> bool:
+    origin = typing.get_origin(info.annotation)
+    return origin is list
+
+
+def _default_text(info: FieldInfo) -> str:
+    default = info.default
+    if default is None or default == []:
+        return ""
+    if isinstance(default, tuple):
+        default = ",".join(str(v) for v in default)
+    return f" [default: {default}]"
+
+
+def _choices(info: FieldInfo) -> list[str] | None:
+    annotation = info.annotation
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return None
+    if typing.get_origin(annotation) is typing.Literal:
+        return [str(v) for v in typing.get_args(annotation)]
+    return None
+
+
+def _int_or_text(text: str) -> int | str:
+    # Literal[75, 150, 225] needs ints; a non-number stays text so pydantic names the allowed values.
+    return int(text) if text.strip().lstrip("-").isdigit() else text
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field, in the field's group, documented by its description."""
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for name, info in FIELDS.items():
+        group_name = (info.json_schema_extra or {}).get("group", "Other")
+        group = groups.get(group_name) or parser.add_argument_group(group_name)
+        groups[group_name] = group
+        help_text = ((info.description or "") + _default_text(info)).replace("%", "%%")
+        kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": help_text}
+        if _is_bool(info):
+            # `--flag` means true (kohya's store_true); `--flag false` turns off an on-by-default option.
+            kwargs.update(nargs="?", const=True, type=parse_bool, metavar="BOOL")
+        elif _is_list(info):
+            kwargs.update(nargs="*", metavar="KEY=VALUE")
+        else:
+            choices = _choices(info)
+            kwargs.update(metavar="{" + ",".join(choices) + "}" if choices else name.upper())
+            if choices and all(isinstance(v, int) for v in typing.get_args(info.annotation)):
+                kwargs.update(type=_int_or_text)
+        group.add_argument(f"--{name}", **kwargs)
+
+
+def make_train_parser(prog: str = "loracraft train") -> argparse.ArgumentParser:
+    parser = _OneLineParser(
+        prog=prog,
+        usage=f"{prog} [--config_file FILE] [--FLAG VALUE ...]",
+        description="Train a LoRA with kohya sd-scripts' flags. Flags override --config_file.",
+        allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--config_file", metavar="FILE", help="kohya-style TOML (or JSON) of the same keys; flags override it."
+    )
+    add_config_flags(parser)
+    return parser
+
+
+def parse_train_flags(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[str | None, dict[str, Any]]:
+    """(config file path, the flags the user actually gave) with unknown flags reported by name."""
+    namespace, unknown = parser.parse_known_args(argv)
+    for token in unknown:
+        if token.startswith("--"):
+            name = token[2:].split("=", 1)[0]
+            raise UserError(f"unknown flag --{name}{did_you_mean(name, FIELDS, prefix='--')}")
+    if unknown:
+        raise UserError(f"unexpected argument {unknown[0]!r}; flags look like --network_dim 32")
+    values = vars(namespace)
+    config_file = values.pop("config_file", None)
+    return config_file, values

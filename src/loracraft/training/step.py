@@ -1,0 +1,72 @@
+"""One training step: the diffusion loss of a batch, read top to bottom."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from transformers import CLIPTextModel
+
+from loracraft.models.text_encoding import encode_captions
+
+
+@dataclass
+class StepModels:
+    """What a step needs: the frozen base (with LoRA patched in) and how to read captions."""
+
+    unet: UNet2DConditionModel
+    text_encoder: CLIPTextModel
+    tokenizer: object
+    vae: AutoencoderKL
+    noise_scheduler: DDPMScheduler
+    vae_scaling_factor: float
+    weight_dtype: torch.dtype
+    train_text_encoder: bool
+    max_token_length: int
+    clip_skip: int | None
+
+
+def encode_images(vae: AutoencoderKL, pixels: torch.Tensor, vae_batch_size: int) -> torch.Tensor:
+    """Unscaled latents of images in [-1, 1]; a random draw from the VAE posterior, as kohya caches."""
+    with torch.no_grad():
+        parts = [
+            vae.encode(chunk.to(vae.device, vae.dtype)).latent_dist.sample()
+            for chunk in pixels.split(vae_batch_size)
+        ]
+    return torch.cat(parts).float()
+
+
+def diffusion_loss(models: StepModels, batch: dict, device: torch.device) -> torch.Tensor:
+    """Epsilon-prediction MSE of one batch, each sample weighted by its loss weight."""
+    # Latents come from the cache when it is on; otherwise encode the images now.
+    if "latents" in batch:
+        latents = batch["latents"].to(device)
+    else:
+        latents = encode_images(models.vae, batch["pixels"].to(device), vae_batch_size=len(batch["pixels"]))
+    latents = latents * models.vae_scaling_factor
+
+    # Text conditioning; gradients flow into the text encoder only when its LoRA is trained.
+    with torch.set_grad_enabled(models.train_text_encoder):
+        encoder_hidden_states = encode_captions(
+            models.tokenizer, models.text_encoder, batch["captions"], models.max_token_length, models.clip_skip
+        )
+
+    # Sample the noise to add and a random timestep for each image.
+    noise = torch.randn_like(latents)
+    num_timesteps = models.noise_scheduler.config.num_train_timesteps
+    timesteps = torch.randint(0, num_timesteps, (latents.shape[0],), device=device).long()
+
+    # Forward diffusion: noisy latents at each image's timestep.
+    noisy_latents = models.noise_scheduler.add_noise(latents, noise, timesteps)
+
+    # The U-Net predicts the noise that was added.
+    model_pred = models.unet(
+        noisy_latents.to(models.weight_dtype), timesteps, encoder_hidden_states.to(models.weight_dtype)
+    ).sample
+
+    # Per-sample MSE, weighted (prior_loss_weight for regularization images), then averaged.
+    loss = F.mse_loss(model_pred.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3))
+    loss = loss * batch["loss_weights"].to(device)
+    return loss.mean()
