@@ -6,6 +6,7 @@ import time
 from collections import deque
 from pathlib import Path
 
+import torch
 from tqdm.auto import tqdm
 
 
@@ -21,10 +22,26 @@ class MovingAverage:
 
 
 class TrainingLog:
-    """The console progress bar and, when logging_dir is set, TensorBoard scalars."""
+    """The console progress bar and, when logging_dir is set, TensorBoard scalars.
 
-    def __init__(self, total_steps: int, logging_dir: str | None, log_prefix: str, show_bar: bool = True):
+    Losses arrive as device tensors and are read back every `sync_every` steps, so the loop does not wait
+    for the device at each step.
+    """
+
+    def __init__(
+        self,
+        total_steps: int,
+        logging_dir: str | None,
+        log_prefix: str,
+        show_bar: bool = True,
+        average_window: int = 1,
+        sync_every: int = 10,
+    ):
         self.bar = tqdm(total=total_steps, desc="steps", disable=not show_bar, dynamic_ncols=True)
+        self.average = MovingAverage(average_window)
+        self.sync_every = sync_every
+        self.pending: list[tuple[int, int, torch.Tensor, dict[str, float]]] = []
+        self.last_average = float("nan")
         self.writer = None
         self.run_dir: Path | None = None
         if logging_dir:
@@ -33,21 +50,39 @@ class TrainingLog:
             self.run_dir = Path(logging_dir) / f"{log_prefix}{time.strftime('%Y%m%d%H%M%S')}"
             self.writer = SummaryWriter(log_dir=str(self.run_dir))
 
-    def step(self, step: int, epoch: int, loss: float, average: float, lrs: dict[str, float]) -> None:
+    def step(self, step: int, epoch: int, loss: torch.Tensor, lrs: dict[str, float]) -> None:
         self.bar.update(1)
+        self.pending.append((step, epoch, loss, lrs))
+        if len(self.pending) >= self.sync_every:
+            self.flush()
+
+    def flush(self) -> float:
+        """Read back the pending losses, update the bar and TensorBoard; returns the moving average."""
+        if not self.pending:
+            return self.last_average
+        values = torch.stack([loss for _, _, loss, _ in self.pending]).float().cpu().tolist()
+        for (step, _, _, lrs), value in zip(self.pending, values, strict=True):
+            self.last_average = self.average.add(value)
+            if self.writer is not None:
+                self.writer.add_scalar("loss/current", value, step)
+                self.writer.add_scalar("loss/average", self.last_average, step)
+                for name, lr in lrs.items():
+                    self.writer.add_scalar(f"lr/{name}", lr, step)
+        _, epoch, _, lrs = self.pending[-1]
         first_lr = next(iter(lrs.values()), 0.0)
-        self.bar.set_postfix(epoch=epoch, loss=f"{loss:.4f}", avr_loss=f"{average:.4f}", lr=f"{first_lr:.2e}")
-        if self.writer is not None:
-            self.writer.add_scalar("loss/current", loss, step)
-            self.writer.add_scalar("loss/average", average, step)
-            for name, lr in lrs.items():
-                self.writer.add_scalar(f"lr/{name}", lr, step)
+        self.bar.set_postfix(
+            epoch=epoch, loss=f"{values[-1]:.4f}", avr_loss=f"{self.last_average:.4f}", lr=f"{first_lr:.2e}"
+        )
+        self.pending.clear()
+        return self.last_average
 
     def epoch_end(self, epoch: int, epoch_average: float) -> None:
+        self.flush()
         if self.writer is not None:
             self.writer.add_scalar("loss/epoch_average", epoch_average, epoch)
 
     def close(self) -> None:
+        self.flush()
         self.bar.close()
         if self.writer is not None:
             self.writer.close()

@@ -1,0 +1,205 @@
+"""The LoRA network: one LyCORIS LoCon adapter per targeted module, registered under its kohya name.
+
+LyCORIS' `LoConModule` is kohya's LoRA module: kaiming-uniform `lora_down`, zero `lora_up`, an `alpha`
+buffer, scale = alpha / rank (alpha 0 or None means rank), Conv2d targets get Conv2d adapters (4-D
+weights, 1x1 included). It keeps the original module in a plain list, so the original weights never
+appear in this network's parameters or state dict, and `apply_to()` patches the original's `forward`.
+We use the module class directly: LyCORIS' `create_lycoris` / `apply_preset` configure class-level
+globals, which two networks in one process would share.
+"""
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from lycoris.modules.locon import LoConModule
+from torch import Tensor, nn
+
+from loracraft.errors import UserError
+from loracraft.networks.targets import LoRATarget, text_encoder_targets, unet_targets
+
+_PARTS = ("lora_down.weight", "lora_up.weight", "alpha")
+
+
+class LoRANetwork(nn.Module):
+    """LoRA adapters for a U-Net and/or a text encoder.
+
+    Adapters are registered under their kohya names, so `state_dict()` keys are exactly the keys of a
+    kohya LoRA file (`{name}.lora_down.weight`, `{name}.lora_up.weight`, `{name}.alpha`).
+    """
+
+    def __init__(self, unet_adapters: Sequence[LoConModule], text_encoder_adapters: Sequence[LoConModule]):
+        super().__init__()
+        for adapter in (*unet_adapters, *text_encoder_adapters):
+            self.add_module(adapter.lora_name, adapter)
+        self.unet_names = tuple(adapter.lora_name for adapter in unet_adapters)
+        self.text_encoder_names = tuple(adapter.lora_name for adapter in text_encoder_adapters)
+        self.names = self.unet_names + self.text_encoder_names
+        self._applied = False
+
+    @property
+    def num_unet_modules(self) -> int:
+        return len(self.unet_names)
+
+    @property
+    def num_text_encoder_modules(self) -> int:
+        return len(self.text_encoder_names)
+
+    def adapter(self, name: str) -> LoConModule:
+        return self._modules[name]
+
+    def apply(self) -> None:
+        """Patch every targeted module's forward to add its adapter's output. Call once."""
+        # A second apply_to would wrap the adapter around itself on older LyCORIS versions.
+        if self._applied:
+            raise RuntimeError("LoRANetwork.apply() was already called")
+        for adapter in self.children():
+            adapter.apply_to()
+        self._applied = True
+
+    def set_multiplier(self, multiplier: float) -> None:
+        """Strength of every adapter's output (1.0 to train; 0.0 gives the base model's prediction)."""
+        for adapter in self.children():
+            adapter.multiplier = multiplier
+
+    def param_groups(self, unet_lr: float, text_encoder_lr: float) -> list[dict]:
+        """Optimizer parameter groups `{"params", "lr", "name"}`, named "unet" and "text_encoder".
+
+        Like kohya, a group whose lr is 0 is dropped (`--text_encoder_lr 0` trains only the U-Net
+        adapters), as is a group with no adapters. Unlike kohya, the dropped group's parameters are also
+        frozen (requires_grad=False), so no gradient is computed for weights that never change.
+        """
+        groups = []
+        for group_name, names, lr in (
+            ("unet", self.unet_names, unet_lr),
+            ("text_encoder", self.text_encoder_names, text_encoder_lr),
+        ):
+            params = [p for name in names for p in self.adapter(name).parameters()]
+            trained = bool(params) and lr != 0
+            for param in params:
+                param.requires_grad_(trained)
+            if trained:
+                groups.append({"params": params, "lr": lr, "name": group_name})
+        if not groups:
+            raise UserError(
+                "nothing to train: the learning rate of every trained part is 0 "
+                "(--unet_lr / --text_encoder_lr / --learning_rate); set at least one above 0"
+            )
+        return groups
+
+    def kohya_state_dict(self) -> dict[str, Tensor]:
+        """The file's tensors, detached, on the network's device: exact kohya keys, alpha 0-dim fp32."""
+        state = {key: value.detach() for key, value in self.state_dict().items()}
+        for name in self.names:
+            state[f"{name}.alpha"] = state[f"{name}.alpha"].to(torch.float32)
+        return state
+
+    def load_kohya_state_dict(
+        self, state_dict: Mapping[str, Tensor], source: str = "--network_weights"
+    ) -> None:
+        """Load a kohya LoRA state dict into this network (to continue training from a saved LoRA).
+
+        Strict: the file must have exactly this network's module names and plain-LoRA parts with matching
+        shapes; anything else is a UserError naming `source`. A module without `alpha` gets alpha = rank
+        (scale 1), as every consumer reads such files. The file's alpha also sets the adapter's scale,
+        where kohya keeps the scale from `--network_alpha` and then saves the file's alpha again.
+        """
+        by_name: dict[str, dict[str, Tensor]] = {}
+        for key, tensor in state_dict.items():
+            name, _, part = key.partition(".")
+            by_name.setdefault(name, {})[part] = tensor
+        _check_names(set(by_name), set(self.names), source)
+        full_state = {}
+        for name, parts in by_name.items():
+            adapter = self.adapter(name)
+            _check_parts(name, parts, adapter, source)
+            full_state[f"{name}.lora_down.weight"] = parts["lora_down.weight"]
+            full_state[f"{name}.lora_up.weight"] = parts["lora_up.weight"]
+            full_state[f"{name}.alpha"] = parts.get("alpha", torch.tensor(float(adapter.lora_dim)))
+        self.load_state_dict(full_state)
+        for name in self.names:
+            adapter = self.adapter(name)
+            adapter.scale = adapter.alpha.item() / adapter.lora_dim
+
+
+def _check_names(found: set[str], expected: set[str], source: str) -> None:
+    unexpected, missing = sorted(found - expected), sorted(expected - found)
+    if not unexpected and not missing:
+        return
+    problems = []
+    if unexpected:
+        problems.append(f"{len(unexpected)} module(s) this network does not have (e.g. {unexpected[0]})")
+    if missing:
+        problems.append(f"{len(missing)} of this network's module(s) missing (e.g. {missing[0]})")
+    raise UserError(
+        f"{source}: {' and '.join(problems)}; the LoRA was trained for another base model or with "
+        "other parts trained (--network_train_unet_only / --network_train_text_encoder_only)"
+    )
+
+
+def _check_parts(name: str, parts: dict[str, Tensor], adapter: LoConModule, source: str) -> None:
+    unknown = sorted(set(parts) - set(_PARTS))
+    if unknown or "lora_down.weight" not in parts or "lora_up.weight" not in parts:
+        raise UserError(
+            f"{source}: {name} is not a plain LoRA module (parts: {', '.join(sorted(parts))}); "
+            "only lora_down.weight, lora_up.weight and alpha can be loaded"
+        )
+    for part, expected in (
+        ("lora_down.weight", adapter.lora_down.weight),
+        ("lora_up.weight", adapter.lora_up.weight),
+    ):
+        if parts[part].shape != expected.shape:
+            raise UserError(
+                f"{source}: {name}.{part} has shape {tuple(parts[part].shape)}, this network needs "
+                f"{tuple(expected.shape)}; set --network_dim to the file's rank ({parts['lora_down.weight'].shape[0]})"
+            )
+
+
+def _adapters(
+    targets: list[LoRATarget], rank: int, alpha: float | None, multiplier: float, dropout: float
+) -> list[LoConModule]:
+    # bypass_mode runs x -> down -> up like kohya's LoRAModule; LyCORIS' default for plain Linear/Conv
+    # rebuilds the full delta weight every step (more compute) and skips dropout.
+    return [
+        LoConModule(
+            target.name,
+            target.module,
+            multiplier=multiplier,
+            lora_dim=rank,
+            alpha=alpha,
+            dropout=dropout,
+            bypass_mode=True,
+        )
+        for target in targets
+    ]
+
+
+def build_lora_network(
+    unet: nn.Module,
+    text_encoder: nn.Module | None,
+    rank: int,
+    alpha: float | None,
+    train_unet: bool = True,
+    train_text_encoder: bool = True,
+    multiplier: float = 1.0,
+    dropout: float = 0.0,
+) -> LoRANetwork:
+    """Create (not yet apply) LoRA adapters on kohya's default SD1/SD2 targets.
+
+    `rank` is `--network_dim`, `alpha` is `--network_alpha` (None or 0 means alpha = rank), `dropout` is
+    `--network_dropout` (applied by LyCORIS to each adapter's output during training).
+    """
+    if not train_unet and not train_text_encoder:
+        raise UserError(
+            "--network_train_unet_only and --network_train_text_encoder_only together leave nothing to train"
+        )
+    if rank < 1:
+        raise UserError(f"--network_dim must be at least 1, got {rank}")
+    if train_text_encoder and text_encoder is None:
+        raise ValueError("train_text_encoder=True needs a text encoder")
+    unet_adapters = _adapters(unet_targets(unet), rank, alpha, multiplier, dropout) if train_unet else []
+    text_encoder_adapters = (
+        _adapters(text_encoder_targets(text_encoder), rank, alpha, multiplier, dropout)
+        if train_text_encoder
+        else []
+    )
+    return LoRANetwork(unet_adapters, text_encoder_adapters)

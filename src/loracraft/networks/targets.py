@@ -1,0 +1,51 @@
+"""Which modules get a LoRA: kohya's default targets (networks/lora.py without conv_dim).
+
+U-Net: every Linear/Conv2d inside a `Transformer2DModel` (proj_in, proj_out, attn1/attn2 to_q/k/v/to_out.0,
+ff.net.0.proj, ff.net.2): 192 modules on SD1.5. Text encoder: every Linear inside the self-attention and
+MLP of each CLIP encoder layer (q/k/v/out_proj, fc1, fc2): 72 modules on SD1.5.
+"""
+
+import re
+from collections.abc import Callable
+from typing import NamedTuple
+
+from diffusers import Transformer2DModel
+from torch import nn
+
+from loracraft.networks.kohya_names import TEXT_ENCODER_PREFIX, text_encoder_lora_name, unet_lora_name
+
+# transformers 4.x nests the encoder under `text_model.`; 5.x `CLIPTextModel` does not. Matching the
+# attribute names (self_attn, mlp) instead of class names also covers CLIPSdpaAttention and friends.
+_CLIP_LAYER_CHILD = re.compile(r"^(?:text_model\.)?encoder\.layers\.(\d+)\.(self_attn|mlp)\.(.+)$")
+
+
+class LoRATarget(NamedTuple):
+    path: str
+    """Dotted module path inside its model, as the model's `named_modules()` spells it."""
+    name: str
+    """kohya module name: the key prefix in the LoRA file."""
+    module: nn.Module
+
+
+def unet_targets(unet: nn.Module, name: Callable[[str], str] = unet_lora_name) -> list[LoRATarget]:
+    """Linear and Conv2d modules inside the U-Net's Transformer2DModel blocks, in module order."""
+    targets = []
+    for block_path, block in unet.named_modules():
+        if not isinstance(block, Transformer2DModel):
+            continue
+        for child_path, child in block.named_modules():
+            if isinstance(child, (nn.Linear, nn.Conv2d)):
+                path = ".".join(p for p in (block_path, child_path) if p)
+                targets.append(LoRATarget(path, name(path), child))
+    return targets
+
+
+def text_encoder_targets(text_encoder: nn.Module, prefix: str = TEXT_ENCODER_PREFIX) -> list[LoRATarget]:
+    """Linear modules inside each CLIP encoder layer's self_attn and mlp, in module order."""
+    targets = []
+    for path, module in text_encoder.named_modules():
+        match = _CLIP_LAYER_CHILD.match(path)
+        if match and isinstance(module, nn.Linear):
+            layer, container, leaf = int(match[1]), match[2], match[3]
+            targets.append(LoRATarget(path, text_encoder_lora_name(layer, container, leaf, prefix), module))
+    return targets
