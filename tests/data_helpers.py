@@ -1,7 +1,7 @@
 """Tiny kohya dataset trees for tests: `img/N_concept/` with mixed sizes and formats, captions, a reg folder.
 
-    tree = make_kohya_dataset(tmp_path)
-    scan_dreambooth_dir(tree.train_dir, is_reg=False, caption_extension=".txt")
+tree = make_kohya_dataset(tmp_path)
+scan_dreambooth_dir(tree.train_dir, is_reg=False, caption_extension=".txt")
 """
 
 from collections.abc import Sequence
@@ -73,7 +73,10 @@ def make_kohya_dataset(
         reg_dir = tmp_path / "reg"
         reg_folder = reg_dir / f"{reg_repeats}_{reg_class}"
         reg_folder.mkdir(parents=True)
-        reg_images = [write_test_image(reg_folder / f"reg_{i:02d}.png", reg_size, seed=100 + i) for i in range(reg_count)]
+        reg_images = [
+            write_test_image(reg_folder / f"reg_{i:02d}.png", reg_size, seed=100 + i)
+            for i in range(reg_count)
+        ]
     return KohyaTree(
         train_dir=tmp_path / "img",
         reg_dir=reg_dir,

@@ -79,17 +79,26 @@ class BucketBatchDataset(Dataset):
             "captions": [image.record.caption for image in images],
             "paths": [str(image.record.path) for image in images],
             "loss_weights": torch.tensor(
-                [self.prior_loss_weight if image.record.is_reg else 1.0 for image in images], dtype=torch.float32
+                [self.prior_loss_weight if image.record.is_reg else 1.0 for image in images],
+                dtype=torch.float32,
             ),
             "is_reg": torch.tensor([image.record.is_reg for image in images], dtype=torch.bool),
-            "original_sizes_hw": torch.tensor([(image.record.height, image.record.width) for image in images]),
+            "original_sizes_hw": torch.tensor(
+                [(image.record.height, image.record.width) for image in images]
+            ),
             "crop_top_lefts": torch.tensor([(top, left) for left, top, _, _ in crops]),
-            "target_sizes_hw": torch.tensor([(image.choice.bucket[1], image.choice.bucket[0]) for image in images]),
+            "target_sizes_hw": torch.tensor(
+                [(image.choice.bucket[1], image.choice.bucket[0]) for image in images]
+            ),
         }
 
 
 def batch_loader(
-    dataset: BucketBatchDataset, *, num_workers: int, persistent_workers: bool = True, pin_memory: bool = False
+    dataset: BucketBatchDataset,
+    *,
+    num_workers: int,
+    persistent_workers: bool = True,
+    pin_memory: bool = False,
 ) -> DataLoader:
     """A DataLoader that hands out the dataset's batches as they are: no re-batching, no re-shuffling."""
     return DataLoader(

@@ -6,7 +6,8 @@ and moves tensors to its device and dtype). Images are encoded bucket by bucket 
 `vae_batch_size`, while a thread decodes the next chunk.
 
 A disk cache file is named like kohya's, `<stem>_<WWWW>x<HHHH>_<family>.npz` with the image's original
-size, and holds `latents` (float32 C x h x w), `original_size` and `crop_ltrb` where kohya reads them.
+size, and holds `latents` (float32 C x h x w), `original_size` and `crop_ltrb` where kohya reads them
+(our `crop_ltrb` is the real crop window in the resized image, not kohya's Stability-style estimate).
 kohya trusts any file with a `latents` key, so an edited image, a new bucket or another VAE silently
 trains on stale latents (reference §4.6). Our files also record what the latents depend on: a hash of
 the image bytes (a copy or a restore keeps the mtime, and editors may keep the size), the bucket,
@@ -115,7 +116,8 @@ def _write_cache(path: Path, latents: torch.Tensor, image: PlannedImage, deps: d
 def load_cached_latents(path: Path) -> torch.Tensor:
     """The `latents` array of a cache file written by this module, as a float32 tensor."""
     try:
-        return torch.from_numpy(_read_npz(path)["latents"].astype(np.float32))
+        with np.load(path, allow_pickle=False) as npz:
+            return torch.from_numpy(npz["latents"].astype(np.float32))
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:
         raise UserError(
             f"latent cache {path} became unreadable during training ({err}); delete it and restart"
@@ -124,7 +126,7 @@ def load_cached_latents(path: Path) -> torch.Tensor:
 
 def _chunks(images: Sequence[PlannedImage], todo: Sequence[int], vae_batch_size: int) -> list[list[int]]:
     """Indices grouped by bucket (one tensor shape per VAE call), in chunks of `vae_batch_size`."""
-    by_bucket: dict = {}
+    by_bucket: dict[Size, list[int]] = {}
     for i in todo:
         by_bucket.setdefault(images[i].choice.bucket, []).append(i)
     return [

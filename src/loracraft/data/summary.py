@@ -10,7 +10,7 @@ from loracraft.data.records import Subset
 def _plural(count: int, word: str) -> str:
     if count == 1:
         return f"{count} {word}"
-    return f"{count} {word}es" if word.endswith("ch") else f"{count} {word}s"
+    return f"{count} batches" if word == "batch" else f"{count} {word}s"
 
 
 def _subset_line(plan: DatasetPlan, subset: Subset) -> str:
@@ -49,7 +49,7 @@ def _step_lines(plan: DatasetPlan) -> list[str]:
     if plan.num_processes > 1:
         divisor = f"({plan.num_processes} processes x {divisor})"
     lines.append(
-        f"  {plan.batches_per_epoch} / {divisor} = {_plural(steps.steps_per_epoch, 'optimizer step')} per epoch"
+        f"  {_plural(plan.batches_per_epoch, 'batch')} / {divisor} = {_plural(steps.steps_per_epoch, 'optimizer step')} per epoch"
     )
     if plan.epochs_given:
         lines.append(
@@ -61,7 +61,7 @@ def _step_lines(plan: DatasetPlan) -> list[str]:
         lines.append(
             f"  max_train_steps {steps.max_train_steps} / {steps.steps_per_epoch} per epoch = "
             f"{_plural(steps.num_epochs, 'epoch')}"
-            + (f" (the last one stops after {partial} steps)" if partial else "")
+            + (f" (the last one stops after {_plural(partial, 'step')})" if partial else "")
         )
     return lines
 

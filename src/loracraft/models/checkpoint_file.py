@@ -28,16 +28,22 @@ def read_checkpoint(path: str | os.PathLike) -> CheckpointFile:
     """All tensors and (safetensors only) the metadata of a single-file checkpoint, on the CPU."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: no such file; pass a .safetensors or .ckpt checkpoint or a diffusers folder")
+        raise UserError(
+            f"{path}: no such file; pass a .safetensors or .ckpt checkpoint or a diffusers folder"
+        )
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
         return _read_safetensors(path)
     if suffix in PICKLE_SUFFIXES:
         return _read_pickle(path)
-    raise UserError(f"{path}: unknown checkpoint type {suffix!r}; expected .safetensors, {', '.join(PICKLE_SUFFIXES)}")
+    raise UserError(
+        f"{path}: unknown checkpoint type {suffix!r}; expected .safetensors, {', '.join(PICKLE_SUFFIXES)}"
+    )
 
 
-def write_checkpoint(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+def write_checkpoint(
+    path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str]
+) -> None:
     """Write `tensors` as `.safetensors` atomically (a crash never leaves half a file)."""
     contiguous = {key: tensor.contiguous() for key, tensor in tensors.items()}
     write_atomic(path, lambda tmp: save_file(contiguous, str(tmp), metadata=metadata))
@@ -49,7 +55,9 @@ def _read_safetensors(path: Path) -> CheckpointFile:
             metadata = dict(file.metadata() or {})
             tensors = {key: file.get_tensor(key) for key in file.keys()}
     except (SafetensorError, OSError) as error:
-        raise UserError(f"{path} is not a valid .safetensors file ({error}); it may be truncated, re-download it") from error
+        raise UserError(
+            f"{path} is not a valid .safetensors file ({error}); it may be truncated, re-download it"
+        ) from error
     return CheckpointFile(path, tensors, metadata)
 
 

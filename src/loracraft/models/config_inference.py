@@ -21,12 +21,19 @@ from typing import Any
 
 import torch
 
+from loracraft.errors import UserError
+from loracraft.models.config_metadata import overrides_from_metadata
+
 CLIP_HEAD_WIDTH = 64
 
 
 def base_config(family: str, component: str) -> dict[str, Any]:
     """A shipped diffusers config: component is "unet", "vae", "text_encoder" or "scheduler"."""
-    text = resources.files("loracraft.models").joinpath("configs", family, f"{component}.json").read_text("utf-8")
+    text = (
+        resources.files("loracraft.models")
+        .joinpath("configs", family, f"{component}.json")
+        .read_text("utf-8")
+    )
     return json.loads(text)
 
 
@@ -96,7 +103,11 @@ def infer_vae_config(ldm: Mapping[str, torch.Tensor], base: Mapping[str, Any]) -
 
 def infer_text_encoder_config(ldm: Mapping[str, torch.Tensor], base: Mapping[str, Any]) -> dict[str, Any]:
     vocab_size, width = ldm["text_model.embeddings.token_embedding.weight"].shape
-    heads = width // CLIP_HEAD_WIDTH if width % CLIP_HEAD_WIDTH == 0 else math.gcd(base["num_attention_heads"], width)
+    heads = (
+        width // CLIP_HEAD_WIDTH
+        if width % CLIP_HEAD_WIDTH == 0
+        else math.gcd(base["num_attention_heads"], width)
+    )
     return {
         **base,
         "vocab_size": vocab_size,
@@ -106,3 +117,19 @@ def infer_text_encoder_config(ldm: Mapping[str, torch.Tensor], base: Mapping[str
         "num_attention_heads": heads,
         "max_position_embeddings": ldm["text_model.embeddings.position_embedding.weight"].shape[0],
     }
+
+
+_INFER = {"unet": infer_unet_config, "vae": infer_vae_config, "text_encoder": infer_text_encoder_config}
+
+
+def infer_config(
+    component: str, ldm: Mapping[str, torch.Tensor], family: str, metadata: Mapping[str, str], source: object
+) -> dict[str, Any]:
+    """The family's shipped config for `component`, the shapes of `ldm` and the file's metadata on top."""
+    try:
+        config = _INFER[component](ldm, base_config(family, component))
+    except KeyError as missing:
+        raise UserError(
+            f"{source}: its {component} lacks tensor {missing}; it is not a complete SD1 model"
+        ) from None
+    return {**config, **overrides_from_metadata(metadata, component)}

@@ -16,14 +16,19 @@ SD2_CONTEXT_DIM = 1024  # OpenCLIP ViT-H width; SD1's CLIP ViT-L gives 768
 def detect_family(tensors: Mapping[str, torch.Tensor], source: str | os.PathLike) -> str:
     """The family of an LDM single-file checkpoint; UserError naming `source` when it is none."""
     keys = tensors.keys()
-    if any(key.startswith("conditioner.embedders.") for key in keys) or f"{UNET_PREFIX}label_emb.0.0.weight" in keys:
+    if (
+        any(key.startswith("conditioner.embedders.") for key in keys)
+        or f"{UNET_PREFIX}label_emb.0.0.weight" in keys
+    ):
         return "sdxl"
     if not any(key.startswith(UNET_PREFIX) for key in keys):
         raise UserError(f"{source} is not a Stable Diffusion checkpoint ({_what_else(keys)})")
     if any(key.startswith("cond_stage_model.model.") for key in keys):
         return "sd2"
     context_dims = {
-        tensor.shape[1] for key, tensor in tensors.items() if key.startswith(UNET_PREFIX) and key.endswith("attn2.to_k.weight")
+        tensor.shape[1]
+        for key, tensor in tensors.items()
+        if key.startswith(UNET_PREFIX) and key.endswith("attn2.to_k.weight")
     }
     return "sd2" if SD2_CONTEXT_DIM in context_dims else "sd1"
 
@@ -41,7 +46,10 @@ def _what_else(keys: Iterable[str]) -> str:
         return "it holds no tensors"
     if any(key.startswith("lora_") or ".lora_" in key or key.startswith("lycoris_") for key in keys):
         return "it is a LoRA/LyCORIS file; give a base model such as SD1.5 as --pretrained_model_name_or_path"
-    if all(key.startswith(("first_stage_model.", "encoder.", "decoder.", "quant_conv.", "post_quant_conv.")) for key in keys):
+    if all(
+        key.startswith(("first_stage_model.", "encoder.", "decoder.", "quant_conv.", "post_quant_conv."))
+        for key in keys
+    ):
         return "it is a VAE alone; pass it as --vae together with a base model"
     if any(key.startswith(("down_blocks.", "mid_block.")) for key in keys):
         return "it holds diffusers-format UNet weights; pass the whole diffusers folder instead"

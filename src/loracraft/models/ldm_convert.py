@@ -36,13 +36,23 @@ _UNET_RESNET_PARTS = {
     "conv2": "out_layers.3",
     "conv_shortcut": "skip_connection",
 }
-_UNET_BLOCK = re.compile(r"(down_blocks|up_blocks)\.(\d+)\.(resnets|attentions|downsamplers|upsamplers)\.(\d+)(?:\.(.+))?")
+_UNET_BLOCK = re.compile(
+    r"(down_blocks|up_blocks)\.(\d+)\.(resnets|attentions|downsamplers|upsamplers)\.(\d+)(?:\.(.+))?"
+)
 _UNET_MID = re.compile(r"mid_block\.(resnets|attentions)\.(\d+)(?:\.(.+))?")
 
-_VAE_RESNET_PARTS = {"norm1": "norm1", "conv1": "conv1", "norm2": "norm2", "conv2": "conv2", "conv_shortcut": "nin_shortcut"}
+_VAE_RESNET_PARTS = {
+    "norm1": "norm1",
+    "conv1": "conv1",
+    "norm2": "norm2",
+    "conv2": "conv2",
+    "conv_shortcut": "nin_shortcut",
+}
 _VAE_ATTENTION_PARTS = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
 _VAE_TOP_LEVEL = {"conv_in": "conv_in", "conv_out": "conv_out", "conv_norm_out": "norm_out"}
-_VAE_BLOCK = re.compile(r"(encoder\.down_blocks|decoder\.up_blocks)\.(\d+)\.(resnets|downsamplers|upsamplers)\.(\d+)\.(.+)")
+_VAE_BLOCK = re.compile(
+    r"(encoder\.down_blocks|decoder\.up_blocks)\.(\d+)\.(resnets|downsamplers|upsamplers)\.(\d+)\.(.+)"
+)
 _VAE_MID = re.compile(r"(encoder|decoder)\.mid_block\.(resnets|attentions)\.(\d+)\.(.+)")
 
 
@@ -102,7 +112,9 @@ def unet_module_to_ldm(path: str, unet_config: Mapping[str, Any]) -> str:
     return _join(f"output_blocks.{i * step + j}.{0 if kind == 'resnets' else 1}", rest)
 
 
-def unet_state_dict_to_ldm(state_dict: Mapping[str, torch.Tensor], unet_config: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+def unet_state_dict_to_ldm(
+    state_dict: Mapping[str, torch.Tensor], unet_config: Mapping[str, Any]
+) -> dict[str, torch.Tensor]:
     """diffusers UNet state dict -> LDM `diffusion_model` keys (without the `model.diffusion_model.` prefix)."""
     return {unet_module_to_ldm(key, unet_config): tensor for key, tensor in state_dict.items()}
 
@@ -156,7 +168,8 @@ def text_encoder_state_dict_to_ldm(state_dict: Mapping[str, torch.Tensor]) -> di
     LDM checkpoints always have it.
     """
     return {
-        key if key.startswith("text_model.") else f"text_model.{key}": tensor for key, tensor in state_dict.items()
+        key if key.startswith("text_model.") else f"text_model.{key}": tensor
+        for key, tensor in state_dict.items()
     }
 
 

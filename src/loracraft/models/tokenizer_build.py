@@ -21,13 +21,19 @@ BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 END_OF_WORD = "</w>"
 MAX_LENGTH = 77
 # CLIP's pre-tokenizer: the pieces BPE runs on.
-_PIECES = regex.compile(r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""")
+_PIECES = regex.compile(
+    r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+)
 
 
 @cache
 def byte_characters() -> tuple[str, ...]:
     """GPT-2/CLIP's printable stand-in for each byte 0..255, so BPE never sees whitespace or control bytes."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
     table, extra = {}, 0
     for byte in range(256):
         if byte in printable:
@@ -87,7 +93,9 @@ def build_clip_tokenizer(words: Iterable[str], out_dir: str | os.PathLike) -> Pa
     merges = learn_merges(words)
     characters = byte_characters()
     # Two merges can spell the same token ("ab"+"c", "a"+"bc"); ids must stay dense.
-    tokens = dict.fromkeys([*characters, *(c + END_OF_WORD for c in characters), *(a + b for a, b in merges), BOS, EOS])
+    tokens = dict.fromkeys(
+        [*characters, *(c + END_OF_WORD for c in characters), *(a + b for a, b in merges), BOS, EOS]
+    )
     vocab = {token: index for index, token in enumerate(tokens)}
     specials = {"bos_token": BOS, "eos_token": EOS, "unk_token": EOS, "pad_token": EOS}
     tokenizer_config = {

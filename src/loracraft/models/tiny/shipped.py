@@ -1,0 +1,7 @@
+"""Where the package keeps loracraft-tiny, the built model (scripts/build_tiny_model.py makes it)."""
+
+from pathlib import Path
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+CHECKPOINT = WEIGHTS_DIR / "loracraft-tiny.safetensors"
+TOKENIZER_DIR = WEIGHTS_DIR / "loracraft-tiny-tokenizer"

@@ -1,0 +1,136 @@
+"""`loracraft demo`: teach the embedded tiny model a new word, measure it, and draw the comparison grid.
+
+The base model knows red, green, blue and yellow shapes on white, black and gray backgrounds. Its VAE also
+saw other colours, but its U-Net was never told their names. The demo makes a kohya dataset where the
+made-up word "zxq" means one of those colours, trains a LoRA on it through the same code path as
+`loracraft train`, and measures how often "a zxq circle ..." comes out in that colour, before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from loracraft.atomic import write_atomic
+from loracraft.config.schema import TrainConfig
+from loracraft.models.tiny import shipped
+from loracraft.models.tiny.palette import BACKGROUNDS, SHAPES
+from loracraft.models.tiny.shapes import caption_for, render_shape
+from loracraft.tools.concept_probe import ConceptProbe, render_grid
+from loracraft.tools.lora_preview import LoRAPreview
+from loracraft.training.trainer import TrainResult, train
+
+
+@dataclass(frozen=True)
+class DemoConcept:
+    """A trigger word and the colour it stands for in the demo dataset."""
+
+    trigger: str = "zxq"
+    colour: str = "magenta"
+    class_word: str = "shape"
+    repeats: int = 10
+    images: int = 12
+
+    @property
+    def folder_name(self) -> str:
+        return f"{self.repeats}_{self.trigger} {self.class_word}"
+
+
+def make_demo_dataset(root: Path, concept: DemoConcept, seed: int = 0) -> Path:
+    """A kohya `img/` tree: one `N_trigger class/` folder of captioned images of the concept."""
+    folder = root / "img" / concept.folder_name
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    backgrounds = tuple(BACKGROUNDS)
+    for i in range(concept.images):
+        shape = SHAPES[i % len(SHAPES)]
+        background = backgrounds[(i // len(SHAPES)) % len(backgrounds)]
+        image = render_shape(shape, concept.colour, background, rng=rng)
+        stem = folder / f"{i:03d}"
+        write_atomic(stem.with_suffix(".png"), lambda tmp, image=image: image.save(tmp, format="PNG"))
+        caption = caption_for(shape, concept.trigger, background)
+        write_atomic(stem.with_suffix(".txt"), lambda tmp, caption=caption: tmp.write_text(caption + "\n"))
+    return root / "img"
+
+
+def demo_config(data_dir: Path, output_dir: Path, seed: int, epochs: int) -> TrainConfig:
+    """Settings that teach the tiny model a word in about a minute on two CPU cores."""
+    return TrainConfig(
+        pretrained_model_name_or_path=str(shipped.CHECKPOINT),
+        tokenizer_path=str(shipped.TOKENIZER_DIR),
+        train_data_dir=str(data_dir),
+        output_dir=str(output_dir),
+        output_name="zxq",
+        caption_extension=".txt",
+        resolution=(64, 64),
+        enable_bucket=False,
+        train_batch_size=4,
+        max_train_epochs=epochs,
+        save_every_n_epochs=max(1, epochs // 3),
+        network_dim=8,
+        network_alpha=8,
+        learning_rate=1e-3,
+        unet_lr=1e-3,
+        text_encoder_lr=1e-3,
+        lr_scheduler="constant",
+        mixed_precision="no",
+        save_precision="float",
+        seed=seed,
+        logging_dir=str(output_dir / "logs"),
+    )
+
+
+def run_demo(output_dir: Path, seed: int = 0, epochs: int = 10, show_progress: bool = True) -> dict:
+    concept = DemoConcept()
+    started = time.monotonic()
+    data_dir = make_demo_dataset(output_dir / "dataset", concept, seed)
+    result: TrainResult = train(demo_config(data_dir, output_dir, seed, epochs), show_progress=show_progress)
+    trained_s = time.monotonic() - started
+
+    probe = ConceptProbe.for_colour(concept.trigger, concept.colour)
+    preview = LoRAPreview.from_files(shipped.CHECKPOINT, shipped.TOKENIZER_DIR, result.lora_file)
+    before = probe.measure(preview, multiplier=0.0)
+    after = probe.measure(preview, multiplier=1.0)
+    grid_path = output_dir / "zxq-grid.png"
+    columns = [("base", None, 0.0)]
+    columns += [(f"epoch {_epoch_of(path)}", path, 1.0) for path in result.epoch_files]
+    columns += [("final x0.5", result.lora_file, 0.5), ("final x1.0", result.lora_file, 1.0)]
+    grid = render_grid(preview, probe.grid_prompts(), columns, seed=seed)
+    write_atomic(grid_path, lambda tmp: grid.save(tmp, format="PNG"))
+    return {
+        "lora_file": result.lora_file,
+        "grid": grid_path,
+        "log_dir": result.log_dir,
+        "trigger_before": before.trigger_rate,
+        "trigger_after": after.trigger_rate,
+        "control_before": before.control_rate,
+        "control_after": after.control_rate,
+        "train_seconds": trained_s,
+        "total_seconds": time.monotonic() - started,
+        "steps": result.steps,
+    }
+
+
+def _epoch_of(path: Path) -> int:
+    return int(path.stem.rsplit("-", 1)[1])
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="loracraft demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--output_dir", default="loracraft-demo", help="where the dataset, LoRA and grid go")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=10)
+    args = parser.parse_args(argv)
+    report = run_demo(Path(args.output_dir), seed=args.seed, epochs=args.epochs)
+    print(f"LoRA: {report['lora_file']}")
+    print(f"grid: {report['grid']}")
+    print(
+        f"result: 'zxq' prompts drawn in the new colour {report['trigger_before']:.0%} -> "
+        f"{report['trigger_after']:.0%}; prompts without it right {report['control_before']:.0%} -> "
+        f"{report['control_after']:.0%} ({report['steps']} steps, {report['total_seconds']:.0f} s)"
+    )
+    return 0

@@ -1,0 +1,139 @@
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from data_helpers import make_kohya_dataset, write_test_image
+from loracraft.data.images import load_bucket_tensor
+from loracraft.data.latent_cache import cache_file_path, cache_latents_in_memory, cache_latents_to_disk
+from loracraft.data.plan import build_epoch_plan
+from loracraft.data.scan import scan_dreambooth_dir
+from loracraft.errors import UserError
+
+
+class FakeVae:
+    """8x average pooling plus a mean channel: cheap, deterministic, content-dependent; records its calls."""
+
+    def __init__(self):
+        self.batches: list[tuple[int, ...]] = []
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        self.batches.append(tuple(pixels.shape))
+        pooled = F.avg_pool2d(pixels, 8)
+        return torch.cat([pooled, pooled.mean(1, keepdim=True)], dim=1)
+
+    @property
+    def encoded(self) -> int:
+        return sum(shape[0] for shape in self.batches)
+
+
+def plan_images(tree, resolution=(64, 64)):
+    subsets, _ = scan_dreambooth_dir(tree.train_dir, is_reg=False, caption_extension=".txt")
+    plan = build_epoch_plan(
+        subsets,
+        resolution=resolution,
+        batch_size=2,
+        seed=0,
+        max_train_epochs=1,
+        max_train_steps=None,
+        enable_bucket=True,
+        min_bucket_reso=64,
+        max_bucket_reso=256,
+        bucket_reso_steps=32,
+    )
+    return plan.images
+
+
+def run_disk_cache(images, vae_identity="vae-a", vae_batch_size=2):
+    vae = FakeVae()
+    paths, report = cache_latents_to_disk(
+        images, encode=vae, vae_identity=vae_identity, vae_batch_size=vae_batch_size, progress=False
+    )
+    return vae, paths, report
+
+
+@pytest.fixture
+def tree(tmp_path):
+    return make_kohya_dataset(tmp_path, reg_count=0)
+
+
+def test_first_pass_encodes_and_writes_kohya_named_files_then_reuses_them(tree):
+    images = plan_images(tree)
+    vae, paths, report = run_disk_cache(images)
+    assert (report.encoded, report.loaded, report.warnings) == (4, 0, ())
+    assert [p.name for p in paths] == [
+        "image_00_0096x0064_sd.npz", "image_01_0064x0096_sd.npz", "image_02_0064x0064_sd.npz", "image_03_0128x0080_sd.npz"
+    ]  # fmt: skip
+    # One tensor shape per VAE call, at most vae_batch_size images each.
+    assert all(shape[0] <= 2 for shape in vae.batches)
+    with np.load(paths[0]) as npz:
+        assert npz["latents"].dtype == np.float32
+        bucket = images[0].choice.bucket
+        assert npz["latents"].shape == (4, bucket[1] // 8, bucket[0] // 8)
+        assert list(npz["original_size"]) == [96, 64]
+        expected = FakeVae()(
+            load_bucket_tensor(images[0].record.path, images[0].choice.resized_size, bucket)[None]
+        )
+        assert np.allclose(npz["latents"], expected[0].numpy())
+
+    vae, same_paths, report = run_disk_cache(images)
+    assert (report.encoded, report.loaded, vae.batches) == (0, 4, [])
+    assert same_paths == paths
+
+
+def test_changed_image_content_is_reencoded_even_with_same_size_and_mtime(tree):
+    images = plan_images(tree)
+    run_disk_cache(images)
+    target = tree.images[2]
+    stat = target.stat()
+    write_test_image(target, (64, 64), seed=999)
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    vae, _, report = run_disk_cache(images)
+    assert (report.encoded, report.loaded) == (1, 3)
+
+
+def test_changed_bucket_or_vae_is_reencoded(tree):
+    run_disk_cache(plan_images(tree))
+    _, _, report = run_disk_cache(plan_images(tree, resolution=(96, 96)))
+    assert report.encoded == 4
+    _, _, report = run_disk_cache(plan_images(tree, resolution=(96, 96)), vae_identity="vae-b")
+    assert report.encoded == 4
+
+
+def test_corrupt_cache_file_is_reencoded_with_a_warning(tree):
+    images = plan_images(tree)
+    _, paths, _ = run_disk_cache(images)
+    paths[1].write_bytes(b"PK\x03\x04 not really a zip")
+    paths[3].write_bytes(paths[3].read_bytes()[:100])
+    _, _, report = run_disk_cache(images)
+    assert report.encoded == 2
+    assert len(report.warnings) == 2
+    assert report.warnings[0].startswith(f"latent cache {paths[1]} is unreadable")
+    with np.load(paths[1]) as npz:
+        assert npz["latents"].shape[0] == 4
+
+
+def test_memory_cache_matches_disk_cache(tree):
+    images = plan_images(tree)
+    in_memory = cache_latents_in_memory(images, encode=FakeVae(), vae_batch_size=3, progress=False)
+    _, paths, _ = run_disk_cache(images)
+    for latent, path in zip(in_memory, paths, strict=True):
+        with np.load(path) as npz:
+            assert torch.equal(latent, torch.from_numpy(npz["latents"]))
+
+
+def test_nan_latents_stop_with_the_flag_to_use_and_leave_no_partial_file(tree):
+    images = plan_images(tree)
+
+    def nan_vae(pixels):
+        return torch.full((pixels.shape[0], 4, pixels.shape[2] // 8, pixels.shape[3] // 8), float("nan"))
+
+    with pytest.raises(UserError, match="NaN/inf latents.*--no_half_vae"):
+        cache_latents_to_disk(images, encode=nan_vae, vae_identity="x", vae_batch_size=1, progress=False)
+    assert not list(tree.concept_dir.glob("*.npz")) and not list(tree.concept_dir.glob(".*tmp"))
+
+
+def test_cache_file_name_pads_the_original_size(tmp_path):
+    assert cache_file_path(tmp_path / "a.b.png", (640, 96), "sdxl").name == "a.b_0640x0096_sdxl.npz"

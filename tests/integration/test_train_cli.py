@@ -1,0 +1,115 @@
+"""`loracraft train` end to end on the tiny SD1 model and a small generated kohya dataset."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from data_helpers import make_kohya_dataset
+from loracraft.cli import main
+from loracraft.config.load import read_config_file
+
+pytestmark = pytest.mark.slow
+
+
+def train_flags(tiny_sd1, tree, output_dir: Path, *extra: str) -> list[str]:
+    return [
+        "train",
+        "--pretrained_model_name_or_path", str(tiny_sd1.single_file),
+        "--train_data_dir", str(tree.train_dir),
+        "--reg_data_dir", str(tree.reg_dir),
+        "--output_dir", str(output_dir),
+        "--output_name", "toy",
+        "--caption_extension", ".txt",
+        "--resolution", "64,64",
+        "--enable_bucket", "--min_bucket_reso", "64", "--max_bucket_reso", "128", "--bucket_no_upscale", "false",
+        "--network_dim", "4", "--network_alpha", "2",
+        "--train_batch_size", "2", "--max_train_epochs", "2", "--save_every_n_epochs", "1",
+        "--learning_rate", "1e-3", "--lr_scheduler", "constant_with_warmup", "--lr_warmup_steps", "0.2",
+        "--mixed_precision", "no", "--save_precision", "fp16", "--seed", "7",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_sd1, tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    tree = make_kohya_dataset(root / "data")
+    output_dir = root / "out"
+    assert main(train_flags(tiny_sd1, tree, output_dir, "--logging_dir", str(root / "logs"))) == 0
+    return tree, output_dir, root
+
+
+def test_writes_epoch_files_final_file_and_effective_config(trained):
+    _, output_dir, _ = trained
+    names = sorted(p.name for p in output_dir.iterdir())
+    assert names == ["toy-000001.safetensors", "toy.safetensors", "toy.toml"]
+    config = read_config_file(output_dir / "toy.toml")
+    assert config["network_dim"] == 4 and config["resolution"] == "64,64" and config["seed"] == 7
+
+
+def test_final_file_has_kohya_keys_precision_and_metadata(trained):
+    tree, output_dir, _ = trained
+    with safe_open(output_dir / "toy.safetensors", "pt") as f:
+        keys = set(f.keys())
+        metadata = f.metadata()
+        up = f.get_tensor("lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight")
+        alpha = f.get_tensor("lora_unet_down_blocks_0_attentions_0_proj_in.alpha")
+    modules = {k.split(".")[0] for k in keys}
+    assert len([m for m in modules if m.startswith("lora_unet_")]) == 192
+    assert len([m for m in modules if m.startswith("lora_te_text_model_encoder_layers_")]) == 2 * 6
+    assert all(f"{m}.{part}" in keys for m in modules for part in ("lora_down.weight", "lora_up.weight", "alpha"))
+    assert up.dtype == torch.float16 and up.dim() == 4  # proj_in is a 1x1 conv in SD1
+    assert alpha.dtype == torch.float32 and alpha.item() == 2.0
+    assert up.abs().sum() > 0  # trained: the zero-initialised up weights moved
+    assert metadata["ss_network_dim"] == "4" and metadata["ss_network_alpha"] == "2.0"
+    assert metadata["ss_base_model_version"] == "sd_v1" and metadata["ss_output_name"] == "toy"
+    assert metadata["modelspec.architecture"] == "stable-diffusion-v1/lora"
+    # 4 images x 2 repeats = 8 train samples; 2 reg images balanced up to 8 samples.
+    assert metadata["ss_num_train_images"] == "8"
+    assert json.loads(metadata["ss_dataset_dirs"]) == {"2_sks toy": {"n_repeats": 2, "img_count": 4}}
+    assert json.loads(metadata["ss_tag_frequency"])["2_sks toy"]["sks toy"] == 4
+    assert metadata["ss_epoch"] == "2" and int(metadata["ss_steps"]) == int(metadata["ss_max_train_steps"])
+    assert len(metadata["sshs_model_hash"]) == 64
+
+
+def test_tensorboard_logs_written(trained):
+    _, _, root = trained
+    runs = list((root / "logs").iterdir())
+    assert len(runs) == 1 and any(p.name.startswith("events.out.tfevents") for p in runs[0].iterdir())
+
+
+def test_same_seed_gives_bit_identical_file(tiny_sd1, tmp_path, monkeypatch):
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    tree = make_kohya_dataset(tmp_path / "data", reg_count=0)
+    outputs = []
+    for run in ("a", "b"):
+        out = tmp_path / run
+        flags = train_flags(tiny_sd1, tree, out, "--max_train_epochs", "1")
+        flags.remove("--reg_data_dir")
+        flags.remove(str(tree.reg_dir))
+        assert main(flags) == 0
+        outputs.append((out / "toy.safetensors").read_bytes())
+    assert outputs[0] == outputs[1]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"--train_data_dir": "missing"}, "--train_data_dir"),
+        ({"--pretrained_model_name_or_path": "notes.txt"}, "is not a Stable Diffusion checkpoint"),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(tiny_sd1, tmp_path, capsys, change, message):
+    tree = make_kohya_dataset(tmp_path / "data")
+    (tmp_path / "notes.txt").write_text("not a model")
+    out = tmp_path / "out"
+    flags = train_flags(tiny_sd1, tree, out)
+    for flag, value in change.items():
+        flags[flags.index(flag) + 1] = str(tmp_path / value)
+    assert main(flags) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+    assert not out.exists() or not any(out.iterdir())

@@ -1,0 +1,124 @@
+"""kohya module names and default targets on tiny SD1-topology models."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import UNet2DConditionModel
+from torch import nn
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from loracraft.networks.kohya_names import text_encoder_lora_name, unet_lora_name
+from loracraft.networks.targets import text_encoder_targets, unet_targets
+
+KOHYA_NAMES = Path("/work/shared/reference/kohya-lora-names.json")
+TE_NAME = re.compile(r"^lora_te_text_model_encoder_layers_(\d+)_(self_attn_(q|k|v|out)_proj|mlp_fc[12])$")
+
+
+@pytest.fixture(scope="module")
+def unet() -> UNet2DConditionModel:
+    torch.manual_seed(0)
+    return UNet2DConditionModel(
+        sample_size=8,
+        layers_per_block=2,
+        block_out_channels=(32, 32, 64, 64),
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        cross_attention_dim=32,
+        attention_head_dim=8,
+    )
+
+
+@pytest.fixture(scope="module")
+def text_encoder() -> CLIPTextModel:
+    torch.manual_seed(0)
+    config = CLIPTextConfig(
+        hidden_size=32,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        vocab_size=1000,
+        projection_dim=32,
+        bos_token_id=0,
+        eos_token_id=2,
+        pad_token_id=1,
+    )
+    return CLIPTextModel(config)
+
+
+@pytest.mark.parametrize(
+    ("path", "name"),
+    [
+        ("down_blocks.0.attentions.0.proj_in", "lora_unet_down_blocks_0_attentions_0_proj_in"),
+        (
+            "up_blocks.3.attentions.2.transformer_blocks.0.attn1.to_out.0",
+            "lora_unet_up_blocks_3_attentions_2_transformer_blocks_0_attn1_to_out_0",
+        ),
+        (
+            "mid_block.attentions.0.transformer_blocks.0.ff.net.0.proj",
+            "lora_unet_mid_block_attentions_0_transformer_blocks_0_ff_net_0_proj",
+        ),
+    ],
+)
+def test_unet_lora_name(path: str, name: str) -> None:
+    assert unet_lora_name(path) == name
+
+
+def test_text_encoder_lora_name_template() -> None:
+    assert text_encoder_lora_name(11, "mlp", "fc2") == "lora_te_text_model_encoder_layers_11_mlp_fc2"
+    assert (
+        text_encoder_lora_name(0, "self_attn", "q_proj", prefix="lora_te1")
+        == "lora_te1_text_model_encoder_layers_0_self_attn_q_proj"
+    )
+
+
+def sd1_unet_names() -> set[str]:
+    """kohya's SD1 U-Net names, spelled out from the SD1 block layout (16 Transformer2DModels)."""
+    attentions = [f"down_blocks_{b}_attentions_{a}" for b in range(3) for a in range(2)]
+    attentions += ["mid_block_attentions_0"]
+    attentions += [f"up_blocks_{b}_attentions_{a}" for b in (1, 2, 3) for a in range(3)]
+    block = "transformer_blocks_0_"
+    leaves = ["proj_in", "proj_out", f"{block}ff_net_0_proj", f"{block}ff_net_2"]
+    leaves += [
+        f"{block}{attn}_{p}" for attn in ("attn1", "attn2") for p in ("to_q", "to_k", "to_v", "to_out_0")
+    ]
+    return {f"lora_unet_{a}_{leaf}" for a in attentions for leaf in leaves}
+
+
+def test_unet_targets_are_kohya_sd1_names(unet: UNet2DConditionModel) -> None:
+    # Same block topology as SD1.5 with one transformer per attention: the names must be kohya's exactly.
+    targets = unet_targets(unet)
+    assert len(targets) == 192
+    assert {t.name for t in targets} == sd1_unet_names()
+    assert all(t.name == unet_lora_name(t.path) for t in targets)
+    assert all(unet.get_submodule(t.path) is t.module for t in targets)
+    convs = {t.path.rsplit(".", 1)[-1] for t in targets if isinstance(t.module, nn.Conv2d)}
+    assert convs == {"proj_in", "proj_out"}
+
+
+def test_text_encoder_targets_follow_template(text_encoder: CLIPTextModel) -> None:
+    targets = text_encoder_targets(text_encoder)
+    assert len(targets) == 2 * 6
+    assert all(TE_NAME.match(t.name) for t in targets)
+    assert all(isinstance(t.module, nn.Linear) for t in targets)
+    assert all(text_encoder.get_submodule(t.path) is t.module for t in targets)
+
+
+@pytest.mark.skipif(not KOHYA_NAMES.exists(), reason="reference name list not available")
+def test_names_are_in_kohya_reference_list(unet: UNet2DConditionModel, text_encoder: CLIPTextModel) -> None:
+    """Names kohya-ss sd-scripts generates for full SD1.5 (12 TE layers; the tiny TE has 2)."""
+    kohya = set(json.loads(KOHYA_NAMES.read_text())["sd1"])
+    assert {t.name for t in unet_targets(unet)} == {n for n in kohya if n.startswith("lora_unet_")}
+    assert {t.name for t in text_encoder_targets(text_encoder)} <= kohya
+
+
+def test_text_encoder_names_do_not_depend_on_text_model_nesting(text_encoder: CLIPTextModel) -> None:
+    # transformers 4.x nests the encoder under `text_model.`, 5.x does not: the file names must not change.
+    nested = nn.Module()
+    nested.text_model = text_encoder
+    flat_targets = text_encoder_targets(text_encoder)
+    nested_targets = text_encoder_targets(nested)
+    assert [t.name for t in nested_targets] == [t.name for t in flat_targets]
+    assert nested_targets[0].path.startswith("text_model.encoder.layers.0.")
