@@ -116,3 +116,13 @@ def tiny_sd1(tmp_path_factory) -> TinySD1:
 def tiny_sd1_bundle(tiny_sd1) -> ModelBundle:
     """The tiny model loaded from its diffusers folder. Shared: tests must not modify it."""
     return load_model_bundle(tiny_sd1.diffusers_dir)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` skip cleanly on machines without CUDA (CI has none)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

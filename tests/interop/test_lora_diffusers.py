@@ -198,23 +198,24 @@ def test_forward_matches_diffusers_at_any_multiplier(tmp_path: Path) -> None:
     network = random_network(unet, text_encoder)
     save_lora_file(network.kohya_state_dict(), tmp_path / "tiny.safetensors", None, torch.float32)
     pipe.load_lora_weights(tmp_path, weight_name="tiny.safetensors", adapter_name="t")
-    network.apply()
-
     generator = torch.Generator().manual_seed(3)
     sample, context = torch.randn(2, 4, 8, 8, generator=generator), torch.randn(2, 7, 32, generator=generator)
     timesteps = torch.tensor([10, 500])
     input_ids = torch.randint(3, 1000, (2, 9), generator=generator)
+
+    def outputs(unet_model, text_model) -> tuple[torch.Tensor, torch.Tensor]:
+        return unet_model(sample, timesteps, context).sample, text_model(input_ids).last_hidden_state
+
     with torch.no_grad():
+        base = outputs(unet, text_encoder)
+        network.apply()
         for multiplier in (SCALE, 1.0, -0.5):
             network.set_multiplier(multiplier)
             pipe.set_adapters(["t"], adapter_weights=[multiplier])
-            ours = unet(sample, timesteps, context).sample
-            theirs = pipe.unet(sample, timesteps, context).sample
-            torch.testing.assert_close(ours, theirs, rtol=0, atol=2e-5)
-            ours = text_encoder(input_ids).last_hidden_state
-            theirs = pipe.text_encoder(input_ids).last_hidden_state
-            torch.testing.assert_close(ours, theirs, rtol=0, atol=2e-5)
-        assert (ours - text_encoder(input_ids).last_hidden_state).abs().max() == 0
+            ours, theirs = outputs(unet, text_encoder), outputs(pipe.unet, pipe.text_encoder)
+            for our, their, reference in zip(ours, theirs, base, strict=True):
+                torch.testing.assert_close(our, their, rtol=0, atol=2e-5)
+                assert (our - reference).abs().max() > 1e-3, "the LoRA must change the output"
 
 
 def test_file_keys_follow_kohya_grammar(tmp_path: Path) -> None:

@@ -78,6 +78,16 @@ def test_hashes_match_the_final_file(tmp_path: Path, state_factory) -> None:
     assert written["sshs_model_hash"] == hashlib.sha256(kohya_data).hexdigest()
 
 
+def test_kohya_in_memory_legacy_hash_would_miss_the_final_file(tmp_path: Path) -> None:
+    """Why we do not copy kohya here: its legacy hash sees a header without modelspec/sshs keys."""
+    path = tmp_path / "big.safetensors"
+    state, metadata = big_lora_state(), {"ss_output_name": "x", "modelspec.title": "x"}
+    save_lora_file(state, path, metadata)
+    kohya_bytes = safetensors.torch.save(state, {"ss_output_name": "x"})
+    kohya_legacy = hashlib.sha256(kohya_bytes[0x100000 : 0x100000 + 0x10000]).hexdigest()[:8]
+    assert read_lora_file(path)[1]["sshs_legacy_hash"] != kohya_legacy
+
+
 def test_big_file_exercises_the_legacy_window(tmp_path: Path) -> None:
     path = tmp_path / "big.safetensors"
     save_lora_file(big_lora_state(), path)
@@ -170,3 +180,20 @@ def test_failed_write_keeps_previous_file(
         save_lora_file(lora_state(rank=2), path, {"ss_epoch": "2"})
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == [path.name], "no temporary file is left behind"
+
+
+def test_header_is_canonical_so_seeded_runs_write_identical_bytes(tmp_path):
+    # safetensors orders the metadata map by hash, which varies between processes; ours is sorted.
+    tensors = {"lora_unet_b.alpha": torch.tensor(1.0), "lora_unet_a.alpha": torch.tensor(2.0)}
+    metadata = {f"ss_key_{i}": str(i) for i in range(30)}
+    path = tmp_path / "x.safetensors"
+    save_lora_file(tensors, path, metadata)
+    raw = path.read_bytes()
+    length = int.from_bytes(raw[:8], "little")
+    assert raw[8:10] == b'{"' and length % 8 == 0
+    header = json.loads(raw[8 : 8 + length])
+    assert list(header) == ["__metadata__", "lora_unet_a.alpha", "lora_unet_b.alpha"]
+    assert list(header["__metadata__"]) == sorted(header["__metadata__"])
+    again = tmp_path / "y.safetensors"
+    save_lora_file(tensors, again, dict(reversed(list(metadata.items()))))
+    assert again.read_bytes() == raw

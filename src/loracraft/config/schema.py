@@ -27,6 +27,7 @@ NETWORK = "Network"
 OPTIMIZER = "Optimizer and learning rate"
 TRAINING = "Training length and precision"
 OUTPUT = "Output and logging"
+AUGMENT = "Augmentation"
 
 LR_SCHEDULERS = (
     "constant",
@@ -116,6 +117,32 @@ class TrainConfig(BaseModel):
         75, CAPTIONS, "Caption length in tokens: 75, 150 or 225 (long captions are encoded in 75-token chunks)."
     )
 
+    dataset_config: OptionalPath = _field(
+        None, DATASET,
+        "kohya dataset TOML ([general], [[datasets]], [[datasets.subsets]]). Its keys override these flags "
+        "(subset > dataset > general > flags); train_data_dir and reg_data_dir are then ignored.",
+    )
+    shuffle_caption: bool = _field(False, CAPTIONS, "Shuffle the caption's tags (split at caption_separator) each time.")
+    caption_separator: str = _field(",", CAPTIONS, "Separator between tags.")
+    keep_tokens: int = _field(0, CAPTIONS, "Keep the first N tags in place when shuffling or dropping tags.", ge=0)
+    keep_tokens_separator: str = _field(
+        "", CAPTIONS, "A marker in the caption: tags before it stay fixed, tags after it are shuffled (overrides keep_tokens)."
+    )
+    secondary_separator: str | None = _field(
+        None, CAPTIONS, "Separator inside a tag group that is kept together, replaced by caption_separator after shuffling."
+    )
+    caption_prefix: str | None = _field(None, CAPTIONS, "Text put before every caption.")
+    caption_suffix: str | None = _field(None, CAPTIONS, "Text put after every caption.")
+    caption_dropout_rate: float = _field(0.0, CAPTIONS, "Chance of training an image with an empty caption.", ge=0, le=1)
+    caption_dropout_every_n_epochs: int = _field(0, CAPTIONS, "Train with empty captions every N-th epoch; 0 = never.", ge=0)
+    caption_tag_dropout_rate: float = _field(0.0, CAPTIONS, "Chance of dropping each (not kept) tag.", ge=0, le=1)
+    enable_wildcard: bool = _field(
+        False, CAPTIONS, "Expand {a|b|c} to one random choice; a multi-line caption file gives one random line."
+    )
+    weighted_captions: bool = _field(
+        False, CAPTIONS, "Read A1111 emphasis in captions: (word:1.3), (word) = x1.1, [word] = /1.1."
+    )
+
     # --- Buckets
     enable_bucket: bool = _field(True, BUCKETS, "Group images into aspect-ratio buckets instead of square crops.")
     min_bucket_reso: int = _field(256, BUCKETS, "Smallest bucket side in pixels.", ge=64)
@@ -123,6 +150,17 @@ class TrainConfig(BaseModel):
     bucket_reso_steps: int = _field(64, BUCKETS, "Bucket side granularity in pixels (a multiple of 64 for SD1).")
     bucket_no_upscale: bool = _field(
         True, BUCKETS, "Never upscale small images: their bucket is their own size, cropped to the step."
+    )
+
+    # --- Augmentation
+    flip_aug: bool = _field(False, AUGMENT, "Flip images horizontally at random (the latent cache keeps both versions).")
+    color_aug: bool = _field(False, AUGMENT, "Shift hue or gamma at random. Needs images decoded each step: no latent cache.")
+    random_crop: bool = _field(False, AUGMENT, "Crop at a random place instead of the centre. No latent cache.")
+    face_crop_aug_range: str | None = _field(
+        None, AUGMENT, "'lo,hi': crop around the face box encoded in the file name (*_cx_cy_w_h), scaled at random."
+    )
+    alpha_mask: bool = _field(
+        False, AUGMENT, "Use each image's alpha channel as a loss mask (transparent pixels do not train)."
     )
 
     # --- Caching and data loading
@@ -142,6 +180,20 @@ class TrainConfig(BaseModel):
     )
     persistent_data_loader_workers: bool = _field(
         False, CACHING, "Keep data-loader workers alive between epochs (no pause at each epoch start)."
+    )
+
+    cache_text_encoder_outputs: bool = _field(
+        False, CACHING,
+        "Encode every caption once before training. Needs static captions (no shuffle, dropout or wildcards) "
+        "and a frozen text encoder (--network_train_unet_only).",
+    )
+    cache_text_encoder_outputs_to_disk: bool = _field(
+        False, CACHING, "Keep text-encoder output caches as files beside the images. Implies cache_text_encoder_outputs."
+    )
+    cache_only: bool = _field(False, CACHING, "Fill the latent and text caches, then exit without training.")
+    skip_bad_images: bool = _field(
+        False, CACHING,
+        "Skip unreadable images with a warning naming each. Default: stop before training and list them.",
     )
 
     # --- Network
@@ -245,6 +297,31 @@ class TrainConfig(BaseModel):
             )
         if self.bucket_reso_steps % 64 != 0 or self.bucket_reso_steps <= 0:
             raise ValueError(f"--bucket_reso_steps must be a multiple of 64 for SD1, got {self.bucket_reso_steps}")
+        if self.cache_latents and (self.color_aug or self.random_crop):
+            flag = "--color_aug" if self.color_aug else "--random_crop"
+            raise ValueError(
+                f"{flag} changes the pixels every epoch, so latents cannot be cached: drop {flag} or set "
+                "--cache_latents false (flip_aug works with the cache)"
+            )
+        if self.cache_text_encoder_outputs:
+            dynamic = [
+                flag for flag, on in (
+                    ("--shuffle_caption", self.shuffle_caption),
+                    ("--caption_dropout_rate", self.caption_dropout_rate > 0),
+                    ("--caption_dropout_every_n_epochs", self.caption_dropout_every_n_epochs > 0),
+                    ("--caption_tag_dropout_rate", self.caption_tag_dropout_rate > 0),
+                    ("--enable_wildcard", self.enable_wildcard),
+                ) if on
+            ]
+            if dynamic:
+                raise ValueError(
+                    f"--cache_text_encoder_outputs needs captions that never change, but {dynamic[0]} changes "
+                    "them each epoch; drop one of the two"
+                )
+            if self.train_text_encoder:
+                raise ValueError(
+                    "--cache_text_encoder_outputs needs a frozen text encoder: add --network_train_unet_only"
+                )
         if any(side % 8 for side in self.resolution):
             raise ValueError(f"--resolution sides must be multiples of 8, got {self.resolution[0]},{self.resolution[1]}")
         return self
@@ -255,6 +332,8 @@ class TrainConfig(BaseModel):
         # kohya: --cache_latents_to_disk implies --cache_latents.
         if isinstance(data, dict) and data.get("cache_latents_to_disk") is True:
             data = {**data, "cache_latents": True}
+        if isinstance(data, dict) and data.get("cache_text_encoder_outputs_to_disk") is True:
+            data = {**data, "cache_text_encoder_outputs": True}
         return data
 
     # --- derived values the trainer uses

@@ -10,6 +10,7 @@ in-memory copy with only the ss_* metadata:
   the hash itself).
 """
 
+import json
 import os
 import pickle
 from pathlib import Path
@@ -78,10 +79,28 @@ def _tensors_for_saving(state_dict: dict[str, Tensor], dtype: torch.dtype | None
 def _serialize_with_hashes(tensors: dict[str, Tensor], metadata: dict[str, str]) -> bytes:
     # Placeholders as long as the real hashes give the draft the final header length, hence the final
     # layout; the real values then replace them without moving a byte of tensor data.
-    draft = safetensors.torch.save(tensors, {**metadata, MODEL_HASH_KEY: "0" * 64, LEGACY_HASH_KEY: "0" * 8})
+    placeholders = {MODEL_HASH_KEY: "0" * 64, LEGACY_HASH_KEY: "0" * 8}
+    draft = _canonical(safetensors.torch.save(tensors, {**metadata, **placeholders}))
     hashes = {MODEL_HASH_KEY: addnet_hash(draft), LEGACY_HASH_KEY: legacy_hash(draft)}
     del draft
-    return safetensors.torch.save(tensors, {**metadata, **hashes})
+    return _canonical(safetensors.torch.save(tensors, {**metadata, **hashes}))
+
+
+def _canonical(serialized: bytes) -> bytes:
+    """The same file with its JSON header in a fixed key order.
+
+    safetensors writes the metadata map in hash order, which changes between processes; sorting it
+    makes a seeded run write a byte-identical file. Tensor data and offsets are untouched, and the
+    header still starts with `{"` and stays padded with spaces to 8 bytes, as A1111 and safetensors want.
+    """
+    length = int.from_bytes(serialized[:8], "little")
+    header = json.loads(serialized[8 : 8 + length])
+    metadata = header.pop("__metadata__", None)
+    ordered = {"__metadata__": dict(sorted(metadata.items()))} if metadata else {}
+    ordered.update(sorted(header.items()))
+    text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + serialized[8 + length :]
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:

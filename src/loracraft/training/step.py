@@ -38,6 +38,11 @@ def encode_images(vae: AutoencoderKL, pixels: torch.Tensor, vae_batch_size: int)
     return torch.cat(parts).float()
 
 
+def training_target(noise: torch.Tensor) -> torch.Tensor:
+    """What the U-Net learns to predict: the added noise (epsilon prediction, SD1's parameterization)."""
+    return noise
+
+
 def diffusion_loss(models: StepModels, batch: dict, device: torch.device) -> torch.Tensor:
     """Epsilon-prediction MSE of one batch, each sample weighted by its loss weight."""
     # Latents come from the cache when it is on; otherwise encode the images now.
@@ -66,7 +71,8 @@ def diffusion_loss(models: StepModels, batch: dict, device: torch.device) -> tor
         noisy_latents.to(models.weight_dtype), timesteps, encoder_hidden_states.to(models.weight_dtype)
     ).sample
 
-    # Per-sample MSE, weighted (prior_loss_weight for regularization images), then averaged.
-    loss = F.mse_loss(model_pred.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3))
+    # Per-sample MSE against the target, weighted (prior_loss_weight for reg images), then averaged.
+    target = training_target(noise)
+    loss = F.mse_loss(model_pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
     loss = loss * batch["loss_weights"].to(device)
     return loss.mean()

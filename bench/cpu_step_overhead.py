@@ -1,0 +1,149 @@
+"""CPU benchmark: loracraft's training loop against a bare PyTorch loop doing the same math.
+
+Both loops train the same LoRA (rank 8 on U-Net and text encoder) on the same tiny SD1-topology model,
+with the same batch of cached latents and captions, AdamW and a cosine schedule. The bare loop is what a
+reader would write by hand: no DataLoader, no accelerate, no progress bar. The ratio of the two per-step
+times is loracraft's overhead; the target is <= 1.15.
+
+    python bench/cpu_step_overhead.py [--steps 40] [--warmup 5] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import PNDMScheduler
+
+from loracraft.config.schema import TrainConfig
+from loracraft.models.tiny.architecture import (
+    SD15_SCHEDULER_CONFIG,
+    build_text_encoder,
+    build_unet,
+    build_vae,
+)
+from loracraft.models.tiny.shapes import sample_dataset
+from loracraft.models.tokenizer_build import build_clip_tokenizer
+from loracraft.training.progress import TrainingLog
+from loracraft.training.trainer import TrainingRun, run_epochs, setup_run
+
+
+class TimedLog(TrainingLog):
+    """The real progress log, also recording when each optimizer step finished."""
+
+    def __init__(self, total_steps: int):
+        super().__init__(total_steps, None, "", show_bar=False)
+        self.times: list[float] = []
+
+    def step(self, step, epoch, loss, lrs) -> None:
+        super().step(step, epoch, loss, lrs)
+        self.times.append(time.perf_counter())
+
+
+def make_model_and_data(root: Path) -> tuple[Path, Path]:
+    images = sample_dataset(16, seed=0)
+    words = sorted({word for _, caption in images for word in caption.split()})
+    tokenizer_dir = build_clip_tokenizer(words, root / "model" / "tokenizer")
+    from transformers import CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(0)
+    build_unet().save_pretrained(root / "model" / "unet")
+    build_vae().save_pretrained(root / "model" / "vae")
+    build_text_encoder(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id).save_pretrained(
+        root / "model" / "text_encoder"
+    )
+    PNDMScheduler.from_config(SD15_SCHEDULER_CONFIG).save_config(root / "model" / "scheduler")
+    (root / "model" / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
+    folder = root / "data" / "1_shapes"
+    folder.mkdir(parents=True)
+    for i, (image, caption) in enumerate(images):
+        image.save(folder / f"{i:02d}.png")
+        (folder / f"{i:02d}.txt").write_text(caption)
+    return root / "model", root / "data"
+
+
+def config_for(model: Path, data: Path, out: Path, steps: int) -> TrainConfig:
+    return TrainConfig(
+        pretrained_model_name_or_path=str(model),
+        train_data_dir=str(data),
+        output_dir=str(out),
+        caption_extension=".txt",
+        resolution=(64, 64),
+        enable_bucket=False,
+        train_batch_size=4,
+        max_train_steps=steps,
+        network_dim=8,
+        network_alpha=8,
+        lr_scheduler="cosine",
+        mixed_precision="no",
+        seed=0,
+    )
+
+
+def loracraft_seconds_per_step(run: TrainingRun, warmup: int) -> float:
+    log = TimedLog(run.plan.steps.max_train_steps)
+    run_epochs(run, log)
+    measured = log.times[warmup - 1 :]
+    return (measured[-1] - measured[0]) / (len(measured) - 1)
+
+
+def bare_seconds_per_step(run: TrainingRun, steps: int, warmup: int) -> float:
+    """The same math written out by hand over the run's models, network and optimizer."""
+    models = run.models
+    dataset = run.batches.dataset
+    dataset.set_epoch(0)
+    batches = [dataset[i] for i in range(len(dataset))]
+    trainable = [p for group in run.optimizer.param_groups for p in group["params"]]
+    scheduler = run.lr_scheduler
+    times = []
+    for step in range(steps):
+        batch = batches[step % len(batches)]
+        latents = batch["latents"] * models.vae_scaling_factor
+        ids = models.tokenizer(
+            batch["captions"], padding="max_length", truncation=True, max_length=77, return_tensors="pt"
+        ).input_ids
+        states = models.text_encoder(ids).last_hidden_state
+        noise = torch.randn_like(latents)
+        timesteps = torch.randint(0, 1000, (latents.shape[0],))
+        noisy = models.noise_scheduler.add_noise(latents, noise, timesteps)
+        pred = models.unet(noisy, timesteps, states).sample
+        loss = F.mse_loss(pred, noise)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        run.optimizer.step()
+        scheduler.step()
+        run.optimizer.zero_grad(set_to_none=True)
+        times.append(time.perf_counter())
+    measured = times[warmup - 1 :]
+    return (measured[-1] - measured[0]) / (len(measured) - 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        model, data = make_model_and_data(root)
+        ours, bare = [], []
+        for round_ in range(args.rounds):
+            config = config_for(model, data, root / f"out{round_}", args.steps)
+            ours.append(loracraft_seconds_per_step(setup_run(config, lambda _: None), args.warmup))
+            bare.append(bare_seconds_per_step(setup_run(config, lambda _: None), args.steps, args.warmup))
+    ours_s, bare_s = statistics.median(ours), statistics.median(bare)
+    print(f"loracraft loop: {ours_s * 1000:.1f} ms/step (rounds: {', '.join(f'{t * 1000:.1f}' for t in ours)})")
+    print(f"bare loop:      {bare_s * 1000:.1f} ms/step (rounds: {', '.join(f'{t * 1000:.1f}' for t in bare)})")
+    print(f"ratio: {ours_s / bare_s:.3f} (target <= 1.15)")
+
+
+if __name__ == "__main__":
+    main()
