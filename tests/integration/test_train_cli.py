@@ -113,3 +113,33 @@ def test_bad_input_is_one_line_and_writes_nothing(tiny_sd1, tmp_path, capsys, ch
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
     assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("extra", "expect_te", "suffix"),
+    [
+        (["--mixed_precision", "bf16", "--gradient_checkpointing"], True, "safetensors"),
+        (["--network_train_unet_only", "--gradient_accumulation_steps", "2", "--save_model_as", "ckpt",
+          "--cache_latents_to_disk", "--max_data_loader_n_workers", "1", "--persistent_data_loader_workers"],
+         False, "ckpt"),
+        (["--cache_latents", "false", "--text_encoder_lr", "0", "--clip_skip", "2", "--max_token_length", "150"],
+         False, "safetensors"),
+    ],
+    ids=["bf16-checkpointing", "unet-only-accum-ckpt-disk-cache-workers", "uncached-te-lr0-clipskip-long"],
+)
+def test_training_options_run_and_shape_the_file(tiny_sd1, tmp_path, extra, expect_te, suffix):
+    tree = make_kohya_dataset(tmp_path / "data", reg_count=0)
+    out = tmp_path / "out"
+    flags = train_flags(tiny_sd1, tree, out, "--max_train_epochs", "1", *extra)
+    flags[flags.index("--reg_data_dir") : flags.index("--reg_data_dir") + 2] = []
+    assert main(flags) == 0
+    tensors = torch.load(out / "toy.ckpt", weights_only=True) if suffix == "ckpt" else None
+    if tensors is None:
+        with safe_open(out / "toy.safetensors", "pt") as f:
+            keys = set(f.keys())
+    else:
+        keys = set(tensors)
+    assert any(k.startswith("lora_unet_") for k in keys)
+    assert any(k.startswith("lora_te_") for k in keys) == expect_te
+    if "--cache_latents_to_disk" in extra:
+        assert len(list(tree.concept_dir.glob("*_sd.npz"))) == len(tree.images)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import set_seed
 from diffusers import DDPMScheduler
 
@@ -109,6 +110,10 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
         raise UserError(
             "--mixed_precision fp16 needs a CUDA GPU; on this machine use --mixed_precision bf16 or no"
         )
+    # accelerate keeps process-wide state; one process may run several trainings (tests, the demo), each
+    # with its own precision, so the previous run's settings are cleared first.
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
     return Accelerator(
         mixed_precision=config.mixed_precision,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
