@@ -4,6 +4,11 @@ Long captions (max_token_length 150 or 225) are tokenized as one sequence of L+2
 75-token chunks, each wrapped in its own BOS ... EOS and encoded separately; the states are joined back
 as [BOS of chunk 1] + tokens of every chunk + [last token of the last chunk], so the U-Net sees L+2
 positions. clip_skip N takes the N-th hidden state from the end and applies the final layer norm.
+The 75-token case is the same code with one chunk.
+
+With `--weighted_captions` each caption token's state is multiplied by its A1111 weight, as kohya's
+current scripts do: BOS/EOS/padding keep weight 1.0 and nothing is renormalised afterwards (kohya's older
+`get_weighted_text_embeddings` rescaled to the unweighted mean; its training path no longer does).
 """
 
 from __future__ import annotations
@@ -11,25 +16,66 @@ from __future__ import annotations
 import torch
 from transformers import CLIPTextModel
 
+from loracraft.models.prompt_weighting import weighted_token_ids
+
 CHUNK = 75  # tokens per chunk between BOS and EOS; CLIP's context is CHUNK + 2 = 77
+
+
+def split_into_chunks(sequences: torch.Tensor, max_token_length: int) -> torch.Tensor:
+    """(batch, L+2, ...) -> (batch, L/75, 77, ...): the first position, 75 tokens, the last position.
+
+    Used for token ids and for their weights alike, so both line up position by position.
+    """
+    chunks = [
+        torch.cat([sequences[:, :1], sequences[:, start : start + CHUNK], sequences[:, -1:]], dim=1)
+        for start in range(1, max_token_length + 1, CHUNK)
+    ]
+    return torch.stack(chunks, dim=1)
+
+
+def mark_chunk_ends(chunks: torch.Tensor, eos: int, pad: int) -> torch.Tensor:
+    """kohya's chunk fix-up for tokenizers that pad with something other than EOS (SD2, SDXL).
+
+    Such a chunk's last slot is padding, so a chunk cut inside a caption would end on a caption token with
+    no EOS, and a chunk past the caption's end would hold no EOS at all; kohya writes EOS into both places.
+    """
+    if eos == pad:
+        return chunks
+    chunks = chunks.clone()
+    cut = (chunks[..., -2] != eos) & (chunks[..., -2] != pad)
+    chunks[..., -1] = torch.where(cut, eos, chunks[..., -1])
+    chunks[..., 1] = torch.where(chunks[..., 1] == pad, eos, chunks[..., 1])
+    return chunks
+
+
+def join_chunks(per_chunk: torch.Tensor) -> torch.Tensor:
+    """(batch, n, 77, ...) -> (batch, n*75 + 2, ...): first BOS, every chunk's 75 inner positions, last end."""
+    inner = per_chunk[:, :, 1:-1].flatten(1, 2)
+    return torch.cat([per_chunk[:, 0, :1], inner, per_chunk[:, -1, -1:]], dim=1)
 
 
 def tokenize_captions(tokenizer, captions: list[str], max_token_length: int = 75) -> torch.Tensor:
     """Token ids of shape (batch, chunks, 77)."""
-    total = max_token_length + 2
     ids = tokenizer(
-        captions, padding="max_length", truncation=True, max_length=total, return_tensors="pt"
+        captions, padding="max_length", truncation=True, max_length=max_token_length + 2, return_tensors="pt"
     ).input_ids
-    if max_token_length == CHUNK:
-        return ids.unsqueeze(1)
-    chunks = []
-    for start in range(1, total - 1, CHUNK):
-        body = ids[:, start : start + CHUNK]
-        chunks.append(torch.cat([ids[:, :1], body, ids[:, -1:]], dim=1))
-    return torch.stack(chunks, dim=1)
+    chunks = split_into_chunks(ids, max_token_length)
+    return mark_chunk_ends(chunks, tokenizer.eos_token_id, tokenizer.pad_token_id)
 
 
-def encode_tokens(text_encoder: CLIPTextModel, input_ids: torch.Tensor, clip_skip: int | None) -> torch.Tensor:
+def tokenize_weighted_captions(
+    tokenizer, captions: list[str], max_token_length: int = 75
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ids (batch, chunks, 77) with brackets parsed out, and each position's A1111 weight, same shape."""
+    pairs = [weighted_token_ids(tokenizer, caption, max_token_length) for caption in captions]
+    ids = split_into_chunks(torch.tensor([p[0] for p in pairs]), max_token_length)
+    weights = split_into_chunks(torch.tensor([p[1] for p in pairs]), max_token_length)
+    return mark_chunk_ends(ids, tokenizer.eos_token_id, tokenizer.pad_token_id), weights
+
+
+def encode_tokens(
+    text_encoder: CLIPTextModel, input_ids: torch.Tensor, clip_skip: int | None
+) -> torch.Tensor:
     """Hidden states (batch, chunks*75 + 2, dim) for ids from `tokenize_captions`."""
     batch, chunks, length = input_ids.shape
     flat = input_ids.reshape(batch * chunks, length).to(text_encoder.device)
@@ -38,14 +84,7 @@ def encode_tokens(text_encoder: CLIPTextModel, input_ids: torch.Tensor, clip_ski
     else:
         hidden = text_encoder(flat, output_hidden_states=True).hidden_states[-clip_skip]
         states = final_layer_norm(text_encoder)(hidden)
-    states = states.reshape(batch, chunks * length, -1)
-    if chunks == 1:
-        return states
-    pieces = [states[:, :1]]
-    for start in range(1, chunks * length, length):
-        pieces.append(states[:, start : start + CHUNK])
-    pieces.append(states[:, -1:])
-    return torch.cat(pieces, dim=1)
+    return join_chunks(states.reshape(batch, chunks, length, -1))
 
 
 def final_layer_norm(text_encoder: CLIPTextModel) -> torch.nn.Module:
@@ -58,3 +97,16 @@ def encode_captions(
     tokenizer, text_encoder: CLIPTextModel, captions: list[str], max_token_length: int, clip_skip: int | None
 ) -> torch.Tensor:
     return encode_tokens(text_encoder, tokenize_captions(tokenizer, captions, max_token_length), clip_skip)
+
+
+def encode_weighted_captions(
+    tokenizer, text_encoder: CLIPTextModel, captions: list[str], max_token_length: int, clip_skip: int | None
+) -> torch.Tensor:
+    """`encode_captions` for A1111-weighted captions: each token's state times its weight, no renormalising.
+
+    The joined weights are 1.0 at the first and last positions, so this scales exactly kohya's
+    positions 1..75 of every chunk.
+    """
+    input_ids, weights = tokenize_weighted_captions(tokenizer, captions, max_token_length)
+    states = encode_tokens(text_encoder, input_ids, clip_skip)
+    return states * join_chunks(weights).to(states).unsqueeze(-1)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel
 
-from loracraft.models.text_encoding import encode_captions
+from loracraft.models.text_encoding import encode_captions, encode_weighted_captions
 
 
 @dataclass
@@ -26,6 +26,11 @@ class StepModels:
     train_text_encoder: bool
     max_token_length: int
     clip_skip: int | None
+    weighted_captions: bool = False
+
+    def encode_text(self, captions: list[str]) -> torch.Tensor:
+        encode = encode_weighted_captions if self.weighted_captions else encode_captions
+        return encode(self.tokenizer, self.text_encoder, captions, self.max_token_length, self.clip_skip)
 
 
 def encode_images(vae: AutoencoderKL, pixels: torch.Tensor, vae_batch_size: int) -> torch.Tensor:
@@ -43,6 +48,18 @@ def training_target(noise: torch.Tensor) -> torch.Tensor:
     return noise
 
 
+def masked_mean(loss: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Per-sample mean of the loss over the masked area (alpha_mask).
+
+    The pixel mask is shrunk to latent size by area averaging. kohya divides by every element, so a
+    half-transparent image trains at half strength; dividing by the mask's own area keeps the strength.
+    """
+    mask = F.interpolate(masks.float(), size=loss.shape[-2:], mode="area")
+    weighted = (loss * mask).sum(dim=(1, 2, 3))
+    area = mask.sum(dim=(1, 2, 3)) * loss.shape[1]
+    return weighted / area.clamp(min=1e-6)
+
+
 def diffusion_loss(models: StepModels, batch: dict, device: torch.device) -> torch.Tensor:
     """Epsilon-prediction MSE of one batch, each sample weighted by its loss weight."""
     # Latents come from the cache when it is on; otherwise encode the images now.
@@ -52,11 +69,13 @@ def diffusion_loss(models: StepModels, batch: dict, device: torch.device) -> tor
         latents = encode_images(models.vae, batch["pixels"].to(device), vae_batch_size=len(batch["pixels"]))
     latents = latents * models.vae_scaling_factor
 
-    # Text conditioning; gradients flow into the text encoder only when its LoRA is trained.
-    with torch.set_grad_enabled(models.train_text_encoder):
-        encoder_hidden_states = encode_captions(
-            models.tokenizer, models.text_encoder, batch["captions"], models.max_token_length, models.clip_skip
-        )
+    # Text conditioning from the cache, or encoded now; gradients reach the text encoder only when its
+    # LoRA is trained.
+    if "text_states" in batch:
+        encoder_hidden_states = batch["text_states"].to(device)
+    else:
+        with torch.set_grad_enabled(models.train_text_encoder):
+            encoder_hidden_states = models.encode_text(batch["captions"])
 
     # Sample the noise to add and a random timestep for each image.
     noise = torch.randn_like(latents)
@@ -73,6 +92,10 @@ def diffusion_loss(models: StepModels, batch: dict, device: torch.device) -> tor
 
     # Per-sample MSE against the target, weighted (prior_loss_weight for reg images), then averaged.
     target = training_target(noise)
-    loss = F.mse_loss(model_pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    loss = F.mse_loss(model_pred.float(), target.float(), reduction="none")
+    if "masks" in batch:
+        loss = masked_mean(loss, batch["masks"].to(device))
+    else:
+        loss = loss.mean(dim=(1, 2, 3))
     loss = loss * batch["loss_weights"].to(device)
     return loss.mean()

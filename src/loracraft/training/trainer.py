@@ -184,6 +184,7 @@ def setup_run(config: TrainConfig, echo: Callable[[str], None]) -> TrainingRun:
         train_text_encoder=config.train_text_encoder,
         max_token_length=config.max_token_length,
         clip_skip=config.clip_skip,
+        weighted_captions=config.weighted_captions,
     )
     facts = RunFacts(seed=seed, started_at=started_at)
     return TrainingRun(

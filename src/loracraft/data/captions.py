@@ -1,0 +1,168 @@
+"""kohya's per-sample caption transforms: prefix/suffix, dropout, wildcards, keep/shuffle/drop tags.
+
+`process_caption` runs them in kohya's order (`BaseDataset.process_caption`, reference §4.5). Every step
+is a pure function and all randomness comes from the `random.Random` the caller passes, so the dataset
+can seed one per (sample, epoch) and get the same captions on every run and every worker.
+
+Where kohya has a trap we keep its options and fix the result:
+- A multi-line caption has its line chosen first and prefix/suffix put around that line; kohya adds them
+  to the whole file first, so the suffix only survives when the last line is drawn. Empty lines are never
+  drawn (kohya can draw the empty line after a trailing newline and train on a bare prefix).
+- Empty tags (from doubled or trailing separators) are dropped before `keep_tokens` counts; kohya keeps
+  them on the `keep_tokens` path, so "a,,b" with keep_tokens 2 fixes "a" and "" and trains on "a, , b".
+- The `keep_tokens_separator` marker never reaches the text encoder: a caption holding it is split into
+  tags even without shuffle or tag dropout (kohya then leaves "|||" in the text), and a third or later
+  marker separates suffix tags instead of staying inside one.
+- Prefix, caption and suffix are joined with one space and no space is added next to an empty part.
+kohya's token warmup (`token_warmup_min/step`) is not part of these options.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+
+from loracraft.errors import UserError
+
+# kohya joins the tags back with ", " whatever `caption_separator` is; we keep that so captions and the
+# tags they teach stay identical to kohya's.
+TAG_JOINER = ", "
+
+# `{{` and `}}` are literal braces; `{a|b|c}` (no braces inside) is a wildcard. One left-to-right scan
+# handles both, so an escape can never be mistaken for part of a wildcard.
+_WILDCARD = re.compile(r"\{\{|\}\}|\{([^{}]+)\}")
+
+
+@dataclass(frozen=True)
+class CaptionOptions:
+    """A subset's caption keys, with kohya's names and defaults."""
+
+    shuffle_caption: bool = False
+    keep_tokens: int = 0
+    keep_tokens_separator: str = ""
+    caption_separator: str = ","
+    secondary_separator: str | None = None
+    caption_prefix: str | None = None
+    caption_suffix: str | None = None
+    caption_dropout_rate: float = 0.0
+    caption_dropout_every_n_epochs: int = 0
+    caption_tag_dropout_rate: float = 0.0
+    enable_wildcard: bool = False
+
+    def __post_init__(self) -> None:
+        # Dataset TOML subsets reach here without the flag schema's checks, so the values are checked once more.
+        for name in ("caption_dropout_rate", "caption_tag_dropout_rate"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise UserError(f"{name} must be between 0 and 1, got {value}")
+        for name in ("keep_tokens", "caption_dropout_every_n_epochs"):
+            if getattr(self, name) < 0:
+                raise UserError(f"{name} must be 0 or more, got {getattr(self, name)}")
+        if not self.caption_separator:
+            raise UserError('caption_separator must not be empty; the default is ","')
+
+    @property
+    def is_static(self) -> bool:
+        """True when a caption comes out the same every epoch, so its text-encoder output can be cached."""
+        return not (
+            self.shuffle_caption
+            or self.caption_dropout_rate > 0
+            or self.caption_dropout_every_n_epochs > 0
+            or self.caption_tag_dropout_rate > 0
+            or self.enable_wildcard
+        )
+
+
+def drops_whole_caption(options: CaptionOptions, rng: random.Random, epoch: int) -> bool:
+    """kohya's caption dropout: by chance, or on every epoch divisible by `caption_dropout_every_n_epochs`.
+
+    `epoch` counts from 1 like kohya's `current_epoch`, so N = 2 drops captions in epochs 2, 4, 6...
+    The rng is only drawn from when the rate is set, so turning dropout off leaves later draws unchanged.
+    """
+    by_chance = options.caption_dropout_rate > 0 and rng.random() < options.caption_dropout_rate
+    every_n = options.caption_dropout_every_n_epochs
+    return by_chance or (every_n > 0 and epoch % every_n == 0)
+
+
+def first_line(caption: str) -> str:
+    """kohya trains on the first line of a caption unless wildcards are enabled."""
+    lines = caption.splitlines()
+    return lines[0] if lines else ""
+
+
+def random_line(caption: str, rng: random.Random) -> str:
+    """One line of a multi-line caption drawn at random, never an empty one."""
+    lines = [line for line in caption.splitlines() if line.strip()]
+    return rng.choice(lines) if lines else ""
+
+
+def add_prefix_suffix(caption: str, prefix: str | None, suffix: str | None) -> str:
+    """`prefix caption suffix`, joined with single spaces; missing or empty parts add no space."""
+    return " ".join(part for part in (prefix, caption, suffix) if part)
+
+
+def expand_wildcards(caption: str, rng: random.Random) -> str:
+    """Each `{a|b|c}` becomes one of its choices at random; `{{` and `}}` become literal braces."""
+
+    def replace(match: re.Match[str]) -> str:
+        if match.group(1) is None:
+            return match.group(0)[0]
+        return rng.choice(match.group(1).split("|"))
+
+    return _WILDCARD.sub(replace, caption)
+
+
+def split_tags(text: str, separator: str) -> list[str]:
+    """Tags between separators, stripped, without the empty ones doubled or trailing separators leave."""
+    return [tag for tag in (piece.strip() for piece in text.split(separator)) if tag]
+
+
+def partition_tags(caption: str, options: CaptionOptions) -> tuple[list[str], list[str], list[str]]:
+    """(fixed, flexible, fixed suffix) tags.
+
+    With `keep_tokens_separator` in the caption, tags before its first occurrence are fixed, tags between
+    the first and second are flexible and tags after the second stay fixed at the end. Otherwise the first
+    `keep_tokens` tags are fixed and the rest are flexible.
+    """
+    marker = options.keep_tokens_separator
+    separator = options.caption_separator
+    if marker and marker in caption:
+        fixed, flexible, *suffix = caption.split(marker)
+        suffix_tags = [tag for part in suffix for tag in split_tags(part, separator)]
+        return split_tags(fixed, separator), split_tags(flexible, separator), suffix_tags
+    tags = split_tags(caption, separator)
+    return tags[: options.keep_tokens], tags[options.keep_tokens :], []
+
+
+def shuffle_tags(tags: list[str], rng: random.Random) -> list[str]:
+    shuffled = list(tags)
+    rng.shuffle(shuffled)
+    return shuffled
+
+
+def drop_tags(tags: list[str], rate: float, rng: random.Random) -> list[str]:
+    """Each tag survives with probability 1 - rate (kohya's `random() >= rate`); rate 0 draws nothing."""
+    if rate <= 0:
+        return list(tags)
+    return [tag for tag in tags if rng.random() >= rate]
+
+
+def process_caption(caption: str, options: CaptionOptions, rng: random.Random, epoch: int) -> str:
+    """The caption a sample is trained on in `epoch` (counted from 1, as kohya's `current_epoch`)."""
+    if drops_whole_caption(options, rng, epoch):
+        return ""
+    line = random_line(caption, rng) if options.enable_wildcard else first_line(caption)
+    caption = add_prefix_suffix(line, options.caption_prefix, options.caption_suffix)
+    if options.enable_wildcard:
+        caption = expand_wildcards(caption, rng)
+    marker = options.keep_tokens_separator
+    if options.shuffle_caption or options.caption_tag_dropout_rate > 0 or (marker and marker in caption):
+        fixed, flexible, fixed_suffix = partition_tags(caption, options)
+        if options.shuffle_caption:
+            flexible = shuffle_tags(flexible, rng)
+        flexible = drop_tags(flexible, options.caption_tag_dropout_rate, rng)
+        caption = TAG_JOINER.join(fixed + flexible + fixed_suffix)
+    if options.secondary_separator:
+        caption = caption.replace(options.secondary_separator, options.caption_separator)
+    return caption
