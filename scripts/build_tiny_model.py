@@ -1,8 +1,10 @@
 """Build loracraft-tiny from nothing: procedural images -> VAE -> U-Net + text encoder -> shipped files.
 
-    python scripts/build_tiny_model.py [--out DIR]
+    OMP_WAIT_POLICY=PASSIVE python scripts/build_tiny_model.py [--out DIR]
 
-Deterministic (fixed seeds, two torch threads); takes ~25 minutes on two CPU cores. Writes
+Deterministic (fixed seeds, two torch threads); takes ~25 minutes on two CPU cores. The environment
+variable changes no result: it stops idle OpenMP threads from spinning, which on a shared machine halved
+the CPU each step cost. Writes
 loracraft-tiny.safetensors (SD's single-file layout, fp16) and loracraft-tiny-tokenizer/ into DIR,
 by default the package's models/tiny/weights/, then loads the written file back and reports how many of
 its own prompts it draws in the right colour on the right background.

@@ -13,6 +13,7 @@ USAGE = """usage: loracraft COMMAND [flags]
 commands:
   train   train a LoRA with kohya sd-scripts' flags (loracraft train --help)
   demo    train a LoRA on the embedded tiny model and render a comparison grid
+  dataset prepare (kohya folder tree from your images) | check (the dataset doctor)
 
 loracraft {version}
 """
@@ -38,7 +39,27 @@ def run_demo(argv: list[str]) -> int:
     return demo_main(argv)
 
 
-COMMANDS: dict[str, Callable[[list[str]], int]] = {"train": run_train, "demo": run_demo}
+def run_dataset(argv: list[str]) -> int:
+    from loracraft.config.suggest import did_you_mean
+    from loracraft.tools import dataset_check, dataset_prepare
+
+    actions = {"prepare": dataset_prepare.main, "check": dataset_check.main}
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: loracraft dataset prepare|check [flags]  (loracraft dataset prepare --help)")
+        return 0 if argv else 2
+    action = actions.get(argv[0])
+    if action is None:
+        raise UserError(
+            f"unknown dataset action {argv[0]!r}{did_you_mean(argv[0], actions)}; use prepare or check"
+        )
+    return action(argv[1:])
+
+
+COMMANDS: dict[str, Callable[[list[str]], int]] = {
+    "train": run_train,
+    "demo": run_demo,
+    "dataset": run_dataset,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,13 +1,23 @@
 import os
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from data_helpers import make_kohya_dataset, write_test_image
+from loracraft.data.buckets import BucketChoice
 from loracraft.data.images import load_bucket_tensor
-from loracraft.data.latent_cache import cache_file_path, cache_latents_in_memory, cache_latents_to_disk
+from loracraft.data.latent_cache import (
+    cache_file_path,
+    cache_latents_in_memory,
+    cache_latents_to_disk,
+    encode_latents_in_memory,
+    load_cached_latents,
+    read_latent_file,
+)
 from loracraft.data.plan import build_epoch_plan
 from loracraft.data.scan import scan_dreambooth_dir
 from loracraft.errors import UserError
@@ -137,3 +147,78 @@ def test_nan_latents_stop_with_the_flag_to_use_and_leave_no_partial_file(tree):
 
 def test_cache_file_name_pads_the_original_size(tmp_path):
     assert cache_file_path(tmp_path / "a.b.png", (640, 96), "sdxl").name == "a.b_0640x0096_sdxl.npz"
+
+
+def run_disk_cache_with(images, **flags):
+    vae = FakeVae()
+    paths, report = cache_latents_to_disk(
+        images, encode=vae, vae_identity="vae-a", vae_batch_size=2, progress=False, **flags
+    )
+    return vae, paths, report
+
+
+def test_flip_aug_caches_the_mirrored_image_and_is_part_of_the_fingerprint(tree):
+    images = plan_images(tree)
+    vae, paths, report = run_disk_cache_with(images, flip_aug=True)
+    assert report.encoded == 4 and vae.encoded == 8  # each image and its mirror
+    entry = read_latent_file(paths[0])
+    pixels = load_bucket_tensor(images[0].record.path, images[0].choice.resized_size, images[0].choice.bucket)
+    assert torch.allclose(entry.latents_flipped, FakeVae()(pixels.flip(-1)[None])[0])
+    assert torch.equal(entry.for_sample(True)[0], entry.latents_flipped)
+    assert torch.equal(load_cached_latents(paths[0], flipped=True), entry.latents_flipped)
+    assert run_disk_cache_with(images, flip_aug=True)[2].encoded == 0
+    assert run_disk_cache_with(images)[2].encoded == 4  # turning flip_aug off re-encodes
+    assert "latents_flipped" not in np.load(paths[0]).files
+
+
+def test_alpha_masks_are_cached_at_latent_size(tmp_path):
+    folder = tmp_path / "img" / "1_cutout"
+    folder.mkdir(parents=True)
+    rgba = np.zeros((64, 128, 4), dtype=np.uint8)
+    rgba[:, :64, 3] = 255  # left half opaque
+    Image.fromarray(rgba, "RGBA").save(folder / "a.png")
+    write_test_image(folder / "b.png", (64, 64), seed=0)
+    subsets, _ = scan_dreambooth_dir(tmp_path / "img", is_reg=False, caption_extension=".txt")
+    images = build_epoch_plan(
+        subsets, resolution=(128, 64), batch_size=1, seed=0, max_train_epochs=1, max_train_steps=None,
+        enable_bucket=False, min_bucket_reso=64, max_bucket_reso=128, bucket_reso_steps=64,
+    ).images  # fmt: skip
+    in_memory = encode_latents_in_memory(
+        images, encode=FakeVae(), vae_batch_size=2, alpha_mask=True, flip_aug=True
+    )
+    expected = torch.zeros(1, 8, 16)
+    expected[..., :8] = 1
+    assert torch.equal(in_memory[0].alpha_mask, expected)
+    assert torch.equal(in_memory[0].for_sample(True)[1], expected.flip(-1))
+    assert torch.equal(in_memory[1].alpha_mask, torch.ones(1, 8, 16))  # no alpha channel: all ones
+    _, paths, _ = run_disk_cache_with(images, alpha_mask=True, flip_aug=True)
+    with np.load(paths[0]) as npz:
+        assert npz["alpha_mask"].shape == (8, 16) and npz["alpha_mask"].dtype == np.float32
+    from_file = read_latent_file(paths[0])
+    assert torch.equal(from_file.alpha_mask, expected)
+    assert torch.equal(from_file.latents, in_memory[0].latents)
+
+
+def test_an_image_planned_twice_with_other_buckets_gets_one_file_per_bucket(tree):
+    images = plan_images(tree)
+    first = images[0]
+    assert first.choice.bucket == (64, 64)
+    other = replace(first, choice=BucketChoice((96, 64), (96, 64), 0.0))
+    vae, paths, report = run_disk_cache_with([first, other, first])
+    assert paths[0] == paths[2] != paths[1]
+    assert [p.name for p in paths[:2]] == [
+        "image_00_0096x0064_64x64-from-96x64_sd.npz", "image_00_0096x0064_96x64-from-96x64_sd.npz"
+    ]  # fmt: skip
+    assert report.encoded == 2 and vae.encoded == 2  # the repeated entry is encoded once
+    assert np.load(paths[1])["latents"].shape == (4, 8, 12)
+
+
+def test_memory_entries_and_the_plain_latents_call_agree(tree):
+    images = plan_images(tree)
+    entries = encode_latents_in_memory(images, encode=FakeVae(), vae_batch_size=2, progress=False)
+    plain = cache_latents_in_memory(images, encode=FakeVae(), vae_batch_size=2, progress=False)
+    for entry, latents in zip(entries, plain, strict=True):
+        assert entry.latents_flipped is None and entry.alpha_mask is None
+        assert torch.equal(entry.latents, latents)
+    with pytest.raises(ValueError, match="without flip_aug"):
+        entries[0].for_sample(True)

@@ -118,3 +118,12 @@ def test_bucket_limits_round_to_the_step_with_warnings():
 def test_resolution_outside_bucket_limits_names_the_flags():
     with pytest.raises(UserError, match="--min_bucket_reso 768"):
         adjust_bucket_limits((512, 512), 768, 1024, 64)
+
+
+def test_no_upscale_extreme_aspect_does_not_divide_by_zero():
+    # 96x64 into a 64x64 area with 64-px steps: the height rounds to 0 steps; the bucket's zero side is
+    # then reported by the plan as "smaller than --bucket_reso_steps", not a ZeroDivisionError.
+    from loracraft.data.buckets import select_bucket_no_upscale
+
+    choice = select_bucket_no_upscale(96, 64, 64 * 64, 64)
+    assert 0 in choice.bucket

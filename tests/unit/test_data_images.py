@@ -1,9 +1,21 @@
+import pickle
+import warnings
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from loracraft.data.images import load_bucket_tensor, load_image_rgb, resize_and_center_crop, to_tensor
+from loracraft.data import images
+from loracraft.data.images import (
+    ImageFileError,
+    load_bucket_tensor,
+    load_image_rgb,
+    open_image,
+    resize_and_center_crop,
+    to_tensor,
+    upright_size,
+)
 from loracraft.errors import UserError
 
 
@@ -94,3 +106,76 @@ def test_to_tensor_scales_to_minus_one_one():
 def test_load_bucket_tensor_shape(tmp_path):
     path = saved(tmp_path, halves(100, 60), "x.webp")
     assert load_bucket_tensor(path, (107, 64), (64, 64)).shape == (3, 64, 64)
+
+
+def test_cmyk_jpeg_becomes_rgb(tmp_path):
+    path = saved(tmp_path, Image.new("CMYK", (8, 8), (0, 255, 255, 0)), "cmyk.jpg")
+    assert load_image_rgb(path).getpixel((4, 4)) == (255, 0, 0)
+
+
+def test_palette_without_transparency_keeps_its_colours(tmp_path):
+    img = Image.new("P", (4, 4), 2)
+    img.putpalette([0, 0, 0, 10, 20, 30, 200, 100, 50] + [0] * 759)
+    assert load_image_rgb(saved(tmp_path, img, "p.png")).getpixel((1, 1)) == (200, 100, 50)
+
+
+def test_big_endian_16_bit_grey_is_scaled(tmp_path):
+    img = Image.frombytes("I;16B", (4, 4), np.full((4, 4), 128 * 257, dtype=">u2").tobytes())
+    assert img.mode == "I;16B"
+    assert load_image_rgb(saved(tmp_path, img, "deep.tif")).getpixel((2, 2)) == (128, 128, 128)
+
+
+def test_half_transparent_grey_alpha_is_blended_on_white(tmp_path):
+    loaded = load_image_rgb(saved(tmp_path, Image.new("LA", (4, 4), (100, 128)), "la.png"))
+    assert loaded.getpixel((0, 0)) == (177, 177, 177)  # 100 * 128/255 + 255 * 127/255
+
+
+def test_images_over_the_pixel_limit_are_refused_naming_the_file(tmp_path, monkeypatch):
+    path = saved(tmp_path, Image.new("RGB", (64, 48)), "huge.png")
+    monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 64 * 48 - 1)
+    with pytest.raises(
+        ImageFileError, match=rf"cannot decode image {path} \(64x48 = 0 MP, over the .* MP limit\); downscale"
+    ):
+        load_image_rgb(path)
+
+
+def test_pillows_bomb_warning_neither_escapes_nor_stops_loading(tmp_path, monkeypatch):
+    path = saved(tmp_path, Image.new("RGB", (64, 64)), "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 3000)  # Pillow warns above this, fails above twice it
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert load_image_rgb(path).size == (64, 64)
+    assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
+
+
+def test_pillows_bomb_error_becomes_our_message(tmp_path, monkeypatch):
+    path = saved(tmp_path, Image.new("RGB", (64, 64)), "bomb.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(ImageFileError, match=f"cannot decode image {path} .*4096 pixels.*downscale it"):
+        load_image_rgb(path)
+
+
+def test_image_file_error_survives_pickling_between_processes(tmp_path):
+    err = pickle.loads(pickle.dumps(ImageFileError(tmp_path / "x.png", "truncated")))
+    assert isinstance(err, UserError) and err.reason == "truncated" and str(tmp_path / "x.png") in str(err)
+
+
+def test_large_jpeg_decodes_at_dct_scale_close_to_a_full_decode(tmp_path):
+    ys, xs = np.mgrid[0:600, 0:800]
+    pixels = np.stack([(xs * 255 // 800), (ys * 255 // 600), (xs + ys) % 256], axis=-1).astype(np.uint8)
+    path = saved(tmp_path, Image.fromarray(pixels), "photo.jpg", quality=95)
+    fast = load_bucket_tensor(path, (192, 144), (192, 128))
+    full = to_tensor(resize_and_center_crop(load_image_rgb(path), (192, 144), (192, 128)))
+    assert fast.shape == full.shape == (3, 128, 192)
+    assert (fast - full).abs().mean() < 0.02  # of the [-1, 1] range
+
+
+@pytest.mark.parametrize("name", ["turned.jpg", "turned.png", "turned.webp"])
+def test_upright_size_reads_the_exif_of_the_header_only(tmp_path, name):
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    path = saved(tmp_path, Image.new("RGB", (30, 20)), name, exif=exif)
+    with open_image(path) as img:
+        assert upright_size(img) == (20, 30)
+        # Still undecoded: Pillow empties the tile list once it decodes (its WebP reader has no tiles).
+        assert img.tile or name.endswith(".webp")

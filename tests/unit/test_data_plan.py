@@ -5,8 +5,21 @@ from pathlib import Path
 import pytest
 
 from loracraft.data.balance import balance_reg_repeats
-from loracraft.data.metadata import bucket_info, dataset_dirs, tag_frequency
-from loracraft.data.plan import build_epoch_plan, count_steps, epoch_batches
+from loracraft.data.metadata import (
+    bucket_info,
+    dataset_dirs,
+    datasets_metadata,
+    merged_dataset_dirs,
+    tag_frequency,
+)
+from loracraft.data.plan import (
+    BucketSettings,
+    DatasetSpec,
+    build_epoch_plan,
+    build_run_plan,
+    count_steps,
+    epoch_batches,
+)
 from loracraft.data.records import ImageRecord, Subset
 from loracraft.data.summary import format_plan
 from loracraft.errors import UserError
@@ -161,3 +174,120 @@ def test_metadata_shapes_match_kohya():
     assert dataset_dirs(plan, is_reg=False) == {"2_sks toy": {"n_repeats": 2, "img_count": 2}}
     assert dataset_dirs(plan, is_reg=True) == {"1_toy": {"n_repeats": 1, "img_count": 5}}
     assert tag_frequency(plan) == {"2_sks toy": {"sks toy": 2, "red": 2, "plain": 2}, "1_toy": {"1_toy": 5}}
+
+
+def two_dataset_plan(**kwargs):
+    """Dataset 0: 512px, batch 2, 6 train images x 2 + 4 reg; dataset 1: 768px, batch 3, the same folder
+    as dataset 0's train subset plus a second one."""
+    shared = subset("2_sks", [(512, 512)] * 6, repeats=2, caption="sks, red")
+    reg = subset("1_dog", [(512, 512)] * 4, repeats=1, is_reg=True)
+    other = subset("1_style", [(768, 768)] * 5, repeats=1)
+    datasets = [
+        DatasetSpec((shared, reg), (512, 512), 2, label="x.toml [[datasets]][0]"),
+        DatasetSpec(
+            (shared, other), (768, 768), 3, BucketSettings(enable_bucket=True), "x.toml [[datasets]][1]"
+        ),
+    ]
+    defaults = dict(seed=3, max_train_epochs=2, max_train_steps=None)
+    return build_run_plan(datasets, **{**defaults, **kwargs})
+
+
+def test_several_datasets_each_with_own_resolution_batch_size_and_reg_balance():
+    plan = two_dataset_plan()
+    first, second = plan.datasets
+    # 12 train samples; 4 reg images balanced up to 12 samples within dataset 0 only.
+    assert (first.num_train_samples, first.num_reg_samples, first.batches_per_epoch) == (12, 12, 12)
+    # 6 images resized to 768x768 plus 5 native: 17 samples in batches of 3.
+    assert (second.num_train_samples, second.num_reg_samples, second.buckets) == (17, 0, ((768, 768),))
+    assert second.batches_per_epoch == 6
+    assert plan.batches_per_epoch == 18 == plan.steps.steps_per_epoch
+    assert plan.steps.max_train_steps == 36
+    assert plan.buckets == ((512, 512), (768, 768))
+    assert [plan.subsets[i].name for i in second.subset_indices] == ["2_sks", "1_style"]
+    assert {plan.images[i].subset_index for s in second.bucket_samples for i in s} == {2, 3}
+
+
+def test_epoch_batches_never_mix_datasets_and_use_each_batch_size():
+    plan = two_dataset_plan()
+    first_images = {i for s in plan.datasets[0].bucket_samples for i in s}
+    batches = epoch_batches(plan, 0)
+    assert len(batches) == plan.batches_per_epoch
+    assert batches == epoch_batches(plan, 0) != epoch_batches(plan, 1)
+    for batch in batches:
+        inside_first = {i in first_images for i in batch}
+        assert len(inside_first) == 1
+        assert len(batch) <= (2 if inside_first.pop() else 3)
+    # Batches of both datasets are shuffled together, not one dataset after the other.
+    owners = [batch[0] in first_images for batch in batches]
+    assert owners != sorted(owners) and owners != sorted(owners, reverse=True)
+
+
+def test_format_plan_prints_every_dataset_and_the_sum():
+    text = format_plan(two_dataset_plan())
+    for line in [
+        "Dataset 1 of 2: x.toml [[datasets]][0] (resolution 512x512, batch size 2)",
+        "  train  2_sks: 6 images x 2 repeats = 12 samples",
+        "  reg    1_dog: 4 images x 1 repeat, balanced to 12 samples",
+        "  samples per epoch: 12 train + 12 reg = 24",
+        "Dataset 2 of 2: x.toml [[datasets]][1] (resolution 768x768, batch size 3)",
+        "Buckets (resolution 768x768, aspect-ratio buckets; mean aspect-ratio error 0.0000)",
+        "  768x768: 17 samples -> 6 batches",
+        "  x.toml [[datasets]][0]: 24 samples in batches of 2 = 12 batches",
+        "  x.toml [[datasets]][1]: 17 samples in batches of 3 = 6 batches",
+        "  12 + 6 = 18 batches per epoch (each bucket rounds up on its own)",
+        "  2 epochs x 18 = 36 optimizer steps",
+    ]:
+        assert line in text
+
+
+def test_reg_only_dataset_is_unused_with_a_warning_and_no_train_anywhere_is_an_error():
+    train = subset("1_a", [(512, 512)] * 2, repeats=1)
+    reg = subset("1_dog", [(512, 512)] * 3, repeats=1, is_reg=True)
+    args = dict(seed=0, max_train_epochs=1, max_train_steps=None)
+    plan = build_run_plan(
+        [DatasetSpec((train,), (512, 512), 1), DatasetSpec((reg,), (512, 512), 1, label="L")], **args
+    )
+    assert plan.num_reg_samples == 0 and plan.batches_per_epoch == 2
+    assert "L: no training images, so its regularization images are unused" in plan.warnings[0]
+    with pytest.raises(UserError, match="no training images: .*is_reg = true in the dataset config"):
+        build_run_plan([DatasetSpec((reg,), (512, 512), 1)], **args)
+
+
+def test_dataset_errors_and_warnings_name_the_dataset():
+    small = subset("1_a", [(40, 300)], repeats=1)
+    spec = DatasetSpec(
+        (small,), (512, 512), 1, BucketSettings(True, bucket_no_upscale=True), "x.toml [[datasets]][2]"
+    )
+    with pytest.raises(
+        UserError, match=r"^x.toml \[\[datasets\]\]\[2\]: image /data/img/1_a/000.png is 40x300"
+    ):
+        build_run_plan([spec], seed=0, max_train_epochs=1, max_train_steps=None)
+    odd = DatasetSpec(
+        (subset("1_b", [(512, 512)], repeats=1),), (512, 512), 1, BucketSettings(True, 200), "L"
+    )
+    plan = build_run_plan([odd], seed=0, max_train_epochs=1, max_train_steps=None)
+    assert plan.warnings == ("L: --min_bucket_reso 200 rounded down to 192, a multiple of 64",)
+
+
+def test_ss_datasets_metadata_and_merged_dirs():
+    plan = two_dataset_plan()
+    entries = json.loads(json.dumps(datasets_metadata(plan)))
+    assert [entry["resolution"] for entry in entries] == [[512, 512], [768, 768]]
+    first, second = entries
+    assert (first["batch_size_per_device"], first["num_train_images"], first["num_reg_images"]) == (2, 12, 4)
+    assert (first["enable_bucket"], first["min_bucket_reso"], second["min_bucket_reso"]) == (False, None, 256)
+    assert first["bucket_info"]["buckets"] == {"0": {"resolution": [512, 512], "count": 24}}
+    assert first["tag_frequency"] == {"2_sks": {"sks": 6, "red": 6}, "1_dog": {"1_dog": 4}}
+    assert first["subsets"][1] == {
+        "img_count": 4, "num_repeats": 1, "color_aug": False, "flip_aug": False, "random_crop": False,
+        "shuffle_caption": False, "keep_tokens": 0, "keep_tokens_separator": "", "secondary_separator": None,
+        "enable_wildcard": False, "caption_prefix": None, "caption_suffix": None, "image_dir": "1_dog",
+        "class_tokens": "dog", "is_reg": True, "alpha_mask": False,
+    }  # fmt: skip
+    assert merged_dataset_dirs(plan) == {
+        "2_sks": {"n_repeats": 2, "img_count": 6},
+        "2_sks (2)": {"n_repeats": 2, "img_count": 6},
+        "1_style": {"n_repeats": 1, "img_count": 5},
+    }
+    # A folder used by two datasets is counted once.
+    assert tag_frequency(plan)["2_sks"] == {"sks": 6, "red": 6}

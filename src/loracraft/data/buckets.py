@@ -94,11 +94,11 @@ def select_bucket_no_upscale(width: int, height: int, max_area: int, steps: int)
     if width * height > max_area:
         fit_width = math.sqrt(max_area * aspect)
         fit_height = max_area / fit_width
-        # The max() only guards the division for extreme aspect ratios (a side rounding to zero).
+        # The max() and the inf guard the divisions for extreme aspect ratios (a side rounding to zero).
         w_rounded = round_to_steps(fit_width, steps)
         ar_by_width = w_rounded / max(steps, round_to_steps(w_rounded / aspect, steps))
         h_rounded = round_to_steps(fit_height, steps)
-        ar_by_height = max(steps, round_to_steps(h_rounded * aspect, steps)) / h_rounded
+        ar_by_height = max(steps, round_to_steps(h_rounded * aspect, steps)) / h_rounded if h_rounded else math.inf
         if abs(ar_by_width - aspect) < abs(ar_by_height - aspect):
             resized = (w_rounded, int(w_rounded / aspect + 0.5))
         else:

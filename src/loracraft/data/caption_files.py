@@ -1,11 +1,20 @@
-"""Finding and reading an image's caption file, with loracraft's `.txt` fallback.
+"""Finding and reading an image's caption file, with loracraft's `.txt` and text-encoding fallbacks.
 
 kohya reads `<stem><caption_extension>` (default `.caption`). Many kohya_ss GUI users keep `.txt`
 captions and leave the extension at its default, and kohya then trains every image on its folder
 name without a word. We read `<stem>.txt` when the configured file is missing, and the scanner warns
 once per folder with the count so the user knows which files were used.
+
+kohya needs UTF-8 and stops on anything else. Captions written by older Windows tools are often in
+the ANSI code page, so we decode in this order: UTF-8 (with or without the byte-order mark Notepad
+writes), UTF-16 when the file starts with its byte-order mark (Notepad's "Unicode"), then Windows-1252
+and finally Latin-1, which accepts any byte. The last two are guesses: the scanner warns with the file
+names so the user can check the words and re-save the files as UTF-8.
 """
 
+import codecs
+from collections.abc import Collection
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
@@ -21,24 +30,56 @@ class CaptionSource(Enum):
     MISSING = "missing"
 
 
-def read_caption_file(path: Path) -> str:
-    """The first line of a UTF-8 caption file, stripped (kohya uses only the first line)."""
+@dataclass(frozen=True)
+class FoundCaption:
+    """An image's caption (None when there is no usable file) and how it was read."""
+
+    text: str | None
+    source: CaptionSource
+    path: Path | None = None
+    # Set when the file was not Unicode and its encoding was guessed ("cp1252" or "latin-1").
+    guessed_encoding: str | None = None
+
+
+def decode_caption_bytes(data: bytes) -> tuple[str, str | None]:
+    """The text of a caption file and the encoding guessed for it (None when it was Unicode)."""
+    # utf-8-sig: Windows Notepad writes a byte-order mark that would otherwise start the caption.
+    unicode = ["utf-8-sig"]
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        unicode.insert(0, "utf-16")
+    for encoding in unicode:
+        try:
+            return data.decode(encoding), None
+        except UnicodeDecodeError:
+            continue
     try:
-        # utf-8-sig: Windows Notepad writes a byte-order mark that would otherwise start the caption.
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise UserError(f"caption file {path} is not UTF-8 text; re-save it with UTF-8 encoding") from err
+        return data.decode("cp1252"), "cp1252"
+    except UnicodeDecodeError:
+        # Five bytes are undefined in Windows-1252; Latin-1 maps every byte.
+        return data.decode("latin-1"), "latin-1"
+
+
+def read_caption_file(path: Path) -> tuple[str, str | None]:
+    """The first line of a caption file, stripped (kohya uses only the first line), and the guessed
+    encoding when the file was not Unicode."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise UserError(f"cannot read caption file {path} ({err}); check its permissions") from err
+    text, guessed = decode_caption_bytes(data)
     lines = text.splitlines()
-    return lines[0].strip() if lines else ""
+    return (lines[0].strip() if lines else ""), guessed
 
 
-def find_caption(image: Path, caption_extension: str) -> tuple[str | None, CaptionSource]:
-    """The caption for `image` and where it came from; None when there is no usable caption file."""
-    candidates = [(image.with_name(image.stem + caption_extension), CaptionSource.FILE)]
+def find_caption(image: Path, caption_extension: str, folder_files: Collection[str]) -> FoundCaption:
+    """The caption for `image` from `<stem><caption_extension>`, else `<stem>.txt`; `folder_files` are
+    the names of the files in the image's folder."""
+    candidates = [(image.stem + caption_extension, CaptionSource.FILE)]
     if caption_extension != FALLBACK_EXTENSION:
-        candidates.append((image.with_name(image.stem + FALLBACK_EXTENSION), CaptionSource.TXT_FALLBACK))
-    for path, source in candidates:
-        if path.is_file():
-            caption = read_caption_file(path)
-            return (caption, source) if caption else (None, CaptionSource.EMPTY)
-    return None, CaptionSource.MISSING
+        candidates.append((image.stem + FALLBACK_EXTENSION, CaptionSource.TXT_FALLBACK))
+    for name, source in candidates:
+        if name in folder_files:
+            path = image.with_name(name)
+            caption, guessed = read_caption_file(path)
+            return FoundCaption(caption or None, source if caption else CaptionSource.EMPTY, path, guessed)
+    return FoundCaption(None, CaptionSource.MISSING)

@@ -1,5 +1,13 @@
-"""Turning an image file into the training tensor: load as RGB, resize to cover the bucket, crop, scale."""
+"""Turning an image file into pixels: open it safely, decode it upright as RGB (and its alpha), resize, crop.
 
+Every path from a file to pixels goes through `open_image` and `decode_upright`, so each image meets the
+same size limit, the same EXIF orientation and the same colour conversion in scanning, checking,
+caching and training.
+"""
+
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -9,47 +17,152 @@ from PIL import Image, ImageOps
 from loracraft.data.buckets import Size, center_crop_box
 from loracraft.errors import UserError
 
+MAX_IMAGE_PIXELS = 100_000_000
+"""The largest image loracraft opens: 100 megapixels (300 MB as 8-bit RGB). Larger files are refused
+from their header, before any pixel is decoded: a decompression bomb (a small file claiming a huge
+size) would otherwise exhaust memory, and no bucket needs such detail."""
+
+Box = tuple[int, int, int, int]
 _WHITE = (255, 255, 255)
 _SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
+_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+_EXIF_ORIENTATION_TAG = 0x0112
+# EXIF orientations 5-8 rotate by 90 degrees, so the stored width is the displayed height.
+_TRANSPOSED_ORIENTATIONS = frozenset({5, 6, 7, 8})
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+_RESAVE = "re-save it as PNG/JPEG or remove it"
+_DOWNSCALE = "downscale it or remove it"
 
 
-def _flatten_to_rgb(img: Image.Image) -> Image.Image:
-    """Any Pillow mode to 8-bit RGB; transparent pixels become white, as image viewers show them."""
+class ImageFileError(UserError):
+    """An image file that cannot be used; `reason` is the short cause for lists of bad files."""
+
+    def __init__(self, path: Path, reason: str, fix: str = _RESAVE) -> None:
+        super().__init__(f"cannot decode image {path} ({reason}); {fix}")
+        self.path, self.reason, self.fix = path, reason, fix
+
+    def __reduce__(self):
+        # DataLoader workers send exceptions between processes; the default would drop path and reason.
+        return ImageFileError, (self.path, self.reason, self.fix)
+
+
+def _too_large(path: Path, size: Size) -> ImageFileError:
+    width, height = size
+    reason = f"{width}x{height} = {width * height / 1e6:.0f} MP, over the {MAX_IMAGE_PIXELS / 1e6:g} MP limit"
+    return ImageFileError(path, reason, _DOWNSCALE)
+
+
+def _reason(path: Path, err: Exception) -> str:
+    if path.is_file() and path.stat().st_size == 0:
+        return "empty file"
+    return str(err) or type(err).__name__
+
+
+@contextmanager
+def open_image(path: Path) -> Iterator[Image.Image]:
+    """Pillow's lazy open (the header only, no pixels), refusing images over `MAX_IMAGE_PIXELS`."""
+    try:
+        # Our own limit is the guard; Pillow's warning would repeat on every open of a 90-100 MP photo.
+        # catch_warnings is not thread-safe, but overlapping blocks like this one can only leave this
+        # same filter behind.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+    except Image.DecompressionBombError as err:
+        # Pillow refuses images beyond twice its own limit (179 MP) before we see the size; its message has it.
+        raise ImageFileError(
+            path, f"{err} (loracraft's limit: {MAX_IMAGE_PIXELS / 1e6:g} MP)", _DOWNSCALE
+        ) from err
+    except _DECODE_ERRORS as err:
+        raise ImageFileError(path, _reason(path, err)) from err
+    with img:
+        if img.width * img.height > MAX_IMAGE_PIXELS:
+            raise _too_large(path, img.size)
+        yield img
+
+
+def is_transposed(img: Image.Image) -> bool:
+    """Whether the EXIF orientation turns the stored picture by 90 degrees (phone photos held upright).
+
+    Reads only the EXIF block already parsed with the header: `Image.getexif` would decode a whole PNG.
+    """
+    if "exif" not in img.info:
+        return False
+    exif = Image.Exif()
+    exif.load(img.info["exif"])
+    return exif.get(_EXIF_ORIENTATION_TAG) in _TRANSPOSED_ORIENTATIONS
+
+
+def upright_size(img: Image.Image) -> Size:
+    """(width, height) as displayed, from the header of an opened image."""
+    return (img.height, img.width) if is_transposed(img) else img.size
+
+
+def _has_alpha(img: Image.Image) -> bool:
+    return img.mode in _ALPHA_MODES or (img.mode == "P" and "transparency" in img.info)
+
+
+def _to_eight_bit(img: Image.Image) -> Image.Image:
     if img.mode in _SIXTEEN_BIT_MODES:
         # A plain convert clips 16-bit grey at 255 and turns the picture white; scale it to 8 bits instead.
-        img = Image.fromarray((np.asarray(img, dtype=np.float64) / 257.0).clip(0, 255).astype(np.uint8), "L")
-    has_alpha = img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
-    if has_alpha:
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, _WHITE + (255,))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return img.convert("RGB")
+        return Image.fromarray((np.asarray(img, dtype=np.float64) / 257.0).clip(0, 255).astype(np.uint8), "L")
+    return img
+
+
+def split_alpha(img: Image.Image) -> tuple[Image.Image, Image.Image | None]:
+    """Any Pillow mode -> (8-bit RGB, alpha as "L" or None). Transparent pixels become white, as image
+    viewers show them; the alpha is returned apart for `--alpha_mask`."""
+    img = _to_eight_bit(img)
+    if not _has_alpha(img):
+        return img.convert("RGB"), None
+    rgba = img.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, _WHITE + (255,))
+    return Image.alpha_composite(background, rgba).convert("RGB"), rgba.getchannel("A")
+
+
+def decode_upright(
+    img: Image.Image, path: Path, *, at_least: Size | None = None
+) -> tuple[Image.Image, Image.Image | None]:
+    """Decode an opened image upright: (RGB, alpha or None). A decoding failure is an `ImageFileError`.
+
+    `at_least` is the upright size the caller will resize to; a JPEG much larger than that is decoded
+    at 1/2, 1/4 or 1/8 scale by its DCT (Pillow's `draft`), which is several times faster and is
+    itself a clean downscale.
+    """
+    try:
+        if at_least is not None and img.format == "JPEG":
+            stored = (at_least[1], at_least[0]) if is_transposed(img) else at_least
+            img.draft(None, stored)
+        img.load()
+        return split_alpha(ImageOps.exif_transpose(img))
+    except _DECODE_ERRORS as err:
+        raise ImageFileError(path, _reason(path, err)) from err
 
 
 def load_image_rgb(path: Path) -> Image.Image:
     """Decode `path` upright (EXIF orientation applied) as RGB; a file Pillow cannot decode is a UserError."""
-    try:
-        with Image.open(path) as img:
-            img.load()
-            upright = ImageOps.exif_transpose(img)
-            return _flatten_to_rgb(upright)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise UserError(f"cannot decode image {path} ({err}); re-save it as PNG/JPEG or remove it") from err
+    with open_image(path) as img:
+        return decode_upright(img, path)[0]
+
+
+def resize_image(img: Image.Image, size: Size) -> Image.Image:
+    """Lanczos keeps detail when enlarging; the box filter averages whole source areas when shrinking,
+    like kohya's default cv2 INTER_AREA, and does not ring or alias."""
+    if img.size == size:
+        return img
+    enlarging = size[0] * size[1] > img.size[0] * img.size[1]
+    return img.resize(size, resample=Image.Resampling.LANCZOS if enlarging else Image.Resampling.BOX)
+
+
+def resize_and_crop(img: Image.Image, resized_size: Size, box: Box) -> Image.Image:
+    """Resize to `resized_size`, then cut `box` (left, top, right, bottom) out of the resized picture."""
+    img = resize_image(img, resized_size)
+    return img if box == (0, 0, *img.size) else img.crop(box)
 
 
 def resize_and_center_crop(img: Image.Image, resized_size: Size, bucket: Size) -> Image.Image:
-    """Resize to `resized_size` (which covers `bucket`), then cut the centred bucket-sized window.
-
-    Lanczos keeps detail when enlarging; the box filter averages whole source areas when shrinking,
-    like kohya's default cv2 INTER_AREA, and does not ring or alias.
-    """
-    if img.size != resized_size:
-        enlarging = resized_size[0] * resized_size[1] > img.size[0] * img.size[1]
-        resample = Image.Resampling.LANCZOS if enlarging else Image.Resampling.BOX
-        img = img.resize(resized_size, resample=resample)
-    if img.size != bucket:
-        img = img.crop(center_crop_box(resized_size, bucket))
-    return img
+    """Resize to `resized_size` (which covers `bucket`), then cut the centred bucket-sized window."""
+    return resize_and_crop(img, resized_size, center_crop_box(resized_size, bucket))
 
 
 def to_tensor(img: Image.Image) -> torch.Tensor:
@@ -58,6 +171,13 @@ def to_tensor(img: Image.Image) -> torch.Tensor:
     return pixels.to(torch.float32) / 127.5 - 1.0
 
 
+def mask_to_tensor(alpha: Image.Image) -> torch.Tensor:
+    """An "L" alpha channel -> float32 tensor (1, H, W) in [0, 1] (kohya's alpha / 255)."""
+    return torch.from_numpy(np.array(alpha, dtype=np.uint8))[None].to(torch.float32) / 255.0
+
+
 def load_bucket_tensor(path: Path, resized_size: Size, bucket: Size) -> torch.Tensor:
-    """The whole path from file to the (3, H, W) training tensor of one image."""
-    return to_tensor(resize_and_center_crop(load_image_rgb(path), resized_size, bucket))
+    """The whole path from file to the (3, H, W) training tensor of one image, centre-cropped."""
+    with open_image(path) as img:
+        rgb, _ = decode_upright(img, path, at_least=resized_size)
+    return to_tensor(resize_and_center_crop(rgb, resized_size, bucket))

@@ -2,6 +2,10 @@
 
 Everything here is decided before the first image is decoded, so `loracraft plan` can print the run's
 arithmetic and the trainer, the cache pass and the dataset all read the same numbers.
+
+A run has one or more datasets (a dataset TOML's `[[datasets]]` entries; plain folders make one). Each
+has its own resolution, buckets and batch size and balances its own reg images; kohya's epoch is the
+batches of every dataset together, shuffled with one seed.
 """
 
 import math
@@ -23,12 +27,73 @@ from loracraft.errors import UserError
 
 
 @dataclass(frozen=True)
+class BucketSettings:
+    """kohya's bucket flags of one dataset; defaults are kohya's dataclass defaults."""
+
+    enable_bucket: bool = False
+    min_bucket_reso: int = 256
+    max_bucket_reso: int = 1024
+    bucket_reso_steps: int = 64
+    bucket_no_upscale: bool = False
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One dataset to plan: its scanned subsets and the settings they share.
+
+    `label` names it in messages and the printed plan, e.g. `x.toml [[datasets]][1]`; empty for a
+    plain-folder run, which has exactly one dataset.
+    """
+
+    subsets: tuple[Subset, ...]
+    resolution: Size
+    batch_size: int
+    buckets: BucketSettings = BucketSettings()
+    label: str = ""
+
+
+@dataclass(frozen=True)
 class PlannedImage:
-    """An image used in this run: how many samples it gives per epoch and where they go."""
+    """An image used in this run: how many samples it gives per epoch and where they go.
+
+    `subset_index` points into `DatasetPlan.subsets`, where the image's caption and augmentation
+    options live (a folder can appear in two datasets, so the folder name is not enough).
+    """
 
     record: ImageRecord
     repeats: int
     choice: BucketChoice
+    subset_index: int = 0
+
+
+@dataclass(frozen=True)
+class PlannedDataset:
+    """One dataset's share of the plan. Sample indices point into `DatasetPlan.images`."""
+
+    label: str
+    subset_indices: tuple[int, ...]
+    resolution: Size
+    batch_size: int
+    settings: BucketSettings
+    buckets: tuple[Size, ...]
+    # Per bucket, each image index once per repeat, in image order; `epoch_batches` shuffles them.
+    bucket_samples: tuple[tuple[int, ...], ...]
+    num_train_samples: int
+    num_reg_samples: int
+    mean_img_ar_error: float
+
+    @property
+    def enable_bucket(self) -> bool:
+        return self.settings.enable_bucket
+
+    @property
+    def bucket_no_upscale(self) -> bool:
+        return self.settings.enable_bucket and self.settings.bucket_no_upscale
+
+    @property
+    def batches_per_epoch(self) -> int:
+        # A batch never mixes buckets, so every bucket's last batch may be short.
+        return sum(math.ceil(len(samples) / self.batch_size) for samples in self.bucket_samples)
 
 
 @dataclass(frozen=True)
@@ -40,17 +105,11 @@ class StepCount:
 
 @dataclass(frozen=True)
 class DatasetPlan:
-    """A run's dataset arithmetic. Batches refer to images by their index in `images`."""
+    """A run's dataset arithmetic over all its datasets. Batches refer to images by index in `images`."""
 
+    datasets: tuple[PlannedDataset, ...]
     subsets: tuple[Subset, ...]
     images: tuple[PlannedImage, ...]
-    buckets: tuple[Size, ...]
-    # Per bucket, each image index once per repeat, in image order; `epoch_batches` shuffles them.
-    bucket_samples: tuple[tuple[int, ...], ...]
-    resolution: Size
-    enable_bucket: bool
-    bucket_no_upscale: bool
-    batch_size: int
     gradient_accumulation_steps: int
     num_processes: int
     seed: int
@@ -58,17 +117,26 @@ class DatasetPlan:
     steps: StepCount
     # True when the step count came from --max_train_epochs, False when from --max_train_steps.
     epochs_given: bool
-    mean_img_ar_error: float
     warnings: tuple[str, ...]
 
     @property
+    def buckets(self) -> tuple[Size, ...]:
+        """Every dataset's buckets in dataset order (a size repeats when two datasets use it)."""
+        return tuple(bucket for dataset in self.datasets for bucket in dataset.buckets)
+
+    @property
+    def bucket_samples(self) -> tuple[tuple[int, ...], ...]:
+        """Aligned with `buckets`."""
+        return tuple(samples for dataset in self.datasets for samples in dataset.bucket_samples)
+
+    @property
     def num_train_samples(self) -> int:
-        return sum(image.repeats for image in self.images if not image.record.is_reg)
+        return sum(dataset.num_train_samples for dataset in self.datasets)
 
     @property
     def num_reg_samples(self) -> int:
         """Reg samples per epoch after balancing."""
-        return sum(image.repeats for image in self.images if image.record.is_reg)
+        return sum(dataset.num_reg_samples for dataset in self.datasets)
 
     @property
     def num_reg_images(self) -> int:
@@ -79,6 +147,10 @@ class DatasetPlan:
     def unused_reg_images(self) -> int:
         used = sum(1 for image in self.images if image.record.is_reg)
         return sum(len(subset.records) for subset in self.subsets if subset.is_reg) - used
+
+    @property
+    def mean_img_ar_error(self) -> float:
+        return sum(abs(image.choice.ar_error) for image in self.images) / len(self.images)
 
 
 def count_steps(
@@ -99,25 +171,138 @@ def count_steps(
     return StepCount(steps_per_epoch, math.ceil(max_train_steps / steps_per_epoch), max_train_steps)
 
 
-def assign_repeats(subsets: Sequence[Subset]) -> tuple[list[tuple[ImageRecord, int]], list[str]]:
-    """Train images with their folder repeats, then the balanced reg images that are used at all."""
-    train = [(record, s.num_repeats) for s in subsets if not s.is_reg for record in s.records]
-    if not train:
-        raise UserError(
-            "no training images: every image folder given is a regularization folder (--reg_data_dir)"
-        )
-    reg_records = [(record, s.num_repeats) for s in subsets if s.is_reg for record in s.records]
-    reg_repeats = balance_reg_repeats(sum(r for _, r in train), [r for _, r in reg_records])
+def assign_repeats(
+    subsets: Sequence[Subset], first_subset_index: int = 0
+) -> tuple[list[tuple[ImageRecord, int, int]], list[str]]:
+    """(record, repeats, subset index): train images with their folder repeats, then the balanced reg
+    images that are used at all. Without train images no reg image is used, as in kohya."""
+    indexed = list(enumerate(subsets, start=first_subset_index))
+    train = [(r, s.num_repeats, i) for i, s in indexed if not s.is_reg for r in s.records]
+    reg_records = [(r, s.num_repeats, i) for i, s in indexed if s.is_reg for r in s.records]
+    num_train = sum(repeats for _, repeats, _ in train)
+    reg_repeats = balance_reg_repeats(num_train, [repeats for _, repeats, _ in reg_records])
     reg = [
-        (record, repeats) for (record, _), repeats in zip(reg_records, reg_repeats, strict=True) if repeats
+        (record, repeats, i)
+        for (record, _, i), repeats in zip(reg_records, reg_repeats, strict=True)
+        if repeats
     ]
     warnings = []
-    if len(reg) < len(reg_records):
+    if train and len(reg) < len(reg_records):
         warnings.append(
             f"{len(reg_records) - len(reg)} of {len(reg_records)} regularization images are unused: kohya balancing "
-            f"stops at as many reg samples as train samples ({sum(r for _, r in train)})"
+            f"stops at as many reg samples as train samples ({num_train})"
         )
     return train + reg, warnings
+
+
+def _bucket_list(resolution: Size, settings: BucketSettings) -> tuple[list[Size], list[str]]:
+    """The dataset's candidate buckets; `--bucket_no_upscale` makes them per image instead."""
+    if not settings.enable_bucket or settings.bucket_no_upscale:
+        return [resolution], []
+    min_reso, max_reso, warnings = adjust_bucket_limits(
+        resolution, settings.min_bucket_reso, settings.max_bucket_reso, settings.bucket_reso_steps
+    )
+    return make_bucket_resolutions(resolution, min_reso, max_reso, settings.bucket_reso_steps), warnings
+
+
+def _choose_bucket(record: ImageRecord, spec: DatasetSpec, buckets: Sequence[Size]) -> BucketChoice:
+    settings = spec.buckets
+    if settings.enable_bucket and settings.bucket_no_upscale:
+        max_area = spec.resolution[0] * spec.resolution[1]
+        choice = select_bucket_no_upscale(record.width, record.height, max_area, settings.bucket_reso_steps)
+    else:
+        choice = select_bucket(record.width, record.height, buckets)
+    if 0 in choice.bucket:
+        raise UserError(
+            f"image {record.path} is {record.width}x{record.height}, smaller than --bucket_reso_steps "
+            f"{settings.bucket_reso_steps}; remove it or turn off --bucket_no_upscale"
+        )
+    return choice
+
+
+def _plan_one_dataset(
+    spec: DatasetSpec, first_subset_index: int, images: list[PlannedImage]
+) -> tuple[PlannedDataset, list[str]]:
+    """Plan `spec`, appending its images to `images` (so sample indices are global)."""
+    repeated, warnings = assign_repeats(spec.subsets, first_subset_index)
+    if spec.subsets and all(s.is_reg for s in spec.subsets):
+        warnings.append(
+            "no training images, so its regularization images are unused "
+            "(kohya balances reg images within each dataset)"
+        )
+    try:
+        buckets, limit_warnings = _bucket_list(spec.resolution, spec.buckets)
+        start = len(images)
+        for record, repeats, subset_index in repeated:
+            images.append(PlannedImage(record, repeats, _choose_bucket(record, spec, buckets), subset_index))
+    except UserError as err:
+        # A dataset config can hold several datasets: say which one the setting belongs to.
+        raise UserError(f"{spec.label}: {err}" if spec.label else str(err)) from None
+    warnings = [f"{spec.label}: {w}" if spec.label else w for w in warnings + limit_warnings]
+    own = range(start, len(images))
+    used_buckets = sorted({images[i].choice.bucket for i in own})
+    bucket_samples = tuple(
+        tuple(i for i in own if images[i].choice.bucket == bucket for _ in range(images[i].repeats))
+        for bucket in used_buckets
+    )
+    errors = [abs(images[i].choice.ar_error) for i in own]
+    planned = PlannedDataset(
+        label=spec.label,
+        subset_indices=tuple(range(first_subset_index, first_subset_index + len(spec.subsets))),
+        resolution=spec.resolution,
+        batch_size=spec.batch_size,
+        settings=spec.buckets,
+        buckets=tuple(used_buckets),
+        bucket_samples=bucket_samples,
+        num_train_samples=sum(images[i].repeats for i in own if not images[i].record.is_reg),
+        num_reg_samples=sum(images[i].repeats for i in own if images[i].record.is_reg),
+        mean_img_ar_error=sum(errors) / len(errors) if errors else 0.0,
+    )
+    return planned, warnings
+
+
+def build_run_plan(
+    datasets: Sequence[DatasetSpec],
+    *,
+    seed: int,
+    max_train_epochs: int | None,
+    max_train_steps: int | None,
+    gradient_accumulation_steps: int = 1,
+    num_processes: int = 1,
+) -> DatasetPlan:
+    """Repeats, reg balancing and buckets per dataset; the batch and step count of all of them together."""
+    images: list[PlannedImage] = []
+    planned, warnings, subsets = [], [], []
+    for spec in datasets:
+        dataset, dataset_warnings = _plan_one_dataset(spec, len(subsets), images)
+        planned.append(dataset)
+        warnings += dataset_warnings
+        subsets += spec.subsets
+    if not any(dataset.num_train_samples for dataset in planned):
+        raise UserError(
+            "no training images: every image folder given is a regularization folder "
+            "(--reg_data_dir, or is_reg = true in the dataset config)"
+        )
+    batches_per_epoch = sum(dataset.batches_per_epoch for dataset in planned)
+    steps = count_steps(
+        batches_per_epoch,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        num_processes=num_processes,
+        max_train_epochs=max_train_epochs,
+        max_train_steps=max_train_steps,
+    )
+    return DatasetPlan(
+        datasets=tuple(planned),
+        subsets=tuple(subsets),
+        images=tuple(images),
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        num_processes=num_processes,
+        seed=seed,
+        batches_per_epoch=batches_per_epoch,
+        steps=steps,
+        epochs_given=max_train_epochs is not None,
+        warnings=tuple(warnings),
+    )
 
 
 def build_epoch_plan(
@@ -136,76 +321,34 @@ def build_epoch_plan(
     bucket_reso_steps: int = 64,
     bucket_no_upscale: bool = False,
 ) -> DatasetPlan:
-    """Repeats, reg balancing, bucket assignment, batch count and step count for `subsets`."""
-    repeated, warnings = assign_repeats(subsets)
-    # Without --enable_bucket the one bucket is the resolution; --bucket_no_upscale makes buckets per image.
-    buckets = [resolution]
-    if enable_bucket and not bucket_no_upscale:
-        min_reso, max_reso, limit_warnings = adjust_bucket_limits(
-            resolution, min_bucket_reso, max_bucket_reso, bucket_reso_steps
-        )
-        warnings += limit_warnings
-        buckets = make_bucket_resolutions(resolution, min_reso, max_reso, bucket_reso_steps)
-    images = []
-    for record, repeats in repeated:
-        if enable_bucket and bucket_no_upscale:
-            choice = select_bucket_no_upscale(
-                record.width, record.height, resolution[0] * resolution[1], bucket_reso_steps
-            )
-        else:
-            choice = select_bucket(record.width, record.height, buckets)
-        if 0 in choice.bucket:
-            raise UserError(
-                f"image {record.path} is {record.width}x{record.height}, smaller than --bucket_reso_steps "
-                f"{bucket_reso_steps}; remove it or turn off --bucket_no_upscale"
-            )
-        images.append(PlannedImage(record, repeats, choice))
-    used_buckets = sorted({image.choice.bucket for image in images})
-    bucket_samples = tuple(
-        tuple(
-            i for i, image in enumerate(images) if image.choice.bucket == bucket for _ in range(image.repeats)
-        )
-        for bucket in used_buckets
+    """The plan of a run with one dataset (plain `--train_data_dir`/`--reg_data_dir` folders)."""
+    settings = BucketSettings(
+        enable_bucket, min_bucket_reso, max_bucket_reso, bucket_reso_steps, bucket_no_upscale
     )
-    batches_per_epoch = sum(math.ceil(len(samples) / batch_size) for samples in bucket_samples)
-    steps = count_steps(
-        batches_per_epoch,
-        gradient_accumulation_steps=gradient_accumulation_steps,
-        num_processes=num_processes,
+    return build_run_plan(
+        [DatasetSpec(tuple(subsets), resolution, batch_size, settings)],
+        seed=seed,
         max_train_epochs=max_train_epochs,
         max_train_steps=max_train_steps,
-    )
-    return DatasetPlan(
-        subsets=tuple(subsets),
-        images=tuple(images),
-        buckets=tuple(used_buckets),
-        bucket_samples=bucket_samples,
-        resolution=resolution,
-        enable_bucket=enable_bucket,
-        bucket_no_upscale=enable_bucket and bucket_no_upscale,
-        batch_size=batch_size,
         gradient_accumulation_steps=gradient_accumulation_steps,
         num_processes=num_processes,
-        seed=seed,
-        batches_per_epoch=batches_per_epoch,
-        steps=steps,
-        epochs_given=max_train_epochs is not None,
-        mean_img_ar_error=sum(abs(image.choice.ar_error) for image in images) / len(images),
-        warnings=tuple(warnings),
     )
 
 
 def epoch_batches(plan: DatasetPlan, epoch: int) -> list[tuple[int, ...]]:
     """The batches of one epoch as tuples of image indices, the same for the same seed and epoch.
 
-    Like kohya: each bucket's samples are shuffled and cut into `batch_size` chunks (the last chunk of
-    a bucket may be short; a batch never mixes buckets), then the order of all chunks is shuffled.
+    Like kohya: each bucket's samples are shuffled and cut into chunks of its dataset's batch size (the
+    last chunk of a bucket may be short; a batch never mixes buckets or datasets), then the order of
+    all chunks of all datasets is shuffled.
     """
     rng = random.Random(plan.seed + epoch)
     batches = []
-    for samples in plan.bucket_samples:
-        order = list(samples)
-        rng.shuffle(order)
-        batches += [tuple(order[i : i + plan.batch_size]) for i in range(0, len(order), plan.batch_size)]
+    for dataset in plan.datasets:
+        size = dataset.batch_size
+        for samples in dataset.bucket_samples:
+            order = list(samples)
+            rng.shuffle(order)
+            batches += [tuple(order[i : i + size]) for i in range(0, len(order), size)]
     rng.shuffle(batches)
     return batches

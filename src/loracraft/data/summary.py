@@ -1,10 +1,10 @@
 """The dataset plan as text, printed before training so users can check the arithmetic the guides teach:
-images x repeats = samples, + reg samples, / batch size = batches, / accumulation = steps, x epochs."""
+images x repeats = samples, + reg samples, / batch size = batches, / accumulation = steps, x epochs.
+With a dataset config every dataset gets its own block, and the batches of all of them add up."""
 
 import math
 
-from loracraft.data.plan import DatasetPlan
-from loracraft.data.records import Subset
+from loracraft.data.plan import DatasetPlan, PlannedDataset
 
 
 def _plural(count: int, word: str) -> str:
@@ -13,8 +13,9 @@ def _plural(count: int, word: str) -> str:
     return f"{count} batches" if word == "batch" else f"{count} {word}s"
 
 
-def _subset_line(plan: DatasetPlan, subset: Subset) -> str:
-    images = [image for image in plan.images if image.record.path.parent == subset.dir]
+def _subset_line(plan: DatasetPlan, index: int) -> str:
+    subset = plan.subsets[index]
+    images = [image for image in plan.images if image.subset_index == index]
     samples = sum(image.repeats for image in images)
     head = (
         f"  {'reg  ' if subset.is_reg else 'train'}  {subset.name}: {_plural(len(subset.records), 'image')}"
@@ -26,30 +27,57 @@ def _subset_line(plan: DatasetPlan, subset: Subset) -> str:
     return f"{head} x {_plural(subset.num_repeats, 'repeat')}, balanced to {_plural(samples, 'sample')}{tail}"
 
 
-def _bucket_header(plan: DatasetPlan) -> str:
-    size = f"{plan.resolution[0]}x{plan.resolution[1]}"
-    if not plan.enable_bucket:
+def _bucket_header(dataset: PlannedDataset) -> str:
+    size = f"{dataset.resolution[0]}x{dataset.resolution[1]}"
+    if not dataset.enable_bucket:
         mode = "bucketing off: every image resized and center-cropped to it"
-    elif plan.bucket_no_upscale:
+    elif dataset.bucket_no_upscale:
         mode = "bucket_no_upscale: each image's own size, shrunk to the area, floored to the step"
     else:
         mode = "aspect-ratio buckets"
-    return f"Buckets (resolution {size}, {mode}; mean aspect-ratio error {plan.mean_img_ar_error:.4f})"
+    return f"Buckets (resolution {size}, {mode}; mean aspect-ratio error {dataset.mean_img_ar_error:.4f})"
+
+
+def _dataset_lines(plan: DatasetPlan, dataset: PlannedDataset) -> list[str]:
+    lines = [_subset_line(plan, index) for index in dataset.subset_indices]
+    has_reg = any(plan.subsets[index].is_reg for index in dataset.subset_indices)
+    reg = f" + {dataset.num_reg_samples} reg" if has_reg else ""
+    lines.append(
+        f"  samples per epoch: {dataset.num_train_samples} train{reg} = "
+        f"{dataset.num_train_samples + dataset.num_reg_samples}"
+    )
+    lines.append(_bucket_header(dataset))
+    for bucket, samples in zip(dataset.buckets, dataset.bucket_samples, strict=True):
+        batches = math.ceil(len(samples) / dataset.batch_size)
+        lines.append(
+            f"  {bucket[0]}x{bucket[1]}: {_plural(len(samples), 'sample')} -> {_plural(batches, 'batch')}"
+        )
+    return lines
+
+
+def _batch_line(dataset: PlannedDataset) -> str:
+    samples = dataset.num_train_samples + dataset.num_reg_samples
+    return (
+        f"{_plural(samples, 'sample')} in batches of {dataset.batch_size} = "
+        f"{_plural(dataset.batches_per_epoch, 'batch')}"
+    )
 
 
 def _step_lines(plan: DatasetPlan) -> list[str]:
-    samples = plan.num_train_samples + plan.num_reg_samples
     steps = plan.steps
-    lines = [
-        f"  {_plural(samples, 'sample')} in batches of {plan.batch_size} = "
-        f"{_plural(plan.batches_per_epoch, 'batch')} per epoch"
-        + (" (each bucket rounds up on its own)" if len(plan.buckets) > 1 else "")
-    ]
+    rounding = " (each bucket rounds up on its own)" if len(plan.buckets) > 1 else ""
+    if len(plan.datasets) == 1:
+        lines = [f"  {_batch_line(plan.datasets[0])} per epoch{rounding}"]
+    else:
+        lines = [f"  {dataset.label}: {_batch_line(dataset)}" for dataset in plan.datasets]
+        total = " + ".join(str(dataset.batches_per_epoch) for dataset in plan.datasets)
+        lines.append(f"  {total} = {_plural(plan.batches_per_epoch, 'batch')} per epoch{rounding}")
     divisor = f"grad accumulation {plan.gradient_accumulation_steps}"
     if plan.num_processes > 1:
         divisor = f"({plan.num_processes} processes x {divisor})"
     lines.append(
-        f"  {_plural(plan.batches_per_epoch, 'batch')} / {divisor} = {_plural(steps.steps_per_epoch, 'optimizer step')} per epoch"
+        f"  {_plural(plan.batches_per_epoch, 'batch')} / {divisor} = "
+        f"{_plural(steps.steps_per_epoch, 'optimizer step')} per epoch"
     )
     if plan.epochs_given:
         lines.append(
@@ -67,19 +95,18 @@ def _step_lines(plan: DatasetPlan) -> list[str]:
 
 
 def format_plan(plan: DatasetPlan) -> str:
-    """The multi-line plan: subsets, samples, buckets with counts, batches, steps and epochs."""
-    lines = ["Dataset"]
-    lines += [_subset_line(plan, subset) for subset in plan.subsets]
-    reg = f" + {plan.num_reg_samples} reg" if any(s.is_reg for s in plan.subsets) else ""
-    lines.append(
-        f"  samples per epoch: {plan.num_train_samples} train{reg} = {plan.num_train_samples + plan.num_reg_samples}"
-    )
-    lines.append(_bucket_header(plan))
-    for bucket, samples in zip(plan.buckets, plan.bucket_samples, strict=True):
-        batches = math.ceil(len(samples) / plan.batch_size)
-        lines.append(
-            f"  {bucket[0]}x{bucket[1]}: {_plural(len(samples), 'sample')} -> {_plural(batches, 'batch')}"
-        )
+    """The multi-line plan: per dataset its subsets, samples and buckets; then batches, steps and epochs."""
+    if len(plan.datasets) == 1:
+        label = plan.datasets[0].label
+        lines = [f"Dataset {label}".rstrip(), *_dataset_lines(plan, plan.datasets[0])]
+    else:
+        lines = []
+        for number, dataset in enumerate(plan.datasets, start=1):
+            lines.append(
+                f"Dataset {number} of {len(plan.datasets)}: {dataset.label} "
+                f"(resolution {dataset.resolution[0]}x{dataset.resolution[1]}, batch size {dataset.batch_size})"
+            )
+            lines += _dataset_lines(plan, dataset)
     lines.append("Steps")
     lines += _step_lines(plan)
     return "\n".join(lines)

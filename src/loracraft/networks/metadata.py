@@ -103,6 +103,8 @@ class LoRARunInfo:
     reg_dataset_dirs: dict = field(default_factory=dict)
     tag_frequency: dict = field(default_factory=dict)
     """{folder name: {tag: count}}."""
+    datasets: list | None = None
+    """kohya's `ss_datasets` (runs with a dataset config): one record per dataset."""
     bucket_info: dict | None = None
     """{"buckets": {i: {"resolution": [w, h], "count": n}}, "mean_img_ar_error": x}."""
     sd_model: ModelSource | None = None
@@ -185,6 +187,8 @@ def _ss_metadata(info: LoRARunInfo) -> dict[str, str]:
     }
     if info.network_args is not None:
         values["ss_network_args"] = json.dumps(info.network_args)
+    if info.datasets is not None:
+        values["ss_datasets"] = json.dumps(info.datasets)
     for source, name_key, old_hash_key, new_hash_key in (
         (info.sd_model, "ss_sd_model_name", "ss_sd_model_hash", "ss_new_sd_model_hash"),
         (info.vae, "ss_vae_name", "ss_vae_hash", "ss_new_vae_hash"),

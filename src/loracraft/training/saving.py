@@ -11,7 +11,13 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from loracraft.data.metadata import bucket_info, dataset_dirs, tag_frequency
+from loracraft.data.metadata import (
+    bucket_info,
+    dataset_dirs,
+    datasets_metadata,
+    merged_dataset_dirs,
+    tag_frequency,
+)
 from loracraft.networks.lora_file import save_lora_file
 from loracraft.networks.metadata import LoRARunInfo, ModelSource, kohya_metadata
 from loracraft.training.optimizer import describe_optimizer
@@ -78,7 +84,8 @@ def run_info(run: TrainingRun, epoch: int, step: int) -> LoRARunInfo:
         bucket_no_upscale=config.bucket_no_upscale,
         min_bucket_reso=config.min_bucket_reso,
         max_bucket_reso=config.max_bucket_reso,
-        dataset_dirs=dataset_dirs(plan, is_reg=False),
+        dataset_dirs=merged_dataset_dirs(plan) if config.dataset_config else dataset_dirs(plan, is_reg=False),
+        datasets=datasets_metadata(plan) if config.dataset_config else None,
         reg_dataset_dirs=dataset_dirs(plan, is_reg=True),
         tag_frequency=tag_frequency(plan),
         bucket_info=bucket_info(plan),

@@ -96,9 +96,11 @@ def train(config: TrainConfig, *, show_progress: bool = True, echo: Callable[[st
 
 
 def check_required(config: TrainConfig) -> None:
-    for flag in ("pretrained_model_name_or_path", "train_data_dir", "output_dir"):
+    for flag in ("pretrained_model_name_or_path", "output_dir"):
         if not getattr(config, flag):
             raise UserError(f"--{flag} is required")
+    if not config.train_data_dir and not config.dataset_config:
+        raise UserError("--train_data_dir (a folder of N_concept folders) or --dataset_config is required")
     output_dir = Path(config.output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise UserError(f"--output_dir {output_dir} is a file, not a folder")
