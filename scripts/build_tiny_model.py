@@ -15,9 +15,10 @@ import time
 from pathlib import Path
 
 import torch
+from diffusers import StableDiffusionPipeline
 
 from loracraft.models.loading import load_model_bundle
-from loracraft.models.tiny.build import Recipe, build_tiny_model
+from loracraft.models.tiny.build import Recipe, build_tiny_model, save_checkpoint
 from loracraft.models.tiny.evaluate import evaluate
 from loracraft.models.tiny.generate import tiny_pipeline
 from loracraft.models.tiny.shipped import WEIGHTS_DIR
@@ -28,17 +29,30 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')} cpu {time.process_time():.0f} s] {message}", flush=True)
 
 
+def report(what: str, pipeline: StableDiffusionPipeline) -> None:
+    result = evaluate(pipeline)
+    log(
+        f"{what}, own prompts: colour+background right {result.colour_and_background:.0%}, "
+        f"shape right {result.shape:.0%}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=WEIGHTS_DIR, help="folder for the checkpoint and tokenizer")
+    parser.add_argument(
+        "--out", type=Path, default=WEIGHTS_DIR, help="folder for the checkpoint and tokenizer"
+    )
     args = parser.parse_args()
     torch.set_num_threads(2)
     start = time.perf_counter()
-    checkpoint = build_tiny_model(args.out, Recipe(), log)
-    log(f"wrote {checkpoint} ({checkpoint.stat().st_size / 1e6:.1f} MB) after {time.perf_counter() - start:.0f} s")
+    model = build_tiny_model(args.out, Recipe(), log)
+    report("trained fp32 model", tiny_pipeline(model.unet, model.vae, model.text_encoder, model.tokenizer))
+    checkpoint = save_checkpoint(model, args.out)
+    log(
+        f"wrote {checkpoint} ({checkpoint.stat().st_size / 1e6:.1f} MB) after {time.perf_counter() - start:.0f} s"
+    )
     bundle = load_model_bundle(checkpoint)
-    result = evaluate(tiny_pipeline(bundle.unet, bundle.vae, bundle.text_encoder, bundle.tokenizer))
-    log(f"own prompts: colour+background right {result.colour_and_background:.0%}, shape right {result.shape:.0%}")
+    report("shipped fp16 file", tiny_pipeline(bundle.unet, bundle.vae, bundle.text_encoder, bundle.tokenizer))
     log(f"total {time.perf_counter() - start:.0f} s")
 
 

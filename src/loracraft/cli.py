@@ -27,9 +27,12 @@ def run_train(argv: list[str]) -> int:
     config_file, flags = parse_train_flags(parser, argv)
     file_values = read_config_file(config_file) if config_file else {}
     config = build_config(file_values, flags)
-    from loracraft.training.trainer import train
+    from loracraft.training.trainer import cache_only, train
 
-    train(config)
+    if config.cache_only:
+        print(cache_only(config))
+    else:
+        train(config)
     return 0
 
 

@@ -43,7 +43,9 @@ def test_single_file_and_diffusers_folder_give_the_same_model(tiny_sd1_bundle, f
     folder = tiny_sd1_bundle
     for name in ("unet", "vae", "text_encoder"):
         assert_same_weights(getattr(folder, name), getattr(file_bundle, name))
-    assert torch.equal(unet_output(folder), unet_output(file_bundle))
+    # Weights are bit-identical (above); with one CPU thread the kernels may still round the last bit
+    # differently depending on where the tensors sit in memory, so outputs are compared to 1e-6.
+    torch.testing.assert_close(unet_output(folder), unet_output(file_bundle), atol=1e-6, rtol=0)
     assert folder.vae.config.scaling_factor == file_bundle.vae.config.scaling_factor == 0.5
     assert folder.vae.config.norm_num_groups == file_bundle.vae.config.norm_num_groups == 8
     assert folder.tokenizer.get_vocab() == file_bundle.tokenizer.get_vocab()

@@ -144,3 +144,47 @@ def test_training_options_run_and_shape_the_file(tiny_sd1, tmp_path, extra, expe
     assert any(k.startswith("lora_te_") for k in keys) == expect_te
     if "--cache_latents_to_disk" in extra:
         assert len(list(tree.concept_dir.glob("*_sd.npz"))) == len(tree.images)
+
+
+def test_text_encoder_cache_on_disk_then_reused(tiny_sd1, tmp_path, capsys):
+    tree = make_kohya_dataset(tmp_path / "data", reg_count=0)
+    flags = train_flags(tiny_sd1, tree, tmp_path / "out", "--max_train_epochs", "1", "--network_train_unet_only",
+                        "--cache_text_encoder_outputs_to_disk")
+    flags[flags.index("--reg_data_dir") : flags.index("--reg_data_dir") + 2] = []
+    assert main(flags) == 0
+    assert "text-encoder cache: 4 encoded, 0 reused" in capsys.readouterr().out
+    assert len(list(tree.concept_dir.glob("*_te_sd.npz"))) == 4
+    assert main(flags) == 0
+    assert "text-encoder cache: 0 encoded, 4 reused" in capsys.readouterr().out
+
+
+def test_cache_only_fills_disk_caches_and_trains_nothing(tiny_sd1, tmp_path, capsys):
+    tree = make_kohya_dataset(tmp_path / "data", reg_count=0)
+    out = tmp_path / "out"
+    flags = train_flags(tiny_sd1, tree, out, "--cache_only", "--network_train_unet_only",
+                        "--cache_text_encoder_outputs")
+    flags[flags.index("--reg_data_dir") : flags.index("--reg_data_dir") + 2] = []
+    assert main(flags) == 0
+    assert "no training was run" in capsys.readouterr().out
+    assert len(list(tree.concept_dir.glob("*_sd.npz"))) == 8  # 4 latent + 4 text caches
+    assert not out.exists() or not any(out.glob("*.safetensors"))
+
+
+def test_dataset_config_run_records_ss_datasets(tiny_sd1, tmp_path):
+    tree = make_kohya_dataset(tmp_path / "data", reg_count=0)
+    toml = tmp_path / "dataset.toml"
+    toml.write_text(
+        f'[general]\ncaption_extension = ".txt"\nshuffle_caption = true\nkeep_tokens = 1\n'
+        f"[[datasets]]\nresolution = 64\nbatch_size = 2\nenable_bucket = false\n"
+        f'[[datasets.subsets]]\nimage_dir = "{tree.concept_dir}"\nnum_repeats = 3\n'
+    )
+    out = tmp_path / "out"
+    argv = ["train", "--pretrained_model_name_or_path", str(tiny_sd1.single_file), "--dataset_config", str(toml),
+            "--output_dir", str(out), "--output_name", "cfg", "--max_train_epochs", "1", "--mixed_precision", "no",
+            "--seed", "3"]
+    assert main(argv) == 0
+    with safe_open(out / "cfg.safetensors", "pt") as f:
+        metadata = f.metadata()
+    datasets = json.loads(metadata["ss_datasets"])
+    assert len(datasets) == 1 and datasets[0]["subsets"][0]["num_repeats"] == 3
+    assert metadata["ss_num_train_images"] == "12"

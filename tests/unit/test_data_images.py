@@ -179,3 +179,11 @@ def test_upright_size_reads_the_exif_of_the_header_only(tmp_path, name):
         assert upright_size(img) == (20, 30)
         # Still undecoded: Pillow empties the tile list once it decodes (its WebP reader has no tiles).
         assert img.tile or name.endswith(".webp")
+
+
+def test_xmp_orientation_gives_the_same_size_from_the_header_and_the_pixels(tmp_path):
+    xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF><rdf:Description tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>'
+    path = saved(tmp_path, Image.new("RGB", (30, 20)), "xmp.jpg", xmp=xmp)
+    with open_image(path) as img:
+        assert upright_size(img) == (20, 30)
+    assert load_image_rgb(path).size == (20, 30)

@@ -78,12 +78,13 @@ def test_caption_file_rules(tmp_path):
     assert any("1 of 3 caption files are empty" in w for w in warnings)
 
 
-def test_non_utf8_caption_names_the_file(tmp_path):
+def test_non_utf8_caption_is_read_with_a_fallback_and_named(tmp_path):
     tree = make_kohya_dataset(tmp_path, reg_count=0)
     caption = tree.concept_dir / "image_00.txt"
-    caption.write_bytes("caf\xe9".encode("latin-1"))
-    with pytest.raises(UserError, match=f"caption file {caption} is not UTF-8"):
-        scan_dreambooth_dir(tree.train_dir, is_reg=False, caption_extension=".txt")
+    caption.write_bytes("caf\xe9, tag".encode("cp1252"))
+    subsets, warnings = scan_dreambooth_dir(tree.train_dir, is_reg=False, caption_extension=".txt")
+    assert subsets[0].records[0].caption == "caf\xe9, tag"
+    assert any("image_00.txt" in w and "UTF-8" in w for w in warnings), warnings
 
 
 def test_misnamed_folders_loose_hidden_and_nested_files_are_skipped(tmp_path):

@@ -190,7 +190,11 @@ class TrainConfig(BaseModel):
     cache_text_encoder_outputs_to_disk: bool = _field(
         False, CACHING, "Keep text-encoder output caches as files beside the images. Implies cache_text_encoder_outputs."
     )
-    cache_only: bool = _field(False, CACHING, "Fill the latent and text caches, then exit without training.")
+    cache_only: bool = _field(
+        False, CACHING,
+        "Write the latent disk caches (and text-encoder caches with cache_text_encoder_outputs) beside the "
+        "images, then exit without training: prepare on one machine, train on another.",
+    )
     skip_bad_images: bool = _field(
         False, CACHING,
         "Skip unreadable images with a warning naming each. Default: stop before training and list them.",
@@ -297,8 +301,11 @@ class TrainConfig(BaseModel):
             )
         if self.bucket_reso_steps % 64 != 0 or self.bucket_reso_steps <= 0:
             raise ValueError(f"--bucket_reso_steps must be a multiple of 64 for SD1, got {self.bucket_reso_steps}")
-        if self.cache_latents and (self.color_aug or self.random_crop):
-            flag = "--color_aug" if self.color_aug else "--random_crop"
+        if self.cache_latents and (self.color_aug or self.random_crop or self.face_crop_aug_range):
+            flag = next(
+                f for f, on in (("--color_aug", self.color_aug), ("--random_crop", self.random_crop),
+                                ("--face_crop_aug_range", self.face_crop_aug_range)) if on
+            )
             raise ValueError(
                 f"{flag} changes the pixels every epoch, so latents cannot be cached: drop {flag} or set "
                 "--cache_latents false (flip_aug works with the cache)"

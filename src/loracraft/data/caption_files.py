@@ -71,14 +71,20 @@ def read_caption_file(path: Path) -> tuple[str, str | None]:
     return (lines[0].strip() if lines else ""), guessed
 
 
-def find_caption(image: Path, caption_extension: str, folder_files: Collection[str]) -> FoundCaption:
-    """The caption for `image` from `<stem><caption_extension>`, else `<stem>.txt`; `folder_files` are
-    the names of the files in the image's folder."""
+def find_caption(
+    image: Path, caption_extension: str, folder_files: Collection[str] | None = None
+) -> FoundCaption:
+    """The caption for `image` from `<stem><caption_extension>`, else `<stem>.txt`.
+
+    `folder_files`, the names of the files in the image's folder, saves a `stat` per candidate when a
+    caller scans a whole folder; without it each candidate is looked up on disk.
+    """
     candidates = [(image.stem + caption_extension, CaptionSource.FILE)]
     if caption_extension != FALLBACK_EXTENSION:
         candidates.append((image.stem + FALLBACK_EXTENSION, CaptionSource.TXT_FALLBACK))
     for name, source in candidates:
-        if name in folder_files:
+        exists = (name in folder_files) if folder_files is not None else image.with_name(name).is_file()
+        if exists:
             path = image.with_name(name)
             caption, guessed = read_caption_file(path)
             return FoundCaption(caption or None, source if caption else CaptionSource.EMPTY, path, guessed)

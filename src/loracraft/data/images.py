@@ -82,15 +82,13 @@ def open_image(path: Path) -> Iterator[Image.Image]:
 
 
 def is_transposed(img: Image.Image) -> bool:
-    """Whether the EXIF orientation turns the stored picture by 90 degrees (phone photos held upright).
-
-    Reads only the EXIF block already parsed with the header: `Image.getexif` would decode a whole PNG.
-    """
-    if "exif" not in img.info:
+    """Whether the EXIF (or XMP) orientation turns the stored picture by 90 degrees, as in phone photos
+    held upright. Reads only what the header holds."""
+    # A PNG's getexif() decodes the whole image to look for EXIF after the pixels, where writers rarely
+    # put it; without EXIF before the pixels the PNG is taken as upright.
+    if img.format == "PNG" and "exif" not in img.info:
         return False
-    exif = Image.Exif()
-    exif.load(img.info["exif"])
-    return exif.get(_EXIF_ORIENTATION_TAG) in _TRANSPOSED_ORIENTATIONS
+    return img.getexif().get(_EXIF_ORIENTATION_TAG) in _TRANSPOSED_ORIENTATIONS
 
 
 def upright_size(img: Image.Image) -> Size:
@@ -126,7 +124,7 @@ def decode_upright(
     """Decode an opened image upright: (RGB, alpha or None). A decoding failure is an `ImageFileError`.
 
     `at_least` is the upright size the caller will resize to; a JPEG much larger than that is decoded
-    at 1/2, 1/4 or 1/8 scale by its DCT (Pillow's `draft`), which is several times faster and is
+    at 1/2, 1/4 or 1/8 scale by its DCT (Pillow's `draft`): about twice as fast for a 12 MP photo, and
     itself a clean downscale.
     """
     try:

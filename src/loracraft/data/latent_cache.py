@@ -199,11 +199,6 @@ def read_latent_file(path: Path) -> CachedLatents:
         ) from err
 
 
-def load_cached_latents(path: Path, *, flipped: bool = False) -> torch.Tensor:
-    """The `latents` (or, when `flipped`, `latents_flipped`) array of a cache file as a float32 tensor."""
-    return read_latent_file(path).for_sample(flipped)[0]
-
-
 def _chunks(images: Sequence[PlannedImage], todo: Sequence[int], vae_batch_size: int) -> list[list[int]]:
     """Indices grouped by bucket (one tensor shape per VAE call), in chunks of `vae_batch_size`."""
     by_bucket: dict[Size, list[int]] = {}
@@ -301,7 +296,7 @@ def encode_latents_in_memory(
 def cache_latents_in_memory(
     images: Sequence[PlannedImage], *, encode: Encoder, vae_batch_size: int, progress: bool = True
 ) -> list[torch.Tensor]:
-    """Plain latents for every planned image (the dataset's call until it reads `encode_latents_in_memory`)."""
+    """Plain latents for every planned image, without flipped latents or masks."""
     return [
         entry.latents
         for entry in encode_latents_in_memory(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from loracraft.data.dataset import BucketBatchDataset, batch_loader
 from loracraft.data.latent_cache import cache_latents_to_disk, encode_latents_in_memory
 from loracraft.data.plan import DatasetPlan
 from loracraft.models.bundle import ModelBundle
-from loracraft.training.step import encode_images
+from loracraft.training.caching import latent_job
 
 
 class BatchSource:
@@ -28,15 +27,6 @@ class BatchSource:
         return iter(self.loader)
 
 
-def vae_identity(bundle: ModelBundle) -> str:
-    """A fingerprint of the VAE weights: a disk cache made with another VAE is stale."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(bundle.vae.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
 def make_batch_source(
     config: TrainConfig,
     plan: DatasetPlan,
@@ -49,21 +39,16 @@ def make_batch_source(
 ) -> BatchSource:
     """The loader of the run; `text_states`/`text_state_files` are cached text-encoder outputs, if any."""
 
-    def encode(pixels: torch.Tensor) -> torch.Tensor:
-        return encode_images(bundle.vae, pixels.to(device), config.vae_batch_size).cpu()
-
-    # One subset that flips or masks makes every cache entry hold the mirrored latents or the mask.
-    flip_aug = any(subset.augment.flip_aug for subset in plan.subsets)
-    alpha_mask = any(subset.augment.alpha_mask for subset in plan.subsets)
+    job = latent_job(config, plan, bundle, device)
     latents = latent_files = None
     if config.cache_latents_to_disk:
         latent_files, report = cache_latents_to_disk(
             plan.images,
-            encode=encode,
-            vae_identity=vae_identity(bundle),
-            vae_batch_size=config.vae_batch_size,
-            flip_aug=flip_aug,
-            alpha_mask=alpha_mask,
+            encode=job.encode,
+            vae_identity=job.vae_identity,
+            vae_batch_size=job.vae_batch_size,
+            flip_aug=job.flip_aug,
+            alpha_mask=job.alpha_mask,
         )
         for warning in report.warnings:
             echo(f"warning: {warning}")
@@ -71,10 +56,10 @@ def make_batch_source(
     elif config.cache_latents:
         latents = encode_latents_in_memory(
             plan.images,
-            encode=encode,
-            vae_batch_size=config.vae_batch_size,
-            flip_aug=flip_aug,
-            alpha_mask=alpha_mask,
+            encode=job.encode,
+            vae_batch_size=job.vae_batch_size,
+            flip_aug=job.flip_aug,
+            alpha_mask=job.alpha_mask,
         )
     dataset = BucketBatchDataset(
         plan,

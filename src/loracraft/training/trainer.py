@@ -29,6 +29,7 @@ from loracraft.models.bundle import ModelBundle
 from loracraft.models.loading import load_model_bundle
 from loracraft.networks.lora_network import LoRANetwork, build_lora_network
 from loracraft.training.batches import BatchSource, make_batch_source
+from loracraft.training.caching import cached_text_inputs, fill_caches_only
 from loracraft.training.dataset_setup import plan_dataset
 from loracraft.training.optimizer import build_optimizer
 from loracraft.training.progress import TrainingLog
@@ -123,24 +124,49 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
     )
 
 
-def setup_run(config: TrainConfig, echo: Callable[[str], None]) -> TrainingRun:
+@dataclass
+class RunInputs:
+    """What every run starts from: the device setup, the seed, the dataset plan and the base model."""
+
+    accelerator: Accelerator
+    seed: int
+    started_at: float
+    plan: DatasetPlan
+    bundle: ModelBundle
+
+
+def load_inputs(config: TrainConfig, echo: Callable[[str], None]) -> RunInputs:
     check_required(config)
     accelerator = make_accelerator(config)
     seed = config.seed if config.seed is not None else random.SystemRandom().randrange(2**31)
     set_seed(seed)
     started_at = now()
-
     # The dataset is scanned and planned before the model is loaded: its errors are cheaper to find.
     plan = plan_dataset(config, seed, accelerator.num_processes, echo)
     echo(format_plan(plan))
-
     bundle = load_model_bundle(
         config.pretrained_model_name_or_path, vae=config.vae, tokenizer_path=config.tokenizer_path
     )
+    return RunInputs(accelerator, seed, started_at, plan, bundle)
+
+
+def cache_only(config: TrainConfig, echo: Callable[[str], None] = print) -> str:
+    """`--cache_only`: fill the disk caches for this config's dataset and model; no training."""
+    inputs = load_inputs(config, echo)
+    inputs.bundle.vae.to(inputs.accelerator.device)
+    return fill_caches_only(config, inputs.plan, inputs.bundle, inputs.accelerator.device, echo)
+
+
+def setup_run(config: TrainConfig, echo: Callable[[str], None]) -> TrainingRun:
+    inputs = load_inputs(config, echo)
+    accelerator, seed, plan, bundle = inputs.accelerator, inputs.seed, inputs.plan, inputs.bundle
     device = accelerator.device
     weight_dtype = WEIGHT_DTYPES[config.mixed_precision]
     bundle.vae.to(device)  # kept in fp32: latents are encoded once and cached, where precision is cheap
-    batches = make_batch_source(config, plan, bundle, device, echo)
+    text_states, text_state_files = cached_text_inputs(config, plan, bundle, device, echo)
+    batches = make_batch_source(
+        config, plan, bundle, device, echo, text_states=text_states, text_state_files=text_state_files
+    )
 
     bundle.unet.to(device, dtype=weight_dtype)
     bundle.text_encoder.to(device, dtype=weight_dtype)
@@ -188,7 +214,7 @@ def setup_run(config: TrainConfig, echo: Callable[[str], None]) -> TrainingRun:
         clip_skip=config.clip_skip,
         weighted_captions=config.weighted_captions,
     )
-    facts = RunFacts(seed=seed, started_at=started_at)
+    facts = RunFacts(seed=seed, started_at=inputs.started_at)
     return TrainingRun(
         config, accelerator, bundle, plan, batches, network, optimizer, lr_scheduler, models, facts
     )

@@ -71,7 +71,9 @@ def build_unet() -> UNet2DConditionModel:
     return UNet2DConditionModel(**UNET_CONFIG)
 
 
-def build_text_encoder(vocab_size: int, bos_token_id: int, eos_token_id: int, pad_token_id: int) -> CLIPTextModel:
+def build_text_encoder(
+    vocab_size: int, bos_token_id: int, eos_token_id: int, pad_token_id: int
+) -> CLIPTextModel:
     config = CLIPTextConfig(
         **TEXT_ENCODER_CONFIG,
         vocab_size=vocab_size,

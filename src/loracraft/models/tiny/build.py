@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import CLIPTokenizer
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPTokenizer
 
 from loracraft.models.checkpoint_file import write_checkpoint
 from loracraft.models.config_metadata import config_metadata
@@ -48,6 +49,14 @@ class Recipe:
     unet_lr: float = 1e-3
 
 
+@dataclass(frozen=True)
+class TinyModel:
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL
+    text_encoder: CLIPTextModel
+    tokenizer: CLIPTokenizer
+
+
 def tokenizer_words() -> list[str]:
     """Every caption word, plus the VAE-only colour names so a LoRA can bind them as single tokens."""
     return [*caption_for("", "", "").split(), *COLOURS, *BACKGROUNDS, *SHAPES]
@@ -59,8 +68,8 @@ def _token_ids(tokenizer: CLIPTokenizer, captions: list[str]) -> torch.Tensor:
     ).input_ids
 
 
-def build_tiny_model(out_dir: Path, recipe: Recipe, log: Callable[[str], None]) -> Path:
-    """Train both stages and write the checkpoint and tokenizer into ``out_dir``; returns the checkpoint."""
+def build_tiny_model(out_dir: Path, recipe: Recipe, log: Callable[[str], None]) -> TinyModel:
+    """Train both stages in fp32. The tokenizer is written into ``out_dir`` first: it sizes the text encoder."""
     torch.manual_seed(recipe.seed)
     tokenizer_dir = build_clip_tokenizer(tokenizer_words(), out_dir / TOKENIZER_NAME)
     tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
@@ -102,16 +111,19 @@ def build_tiny_model(out_dir: Path, recipe: Recipe, log: Callable[[str], None]) 
         log,
     )
     log(f"unet + text encoder stage done in {time.perf_counter() - start:.0f} s")
+    return TinyModel(unet, vae, text_encoder, tokenizer)
 
+
+def save_checkpoint(model: TinyModel, out_dir: Path) -> Path:
+    """The SD single file, in fp16 to halve it (the build log compares recognition before and after)."""
     checkpoint = out_dir / CHECKPOINT_NAME
-    # fp16 halves the file; the build log compares recognition before and after to show nothing is lost.
     tensors = {
         key: value.half() if value.is_floating_point() else value
-        for key, value in to_ldm_checkpoint(unet, vae, text_encoder).items()
+        for key, value in to_ldm_checkpoint(model.unet, model.vae, model.text_encoder).items()
     }
     configs = {
         "unet": UNET_CONFIG,
-        "vae": {**VAE_CONFIG, "scaling_factor": factor},
+        "vae": {**VAE_CONFIG, "scaling_factor": model.vae.config.scaling_factor},
         "text_encoder": TEXT_ENCODER_CONFIG,
     }
     write_checkpoint(checkpoint, tensors, {**config_metadata(configs), "loracraft.model": "loracraft-tiny"})

@@ -35,7 +35,9 @@ def evaluate(
     guidance: float = 3.0,
 ) -> Evaluation:
     runs = [(case, seed) for seed in seeds for case in cases]
-    images = generate(pipeline, [caption_for(*case) for case, _ in runs], [seed for _, seed in runs], steps, guidance)
+    images = generate(
+        pipeline, [caption_for(*case) for case, _ in runs], [seed for _, seed in runs], steps, guidance
+    )
     stats = [(case, measure(image)) for (case, _), image in zip(runs, images, strict=True)]
     right = sum(s.colour == colour and s.background == background for (_, colour, background), s in stats)
     shaped = sum(s.shape == shape for (shape, _, _), s in stats)

@@ -43,8 +43,12 @@ def _pixels(image: Image.Image) -> np.ndarray:
 def _border_colour(pixels: np.ndarray) -> np.ndarray:
     b = _BORDER
     frame = np.concatenate(
-        [pixels[:b].reshape(-1, 3), pixels[-b:].reshape(-1, 3), pixels[:, :b].reshape(-1, 3),
-         pixels[:, -b:].reshape(-1, 3)]
+        [
+            pixels[:b].reshape(-1, 3),
+            pixels[-b:].reshape(-1, 3),
+            pixels[:, :b].reshape(-1, 3),
+            pixels[:, -b:].reshape(-1, 3),
+        ]
     )
     return np.median(frame, axis=0)
 

@@ -1,0 +1,105 @@
+"""What the run caches before training: fingerprints of the encoders, static captions, text states, and
+the `--cache_only` pass that fills the disk caches and stops."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from loracraft.config.schema import TrainConfig
+from loracraft.data.cache_fill import LatentCacheJob, TextCacheJob, fill_disk_caches
+from loracraft.data.captions import process_caption
+from loracraft.data.plan import DatasetPlan
+from loracraft.data.text_cache import cache_text_states, text_cache_file_paths
+from loracraft.models.bundle import ModelBundle
+from loracraft.models.text_encoding import encode_captions, encode_weighted_captions
+from loracraft.training.step import encode_images
+
+TextInputs = tuple[list[torch.Tensor] | None, list[Path] | None]
+
+
+def weights_fingerprint(module: torch.nn.Module, *extra: object) -> str:
+    """A short hash of a module's weights (and settings): a disk cache made with other weights is stale."""
+    digest = hashlib.sha256(repr(extra).encode())
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def static_captions(plan: DatasetPlan) -> list[str]:
+    """Each planned image's final caption. Only for static caption options (the config enforces it),
+    where the random source and the epoch cannot change the result."""
+    return [
+        process_caption(image.record.caption, plan.subsets[image.subset_index].captions, random.Random(0), 1)
+        for image in plan.images
+    ]
+
+
+def text_encoder_job(config: TrainConfig, bundle: ModelBundle, device: torch.device) -> TextCacheJob:
+    encode_fn = encode_weighted_captions if config.weighted_captions else encode_captions
+
+    def encode(captions: list[str]) -> torch.Tensor:
+        with torch.no_grad():
+            states = encode_fn(
+                bundle.tokenizer, bundle.text_encoder.to(device), captions, config.max_token_length, config.clip_skip
+            )
+        return states.float().cpu()
+
+    identity = weights_fingerprint(
+        bundle.text_encoder, config.clip_skip, config.max_token_length, config.weighted_captions
+    )
+    return TextCacheJob(captions=(), encode=encode, identity=identity, batch_size=config.vae_batch_size)
+
+
+def cached_text_inputs(
+    config: TrainConfig, plan: DatasetPlan, bundle: ModelBundle, device: torch.device, echo: Callable[[str], None]
+) -> TextInputs:
+    """Text-encoder outputs for every planned image when --cache_text_encoder_outputs is on."""
+    if not config.cache_text_encoder_outputs:
+        return None, None
+    job = text_encoder_job(config, bundle, device)
+    captions = static_captions(plan)
+    if not config.cache_text_encoder_outputs_to_disk:
+        states = cache_text_states(captions, encode=job.encode, identity=job.identity, batch_size=job.batch_size)
+        return states, None
+    files = text_cache_file_paths([image.record.path for image in plan.images], captions)
+    files, report = cache_text_states(
+        captions, encode=job.encode, identity=job.identity, batch_size=job.batch_size, files=files
+    )
+    for warning in report.warnings:
+        echo(f"warning: {warning}")
+    echo(f"text-encoder cache: {report.encoded} encoded, {report.loaded} reused from disk")
+    return None, files
+
+
+def latent_job(config: TrainConfig, plan: DatasetPlan, bundle: ModelBundle, device: torch.device) -> LatentCacheJob:
+    def encode(pixels: torch.Tensor) -> torch.Tensor:
+        return encode_images(bundle.vae, pixels.to(device), config.vae_batch_size).cpu()
+
+    # One subset that flips or masks makes every cache entry hold the mirrored latents or the mask.
+    return LatentCacheJob(
+        encode=encode,
+        vae_identity=weights_fingerprint(bundle.vae),
+        vae_batch_size=config.vae_batch_size,
+        flip_aug=any(subset.augment.flip_aug for subset in plan.subsets),
+        alpha_mask=any(subset.augment.alpha_mask for subset in plan.subsets),
+    )
+
+
+def fill_caches_only(
+    config: TrainConfig, plan: DatasetPlan, bundle: ModelBundle, device: torch.device, echo: Callable[[str], None]
+) -> str:
+    """`--cache_only`: write the latent disk caches (and text-encoder caches when enabled), then stop."""
+    text = None
+    if config.cache_text_encoder_outputs:
+        job = text_encoder_job(config, bundle, device)
+        text = TextCacheJob(static_captions(plan), job.encode, job.identity, job.batch_size)
+    summary, warnings = fill_disk_caches(plan.images, latents=latent_job(config, plan, bundle, device), text=text)
+    for warning in warnings:
+        echo(f"warning: {warning}")
+    return summary
