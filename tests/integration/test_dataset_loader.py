@@ -5,7 +5,7 @@ import torch
 
 from data_helpers import make_kohya_dataset
 from loracraft.data.dataset import BucketBatchDataset, batch_loader
-from loracraft.data.latent_cache import cache_latents_in_memory, cache_latents_to_disk
+from loracraft.data.latent_cache import cache_latents_to_disk, encode_latents_in_memory
 from loracraft.data.plan import build_epoch_plan, epoch_batches
 from loracraft.data.scan import scan_dreambooth_dir
 
@@ -66,7 +66,7 @@ def test_epochs_are_deterministic_and_differ(plan):
 
 
 def test_latents_from_memory_and_from_files_agree(plan):
-    in_memory = cache_latents_in_memory(plan.images, encode=fake_vae, vae_batch_size=4, progress=False)
+    in_memory = encode_latents_in_memory(plan.images, encode=fake_vae, vae_batch_size=4, progress=False)
     files, _ = cache_latents_to_disk(
         plan.images, encode=fake_vae, vae_identity="fake", vae_batch_size=4, progress=False
     )

@@ -125,7 +125,7 @@ def test_resolution_spellings(tmp_path, value, expected):
 
 def test_flags_alone_give_the_plain_folder_options():
     config = TrainConfig(shuffle_caption=True, keep_tokens=2, caption_prefix="photo", flip_aug=True,
-                         face_crop_aug_range="2.0,4.0", alpha_mask=True)  # fmt: skip
+                         face_crop_aug_range="2.0,4.0", alpha_mask=True, cache_latents=False)  # fmt: skip
     assert caption_options((), config) == CaptionOptions(
         shuffle_caption=True, keep_tokens=2, caption_prefix="photo"
     )
@@ -257,4 +257,4 @@ def test_bad_face_crop_flag_is_a_user_error():
     with pytest.raises(
         UserError, match=r"^--face_crop_aug_range: face_crop_aug_range 'wide' is not 'LOW,HIGH'"
     ):
-        augment_options((), TrainConfig(face_crop_aug_range="wide"))
+        augment_options((), TrainConfig(face_crop_aug_range="wide", cache_latents=False))

@@ -293,18 +293,6 @@ def encode_latents_in_memory(
     return cached
 
 
-def cache_latents_in_memory(
-    images: Sequence[PlannedImage], *, encode: Encoder, vae_batch_size: int, progress: bool = True
-) -> list[torch.Tensor]:
-    """Plain latents for every planned image, without flipped latents or masks."""
-    return [
-        entry.latents
-        for entry in encode_latents_in_memory(
-            images, encode=encode, vae_batch_size=vae_batch_size, progress=progress
-        )
-    ]
-
-
 def cache_latents_to_disk(
     images: Sequence[PlannedImage],
     *,
