@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline
 
 from loracraft.networks.lora_file import read_lora_file, save_lora_file
 from loracraft.networks.lora_network import LoRANetwork, build_lora_network
 from loracraft.networks.metadata import LoRARunInfo, kohya_metadata
 from loracraft.networks.targets import text_encoder_targets, unet_targets
+from model_helpers import tiny_text_encoder, tiny_unet
 
 RANK = 4
 ALPHA = RANK / 2
@@ -32,29 +32,7 @@ BAD_LOAD_MESSAGES = ("unexpected keys", "not compatible", "not loaded", "not cor
 
 
 def tiny_pipeline() -> StableDiffusionPipeline:
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        layers_per_block=2,
-        block_out_channels=(32, 32, 64, 64),
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        cross_attention_dim=32,
-        attention_head_dim=8,
-    )
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            hidden_size=32,
-            intermediate_size=37,
-            num_attention_heads=4,
-            num_hidden_layers=2,
-            vocab_size=1000,
-            projection_dim=32,
-            bos_token_id=0,
-            eos_token_id=2,
-            pad_token_id=1,
-        )
-    )
+    unet, text_encoder = tiny_unet(), tiny_text_encoder()
     vae = AutoencoderKL(
         block_out_channels=[32, 64],
         down_block_types=["DownEncoderBlock2D"] * 2,

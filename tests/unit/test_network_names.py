@@ -5,47 +5,26 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
 from diffusers import UNet2DConditionModel
 from torch import nn
-from transformers import CLIPTextConfig, CLIPTextModel
+from transformers import CLIPTextModel
 
 from loracraft.networks.kohya_names import text_encoder_lora_name, unet_lora_name
 from loracraft.networks.targets import text_encoder_targets, unet_targets
+from model_helpers import tiny_text_encoder, tiny_unet
 
 KOHYA_NAMES = Path("/work/shared/reference/kohya-lora-names.json")
 TE_NAME = re.compile(r"^lora_te_text_model_encoder_layers_(\d+)_(self_attn_(q|k|v|out)_proj|mlp_fc[12])$")
 
 
 @pytest.fixture(scope="module")
-def unet() -> UNet2DConditionModel:
-    torch.manual_seed(0)
-    return UNet2DConditionModel(
-        sample_size=8,
-        layers_per_block=2,
-        block_out_channels=(32, 32, 64, 64),
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        cross_attention_dim=32,
-        attention_head_dim=8,
-    )
+def unet():
+    return tiny_unet()
 
 
 @pytest.fixture(scope="module")
-def text_encoder() -> CLIPTextModel:
-    torch.manual_seed(0)
-    config = CLIPTextConfig(
-        hidden_size=32,
-        intermediate_size=37,
-        num_attention_heads=4,
-        num_hidden_layers=2,
-        vocab_size=1000,
-        projection_dim=32,
-        bos_token_id=0,
-        eos_token_id=2,
-        pad_token_id=1,
-    )
-    return CLIPTextModel(config)
+def text_encoder():
+    return tiny_text_encoder()
 
 
 @pytest.mark.parametrize(
