@@ -15,8 +15,6 @@ Relative `image_dir` paths are read from the current folder, as kohya does.
 from __future__ import annotations
 
 import dataclasses
-import json
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +22,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
+from loracraft.config.files import read_table_file
 from loracraft.config.schema import TrainConfig
 from loracraft.config.suggest import did_you_mean
 from loracraft.config.values import parse_resolution
@@ -32,11 +31,6 @@ from loracraft.data.buckets import Size
 from loracraft.data.captions import CaptionOptions
 from loracraft.data.plan import BucketSettings
 from loracraft.errors import UserError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
 
 # kohya keys loracraft does not implement: named as such instead of "unknown", so a kohya user knows why.
 UNSUPPORTED_KOHYA_KEYS = frozenset({
@@ -232,16 +226,7 @@ def describe_error(err: ValidationError, source: str) -> str:
 
 def read_dataset_config(path: str | Path) -> DatasetConfigFile:
     """Parse and validate a dataset config file (TOML, or JSON by its suffix, as kohya accepts)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"--dataset_config {path} does not exist")
-    try:
-        text = path.read_text(encoding="utf-8")
-        data = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
-    except (UnicodeDecodeError, json.JSONDecodeError, tomllib.TOMLDecodeError) as err:
-        raise UserError(f"--dataset_config {path} cannot be read: {err}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"--dataset_config {path} must hold [general] and [[datasets]] tables")
+    data = read_table_file(path, "--dataset_config", "[general] and [[datasets]] tables")
     try:
         return DatasetConfigFile.model_validate(data)
     except ValidationError as err:

@@ -5,37 +5,22 @@ Precedence: schema defaults < --config_file < command-line flags.
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
+from loracraft.config.files import read_table_file
 from loracraft.config.schema import TrainConfig
 from loracraft.config.suggest import did_you_mean
 from loracraft.errors import UserError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
 
 FIELDS = TrainConfig.model_fields
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """kohya's flat TOML (sections are flattened, as kohya does) or a flat JSON object."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"--config_file {path} does not exist")
-    try:
-        text = path.read_text(encoding="utf-8")
-        data = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
-    except (UnicodeDecodeError, json.JSONDecodeError, tomllib.TOMLDecodeError) as err:
-        raise UserError(f"--config_file {path} cannot be read: {err}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"--config_file {path} must hold key = value pairs")
+    data = read_table_file(path, "--config_file", "key = value pairs")
     flat: dict[str, Any] = {}
     for key, value in data.items():
         if isinstance(value, dict):
