@@ -126,3 +126,8 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_configure(config):
+    # Tiny models: one thread is as fast, and torch's worker threads stall when the cores are shared.
+    torch.set_num_threads(1)

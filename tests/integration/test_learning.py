@@ -24,16 +24,16 @@ pytestmark = [
     pytest.mark.skipif(not shipped.CHECKPOINT.exists(), reason="loracraft-tiny is not built"),
 ]
 
-# Thresholds (see bench/RESULTS.md, "Learning test"): a working trainer reaches >= 0.8 on the trigger
-# prompts from ~0 before; a broken target or lr 0 stays near the base rate.
-MIN_TRIGGER_AFTER = 0.6
-MAX_TRIGGER_BEFORE = 0.2
-MIN_CONTROL_AFTER = 0.6
+# Thresholds (bench/RESULTS.md, "Learning test"): the working trainer moves the trigger prompts from 0%
+# to ~80% magenta and the prompts without the trigger by ~0; a broken target or a zero learning rate
+# leaves the trigger prompts where they were.
+MIN_TRIGGER_GAIN = 0.5
+MAX_CONTROL_GAIN = 0.2
 
 TRAINING_VARIANTS = {
     "adamw-constant": {},
 }
-EPOCHS = 5
+EPOCHS = 10
 
 
 @pytest.fixture(scope="module", params=sorted(TRAINING_VARIANTS))
@@ -50,13 +50,11 @@ def learned(request, tmp_path_factory) -> tuple[dict, dict]:
     return probe.measure(preview, multiplier=0.0), probe.measure(preview, multiplier=1.0)
 
 
-def test_trigger_prompt_learns_the_concept(learned):
+def test_trigger_prompts_move_to_the_concept(learned):
     before, after = learned
-    assert before.trigger_rate <= MAX_TRIGGER_BEFORE
-    assert after.trigger_rate >= MIN_TRIGGER_AFTER, (before, after)
+    assert after.trigger_rate - before.trigger_rate >= MIN_TRIGGER_GAIN, (before, after)
 
 
-def test_prompts_without_trigger_keep_their_colours(learned):
+def test_prompts_without_trigger_move_much_less(learned):
     before, after = learned
-    assert after.control_rate >= MIN_CONTROL_AFTER, (before, after)
-    assert after.control_rate >= before.control_rate - 0.25, (before, after)
+    assert after.control_concept_rate - before.control_concept_rate <= MAX_CONTROL_GAIN, (before, after)

@@ -1,8 +1,8 @@
 """Measure whether a LoRA taught the tiny model a concept: generate from fixed prompts and seeds, count.
 
-A colour concept is judged with the tiny model's own image statistic (`models.tiny.measure`): the trigger
-prompts should come out in the concept's colour, and prompts without the trigger should keep the colour
-they name. Both are shares of generations over fixed seeds, so a run is repeatable.
+A colour concept is judged with the tiny model's own image statistic (`models.tiny.measure`, the palette
+colour nearest to the foreground): the trigger prompts should move to the concept's colour, and prompts
+without the trigger should not. All rates are shares of generations over fixed seeds, so a run repeats.
 """
 
 from __future__ import annotations
@@ -23,12 +23,15 @@ PROBE_SEEDS = (11, 12)
 class ProbeResult:
     trigger_rate: float
     """Share of trigger-prompt images drawn in the concept's colour."""
+    control_concept_rate: float
+    """Share of no-trigger images drawn in the concept's colour (the concept bleeding into them)."""
     control_rate: float
     """Share of no-trigger images drawn in the colour their prompt names."""
 
 
 @dataclass(frozen=True)
 class ConceptProbe:
+    concept_colour: str
     trigger_cases: tuple[tuple[str, str], ...]
     """(prompt, expected colour) with the trigger word."""
     control_cases: tuple[tuple[str, str], ...]
@@ -45,21 +48,31 @@ class ConceptProbe:
             (caption_for(SHAPES[i % len(SHAPES)], base, backgrounds[i % len(backgrounds)]), base)
             for i, base in enumerate(BASE_COLOURS)
         )
-        return cls(trigger_cases, control_cases, seeds)
+        return cls(colour, trigger_cases, control_cases, seeds)
 
-    def rate(self, preview: LoRAPreview, cases: tuple[tuple[str, str], ...]) -> float:
+    def colours(self, preview: LoRAPreview, cases: tuple[tuple[str, str], ...]) -> list[tuple[str, str | None]]:
+        """(expected colour, measured colour) for every case and seed."""
         runs = [(prompt, colour, seed) for seed in self.seeds for prompt, colour in cases]
         images = preview.generate([p for p, _, _ in runs], [s for _, _, s in runs])
-        hits = sum(measure(image).colour == colour for (_, colour, _), image in zip(runs, images, strict=True))
-        return hits / len(runs)
+        return [(colour, measure(image).colour) for (_, colour, _), image in zip(runs, images, strict=True)]
 
     def measure(self, preview: LoRAPreview, multiplier: float) -> ProbeResult:
         preview.use(preview.loaded, multiplier)
-        return ProbeResult(self.rate(preview, self.trigger_cases), self.rate(preview, self.control_cases))
+        trigger = self.colours(preview, self.trigger_cases)
+        control = self.colours(preview, self.control_cases)
+        return ProbeResult(
+            trigger_rate=_share(trigger, lambda expected, got: got == expected),
+            control_concept_rate=_share(control, lambda _, got: got == self.concept_colour),
+            control_rate=_share(control, lambda expected, got: got == expected),
+        )
 
     def grid_prompts(self) -> list[str]:
-        """Rows of the demo grid: three trigger prompts, then two without the trigger."""
-        return [prompt for prompt, _ in self.trigger_cases[::3]] + [p for p, _ in self.control_cases[:2]]
+        """Rows of the demo grid: three trigger prompts (each shape, each background), then two without."""
+        return [prompt for prompt, _ in self.trigger_cases[::4]] + [p for p, _ in self.control_cases[:2]]
+
+
+def _share(pairs: list[tuple[str, str | None]], hit) -> float:
+    return sum(hit(expected, got) for expected, got in pairs) / len(pairs)
 
 
 CELL = 128

@@ -43,8 +43,12 @@ def encode_images(vae: AutoencoderKL, pixels: torch.Tensor, vae_batch_size: int)
     return torch.cat(parts).float()
 
 
-def training_target(noise: torch.Tensor) -> torch.Tensor:
-    """What the U-Net learns to predict: the added noise (epsilon prediction, SD1's parameterization)."""
+def training_target(
+    noise_scheduler: DDPMScheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+) -> torch.Tensor:
+    """What the U-Net learns to predict: the added noise (epsilon prediction, SD1's parameterization).
+
+    It takes what a v-prediction target needs too (the scheduler, clean latents, timesteps)."""
     return noise
 
 
@@ -91,7 +95,7 @@ def diffusion_loss(models: StepModels, batch: dict, device: torch.device) -> tor
     ).sample
 
     # Per-sample MSE against the target, weighted (prior_loss_weight for reg images), then averaged.
-    target = training_target(noise)
+    target = training_target(models.noise_scheduler, latents, noise, timesteps)
     loss = F.mse_loss(model_pred.float(), target.float(), reduction="none")
     if "masks" in batch:
         loss = masked_mean(loss, batch["masks"].to(device))

@@ -12,7 +12,7 @@ def tiny_pipeline(
     unet: UNet2DConditionModel, vae: AutoencoderKL, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer
 ) -> StableDiffusionPipeline:
     """A plain SD pipeline; a tiny model has no safety checker, so none is wired in."""
-    return StableDiffusionPipeline(
+    pipeline = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
@@ -22,6 +22,8 @@ def tiny_pipeline(
         feature_extractor=None,
         requires_safety_checker=False,
     )
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
 
 
 def generate(
