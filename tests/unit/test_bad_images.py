@@ -144,7 +144,7 @@ def test_decompression_bombs_are_refused_from_the_header(folder, monkeypatch):
         ("café, naïve".encode("cp1252"), "café, naïve", "cp1252"),
         ("“quoted” tag".encode("cp1252"), "“quoted” tag", "cp1252"),
         (b"caf\xe9 \x81", "caf\xe9 \x81", "latin-1"),  # 0x81 is undefined in cp1252
-        (codecs.BOM_UTF16_LE + "ünï, 日本\r\nline 2".encode("utf-16-le"), "ünï, 日本", None),
+        (codecs.BOM_UTF16_LE + "ünï, 日本\r\nline 2".encode("utf-16-le"), "ünï, 日本\nline 2", None),
         (codecs.BOM_UTF8 + "ünï".encode(), "ünï", None),
     ],
 )

@@ -69,12 +69,13 @@ def test_caption_file_rules(tmp_path):
     folder.mkdir()
     for name in ("a.png", "b.png", "c.png"):
         write_test_image(folder / name, (64, 64), seed=0)
-    (folder / "a.txt").write_text("\ufefffirst line, tags  \nsecond line ignored\n", encoding="utf-8")
+    (folder / "a.txt").write_text("\ufefffirst line, tags  \n\n second line \n", encoding="utf-8")
     (folder / "b.txt").write_text("  \n", encoding="utf-8")
     subset, warnings = scan_subset_dir(
         folder, num_repeats=3, class_tokens="my_char", is_reg=False, caption_extension=".txt"
     )
-    assert [r.caption for r in subset.records] == ["first line, tags", "my_char", "my_char"]
+    # Every non-empty line is kept: training takes the first, or a random one with --enable_wildcard.
+    assert [r.caption for r in subset.records] == ["first line, tags\nsecond line", "my_char", "my_char"]
     assert any("1 of 3 caption files are empty" in w for w in warnings)
 
 

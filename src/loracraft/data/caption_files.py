@@ -60,15 +60,16 @@ def decode_caption_bytes(data: bytes) -> tuple[str, str | None]:
 
 
 def read_caption_file(path: Path) -> tuple[str, str | None]:
-    """The first line of a caption file, stripped (kohya uses only the first line), and the guessed
-    encoding when the file was not Unicode."""
+    """The non-empty lines of a caption file, each stripped, joined by newlines, and the guessed encoding
+    when the file was not Unicode. Training uses the first line, or with --enable_wildcard a random one
+    (`captions.process_caption`), as kohya does."""
     try:
         data = path.read_bytes()
     except OSError as err:
         raise UserError(f"cannot read caption file {path} ({err}); check its permissions") from err
     text, guessed = decode_caption_bytes(data)
-    lines = text.splitlines()
-    return (lines[0].strip() if lines else ""), guessed
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return "\n".join(lines), guessed
 
 
 def find_caption(

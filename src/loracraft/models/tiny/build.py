@@ -40,9 +40,11 @@ class Recipe:
 
     seed: int = 0
     vae_images: int = 4000
-    vae_steps: int = 600
+    vae_steps: int = 1300
     vae_batch: int = 32
     vae_lr: float = 2e-3
+    vae_crop: int = 32
+    vae_whole_image_steps: int = 150
     base_images: int = 6000
     unet_steps: int = 1800
     unet_batch: int = 64
@@ -84,6 +86,8 @@ def build_tiny_model(out_dir: Path, recipe: Recipe, log: Callable[[str], None]) 
         recipe.vae_lr,
         recipe.seed + 2,
         log,
+        recipe.vae_crop,
+        recipe.vae_whole_image_steps,
     )
     log(f"vae stage done in {time.perf_counter() - start:.0f} s")
 
