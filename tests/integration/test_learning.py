@@ -25,10 +25,10 @@ pytestmark = [
 ]
 
 # Thresholds (bench/RESULTS.md, "Learning test"): the working trainer moves the trigger prompts from 0%
-# to ~80% magenta and the prompts without the trigger by ~0; a broken target or a zero learning rate
-# leaves the trigger prompts where they were.
+# to about 80% magenta, the prompts without the trigger far less; a broken target or a zero learning
+# rate leaves the trigger prompts at 0%.
 MIN_TRIGGER_GAIN = 0.5
-MAX_CONTROL_GAIN = 0.2
+MAX_CONTROL_SHARE_OF_GAIN = 0.5
 
 TRAINING_VARIANTS = {
     "adamw-constant": {},
@@ -57,4 +57,6 @@ def test_trigger_prompts_move_to_the_concept(learned):
 
 def test_prompts_without_trigger_move_much_less(learned):
     before, after = learned
-    assert after.control_concept_rate - before.control_concept_rate <= MAX_CONTROL_GAIN, (before, after)
+    trigger_gain = after.trigger_rate - before.trigger_rate
+    control_gain = after.control_concept_rate - before.control_concept_rate
+    assert control_gain <= MAX_CONTROL_SHARE_OF_GAIN * trigger_gain, (before, after)

@@ -45,8 +45,10 @@ class ConceptProbe:
             (caption_for(shape, trigger, background), colour) for shape in SHAPES for background in backgrounds
         )
         control_cases = tuple(
-            (caption_for(SHAPES[i % len(SHAPES)], base, backgrounds[i % len(backgrounds)]), base)
-            for i, base in enumerate(BASE_COLOURS)
+            (caption_for(SHAPES[i % len(SHAPES)], base, background), base)
+            for i, (base, background) in enumerate(
+                (base, background) for base in BASE_COLOURS for background in backgrounds
+            )
         )
         return cls(colour, trigger_cases, control_cases, seeds)
 
@@ -68,7 +70,7 @@ class ConceptProbe:
 
     def grid_prompts(self) -> list[str]:
         """Rows of the demo grid: three trigger prompts (each shape, each background), then two without."""
-        return [prompt for prompt, _ in self.trigger_cases[::4]] + [p for p, _ in self.control_cases[:2]]
+        return [prompt for prompt, _ in self.trigger_cases[::4]] + [p for p, _ in self.control_cases[::7]]
 
 
 def _share(pairs: list[tuple[str, str | None]], hit) -> float:
