@@ -2,7 +2,7 @@
 
     OMP_WAIT_POLICY=PASSIVE python scripts/build_tiny_model.py [--out DIR]
 
-Deterministic (fixed seeds, two torch threads); takes ~25 minutes on two CPU cores. The environment
+Deterministic (fixed seeds, two torch threads); models/tiny/README.md has the measured build. The environment
 variable changes no result: it stops idle OpenMP threads from spinning, which on a shared machine halved
 the CPU each step cost. Writes
 loracraft-tiny.safetensors (SD's single-file layout, fp16) and loracraft-tiny-tokenizer/ into DIR,
