@@ -188,3 +188,24 @@ def test_dataset_config_run_records_ss_datasets(tiny_sd1, tmp_path):
     datasets = json.loads(metadata["ss_datasets"])
     assert len(datasets) == 1 and datasets[0]["subsets"][0]["num_repeats"] == 3
     assert metadata["ss_num_train_images"] == "12"
+
+
+def test_augmentation_masks_and_caption_transforms_train_end_to_end(tiny_sd1, tmp_path):
+    from PIL import Image
+
+    tree = make_kohya_dataset(tmp_path / "data", reg_count=0)
+    # One image with a transparent half, so --alpha_mask has something to mask.
+    rgba = Image.open(tree.images[0]).convert("RGBA")
+    rgba.putalpha(Image.new("L", rgba.size, 0).crop((0, 0, rgba.width // 2, rgba.height)).resize(rgba.size))
+    rgba.save(tree.images[0].with_suffix(".png"))
+    out = tmp_path / "out"
+    flags = train_flags(
+        tiny_sd1, tree, out, "--max_train_epochs", "1", "--cache_latents", "false", "--flip_aug", "--color_aug",
+        "--random_crop", "--alpha_mask", "--shuffle_caption", "--keep_tokens", "1", "--caption_tag_dropout_rate",
+        "0.3", "--caption_prefix", "(photo:1.2)", "--weighted_captions",
+    )
+    flags[flags.index("--reg_data_dir") : flags.index("--reg_data_dir") + 2] = []
+    assert main(flags) == 0
+    with safe_open(out / "toy.safetensors", "pt") as f:
+        assert f.metadata()["ss_flip_aug"] == "True"
+        assert any(f.get_tensor(k).abs().sum() > 0 for k in f.keys() if k.endswith("lora_up.weight"))

@@ -94,6 +94,10 @@ class LoRARunInfo:
     random_crop: bool = False
     shuffle_caption: bool = False
     keep_tokens: int = 0
+    caption_dropout_rate: float = 0.0
+    caption_dropout_every_n_epochs: int = 0
+    caption_tag_dropout_rate: float = 0.0
+    face_crop_aug_range: str | None = None
     enable_bucket: bool = False
     bucket_no_upscale: bool = False
     min_bucket_reso: int = 256
@@ -180,6 +184,10 @@ def _ss_metadata(info: LoRARunInfo) -> dict[str, str]:
         "ss_min_bucket_reso": info.min_bucket_reso,
         "ss_max_bucket_reso": info.max_bucket_reso,
         "ss_keep_tokens": info.keep_tokens,
+        "ss_caption_dropout_rate": info.caption_dropout_rate,
+        "ss_caption_dropout_every_n_epochs": info.caption_dropout_every_n_epochs,
+        "ss_caption_tag_dropout_rate": info.caption_tag_dropout_rate,
+        "ss_face_crop_aug_range": info.face_crop_aug_range,
         "ss_dataset_dirs": json.dumps(info.dataset_dirs),
         "ss_reg_dataset_dirs": json.dumps(info.reg_dataset_dirs),
         "ss_tag_frequency": json.dumps(info.tag_frequency),
