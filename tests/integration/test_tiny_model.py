@@ -12,7 +12,7 @@ from loracraft.models.tiny.palette import COLOURS
 from loracraft.models.tiny.shapes import draw, sample_specs
 from loracraft.models.tiny.shipped import CHECKPOINT
 
-# The build measured 24/24 (see models/tiny/README.md); the bar leaves room for torch/diffusers versions
+# The shipped file scores 23/24 (96%, models/tiny/README.md); the bar leaves room for torch/diffusers versions
 # that round differently, while a broken model (wrong scheduler config, wrong VAE scale) scores ~20%.
 MIN_RECOGNISED = 0.8
 
