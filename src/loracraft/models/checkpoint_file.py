@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 
 from loracraft.atomic import write_atomic
 from loracraft.errors import UserError
+from loracraft.safetensors_header import canonicalize_file
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
@@ -44,9 +45,15 @@ def read_checkpoint(path: str | os.PathLike) -> CheckpointFile:
 def write_checkpoint(
     path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str]
 ) -> None:
-    """Write `tensors` as `.safetensors` atomically (a crash never leaves half a file)."""
+    """Write `tensors` as `.safetensors` atomically (a crash never leaves half a file), with a canonical
+    header: the same tensors and metadata always give the same bytes."""
     contiguous = {key: tensor.contiguous() for key, tensor in tensors.items()}
-    write_atomic(path, lambda tmp: save_file(contiguous, str(tmp), metadata=metadata))
+
+    def write(tmp: Path) -> None:
+        save_file(contiguous, str(tmp), metadata=metadata)
+        canonicalize_file(tmp)
+
+    write_atomic(path, write)
 
 
 def _read_safetensors(path: Path) -> CheckpointFile:

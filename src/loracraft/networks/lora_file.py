@@ -10,7 +10,6 @@ in-memory copy with only the ss_* metadata:
   the hash itself).
 """
 
-import json
 import os
 import pickle
 from pathlib import Path
@@ -23,6 +22,7 @@ from torch import Tensor
 from loracraft.atomic import write_atomic
 from loracraft.errors import UserError
 from loracraft.networks.hashes import addnet_hash, legacy_hash
+from loracraft.safetensors_header import canonical_bytes
 
 MODEL_HASH_KEY = "sshs_model_hash"
 LEGACY_HASH_KEY = "sshs_legacy_hash"
@@ -80,27 +80,10 @@ def _serialize_with_hashes(tensors: dict[str, Tensor], metadata: dict[str, str])
     # Placeholders as long as the real hashes give the draft the final header length, hence the final
     # layout; the real values then replace them without moving a byte of tensor data.
     placeholders = {MODEL_HASH_KEY: "0" * 64, LEGACY_HASH_KEY: "0" * 8}
-    draft = _canonical(safetensors.torch.save(tensors, {**metadata, **placeholders}))
+    draft = canonical_bytes(safetensors.torch.save(tensors, {**metadata, **placeholders}))
     hashes = {MODEL_HASH_KEY: addnet_hash(draft), LEGACY_HASH_KEY: legacy_hash(draft)}
     del draft
-    return _canonical(safetensors.torch.save(tensors, {**metadata, **hashes}))
-
-
-def _canonical(serialized: bytes) -> bytes:
-    """The same file with its JSON header in a fixed key order.
-
-    safetensors writes the metadata map in hash order, which changes between processes; sorting it
-    makes a seeded run write a byte-identical file. Tensor data and offsets are untouched, and the
-    header still starts with `{"` and stays padded with spaces to 8 bytes, as A1111 and safetensors want.
-    """
-    length = int.from_bytes(serialized[:8], "little")
-    header = json.loads(serialized[8 : 8 + length])
-    metadata = header.pop("__metadata__", None)
-    ordered = {"__metadata__": dict(sorted(metadata.items()))} if metadata else {}
-    ordered.update(sorted(header.items()))
-    text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    text += b" " * (-len(text) % 8)
-    return len(text).to_bytes(8, "little") + text + serialized[8 + length :]
+    return canonical_bytes(safetensors.torch.save(tensors, {**metadata, **hashes}))
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
