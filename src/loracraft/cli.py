@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from loracraft import __version__
 from loracraft.errors import UserError
+from loracraft.library_notices import filter_library_notices
 
 USAGE = """usage: loracraft COMMAND [flags]
 
@@ -74,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         print(__version__)
         return 0
     command = COMMANDS.get(argv[0])
+    filter_library_notices()
     if command is None:
         from loracraft.config.suggest import did_you_mean
 

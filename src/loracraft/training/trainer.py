@@ -168,8 +168,10 @@ def setup_run(config: TrainConfig, echo: Callable[[str], None]) -> TrainingRun:
         config, plan, bundle, device, echo, text_states=text_states, text_state_files=text_state_files
     )
 
-    bundle.unet.to(device, dtype=weight_dtype)
-    bundle.text_encoder.to(device, dtype=weight_dtype)
+    # torch's own `to`: diffusers' override warns about fp32-only modules on every dtype cast, even
+    # when a model has none (SD's U-Net), which would put a false alarm in every run's output.
+    torch.nn.Module.to(bundle.unet, device, weight_dtype)
+    torch.nn.Module.to(bundle.text_encoder, device, weight_dtype)
     # Rebuilding the LoRA modules draws their init from the seeded RNG: the same seed gives the same file.
     set_seed(seed)
     network = build_lora_network(
