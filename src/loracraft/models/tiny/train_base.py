@@ -4,7 +4,6 @@ This is SD's own objective (epsilon prediction under SD1.5's scaled-linear sched
 captions, so the base model supports classifier-free guidance like SD1.5 does.
 """
 
-import time
 from collections.abc import Callable
 
 import torch
@@ -12,7 +11,7 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel
 
 from loracraft.models.tiny.architecture import SD15_SCHEDULER_CONFIG
-from loracraft.models.tiny.train_vae import warmup_cosine
+from loracraft.models.tiny.build_loop import LossLog, warmup_cosine_schedule
 
 
 def train_base(
@@ -33,11 +32,11 @@ def train_base(
     scheduler = DDPMScheduler.from_config(SD15_SCHEDULER_CONFIG)
     parameters = list(unet.parameters()) + list(text_encoder.parameters())
     optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=1e-2)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, steps, steps // 20))
+    schedule = warmup_cosine_schedule(optimizer, steps)
     generator = torch.Generator().manual_seed(seed)
     unet.train()
     text_encoder.train()
-    start, running = time.perf_counter(), 0.0
+    losses = LossLog("unet", "loss", steps, log, log_every)
     for step in range(1, steps + 1):
         index = torch.randint(len(latents), (batch_size,), generator=generator)
         clean, ids = latents[index], token_ids[index].clone()
@@ -54,10 +53,6 @@ def train_base(
         loss.backward()
         optimizer.step()
         schedule.step()
-        running += loss.item()
-        if step % log_every == 0 or step == steps:
-            count = log_every if step % log_every == 0 else step % log_every
-            log(f"unet step {step}/{steps} loss {running / count:.4f} ({time.perf_counter() - start:.0f} s)")
-            running = 0.0
+        losses.add(step, loss.item(), digits=4)
     unet.eval().requires_grad_(False)
     text_encoder.eval().requires_grad_(False)

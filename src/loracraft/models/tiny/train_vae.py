@@ -1,7 +1,5 @@
 """Stage 1 of the tiny build: an 8x-downsampling KL autoencoder for 64 px shape images."""
 
-import math
-import time
 from collections.abc import Callable
 
 import numpy as np
@@ -10,6 +8,7 @@ from diffusers import AutoencoderKL
 from PIL import Image
 
 from loracraft.models.tiny.architecture import build_vae
+from loracraft.models.tiny.build_loop import LossLog, warmup_cosine_schedule
 
 # LDM's autoencoders weight KL by ~1e-6: just enough to keep the latent scale bounded, not to blur.
 _KL_WEIGHT = 1e-6
@@ -19,13 +18,6 @@ def to_tensor(images: list[Image.Image]) -> torch.Tensor:
     """(N, 3, H, W) in [-1, 1], the range SD's VAE works in."""
     array = np.stack([np.asarray(image.convert("RGB"), dtype=np.float32) for image in images])
     return torch.from_numpy(array).permute(0, 3, 1, 2) / 127.5 - 1.0
-
-
-def warmup_cosine(step: int, total: int, warmup: int) -> float:
-    """LR multiplier: linear warm-up, then cosine decay to zero, so short runs still end converged."""
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
 def train_vae(
@@ -41,9 +33,9 @@ def train_vae(
     torch.manual_seed(seed)
     vae = build_vae()
     optimizer = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, steps, steps // 20))
+    schedule = warmup_cosine_schedule(optimizer, steps)
     generator = torch.Generator().manual_seed(seed)
-    start, running = time.perf_counter(), 0.0
+    losses = LossLog("vae", "mse", steps, log, log_every)
     for step in range(1, steps + 1):
         batch = images[torch.randint(len(images), (batch_size,), generator=generator)]
         posterior = vae.encode(batch).latent_dist
@@ -54,11 +46,7 @@ def train_vae(
         loss.backward()
         optimizer.step()
         schedule.step()
-        running += mse.item()
-        if step % log_every == 0 or step == steps:
-            count = log_every if step % log_every == 0 else step % log_every
-            log(f"vae step {step}/{steps} mse {running / count:.5f} ({time.perf_counter() - start:.0f} s)")
-            running = 0.0
+        losses.add(step, mse.item(), digits=5)
     return vae.eval().requires_grad_(False)
 
 
