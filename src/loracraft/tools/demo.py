@@ -51,12 +51,12 @@ def make_demo_dataset(root: Path, concept: DemoConcept, seed: int = 0) -> Path:
     for i in range(concept.images):
         shape = SHAPES[i % len(SHAPES)]
         background = backgrounds[(i // len(SHAPES)) % len(backgrounds)]
-        _write_example(root / "img" / concept.folder_name / f"{i:03d}", shape, concept.colour, concept.trigger,
+        write_example(root / "img" / concept.folder_name / f"{i:03d}", shape, concept.colour, concept.trigger,
                        background, rng)  # fmt: skip
     return root / "img"
 
 
-def _write_example(stem: Path, shape: str, colour: str, word: str, background: str, rng) -> None:
+def write_example(stem: Path, shape: str, colour: str, word: str, background: str, rng) -> None:
     stem.parent.mkdir(parents=True, exist_ok=True)
     image = render_shape(shape, colour, background, rng=rng)
     write_atomic(stem.with_suffix(".png"), lambda tmp: image.save(tmp, format="PNG"))
