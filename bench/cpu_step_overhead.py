@@ -55,9 +55,9 @@ def make_model_and_data(root: Path) -> tuple[Path, Path]:
     torch.manual_seed(0)
     build_unet().save_pretrained(root / "model" / "unet")
     build_vae().save_pretrained(root / "model" / "vae")
-    build_text_encoder(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id).save_pretrained(
-        root / "model" / "text_encoder"
-    )
+    build_text_encoder(
+        len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
+    ).save_pretrained(root / "model" / "text_encoder")
     PNDMScheduler.from_config(SD15_SCHEDULER_CONFIG).save_config(root / "model" / "scheduler")
     (root / "model" / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
     folder = root / "data" / "1_shapes"
@@ -140,8 +140,12 @@ def main() -> None:
             ours.append(loracraft_seconds_per_step(setup_run(config, lambda _: None), args.warmup))
             bare.append(bare_seconds_per_step(setup_run(config, lambda _: None), args.steps, args.warmup))
     ours_s, bare_s = statistics.median(ours), statistics.median(bare)
-    print(f"loracraft loop: {ours_s * 1000:.1f} ms/step (rounds: {', '.join(f'{t * 1000:.1f}' for t in ours)})")
-    print(f"bare loop:      {bare_s * 1000:.1f} ms/step (rounds: {', '.join(f'{t * 1000:.1f}' for t in bare)})")
+    print(
+        f"loracraft loop: {ours_s * 1000:.1f} ms/step (rounds: {', '.join(f'{t * 1000:.1f}' for t in ours)})"
+    )
+    print(
+        f"bare loop:      {bare_s * 1000:.1f} ms/step (rounds: {', '.join(f'{t * 1000:.1f}' for t in bare)})"
+    )
     print(f"ratio: {ours_s / bare_s:.3f} (target <= 1.15)")
 
 

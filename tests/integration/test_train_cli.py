@@ -17,18 +17,49 @@ pytestmark = pytest.mark.slow
 def train_flags(tiny_sd1, tree, output_dir: Path, *extra: str) -> list[str]:
     return [
         "train",
-        "--pretrained_model_name_or_path", str(tiny_sd1.single_file),
-        "--train_data_dir", str(tree.train_dir),
-        "--reg_data_dir", str(tree.reg_dir),
-        "--output_dir", str(output_dir),
-        "--output_name", "toy",
-        "--caption_extension", ".txt",
-        "--resolution", "64,64",
-        "--enable_bucket", "--min_bucket_reso", "64", "--max_bucket_reso", "128", "--bucket_no_upscale", "false",
-        "--network_dim", "4", "--network_alpha", "2",
-        "--train_batch_size", "2", "--max_train_epochs", "2", "--save_every_n_epochs", "1",
-        "--learning_rate", "1e-3", "--lr_scheduler", "constant_with_warmup", "--lr_warmup_steps", "0.2",
-        "--mixed_precision", "no", "--save_precision", "fp16", "--seed", "7",
+        "--pretrained_model_name_or_path",
+        str(tiny_sd1.single_file),
+        "--train_data_dir",
+        str(tree.train_dir),
+        "--reg_data_dir",
+        str(tree.reg_dir),
+        "--output_dir",
+        str(output_dir),
+        "--output_name",
+        "toy",
+        "--caption_extension",
+        ".txt",
+        "--resolution",
+        "64,64",
+        "--enable_bucket",
+        "--min_bucket_reso",
+        "64",
+        "--max_bucket_reso",
+        "128",
+        "--bucket_no_upscale",
+        "false",
+        "--network_dim",
+        "4",
+        "--network_alpha",
+        "2",
+        "--train_batch_size",
+        "2",
+        "--max_train_epochs",
+        "2",
+        "--save_every_n_epochs",
+        "1",
+        "--learning_rate",
+        "1e-3",
+        "--lr_scheduler",
+        "constant_with_warmup",
+        "--lr_warmup_steps",
+        "0.2",
+        "--mixed_precision",
+        "no",
+        "--save_precision",
+        "fp16",
+        "--seed",
+        "7",
         *extra,
     ]
 
@@ -60,7 +91,9 @@ def test_final_file_has_kohya_keys_precision_and_metadata(trained):
     modules = {k.split(".")[0] for k in keys}
     assert len([m for m in modules if m.startswith("lora_unet_")]) == 192
     assert len([m for m in modules if m.startswith("lora_te_text_model_encoder_layers_")]) == 2 * 6
-    assert all(f"{m}.{part}" in keys for m in modules for part in ("lora_down.weight", "lora_up.weight", "alpha"))
+    assert all(
+        f"{m}.{part}" in keys for m in modules for part in ("lora_down.weight", "lora_up.weight", "alpha")
+    )
     assert up.dtype == torch.float16 and up.dim() == 4  # proj_in is a 1x1 conv in SD1
     assert alpha.dtype == torch.float32 and alpha.item() == 2.0
     assert up.abs().sum() > 0  # trained: the zero-initialised up weights moved
@@ -120,11 +153,35 @@ def test_bad_input_is_one_line_and_writes_nothing(tiny_sd1, tmp_path, capsys, ch
     ("extra", "expect_te", "suffix"),
     [
         (["--mixed_precision", "bf16", "--gradient_checkpointing"], True, "safetensors"),
-        (["--network_train_unet_only", "--gradient_accumulation_steps", "2", "--save_model_as", "ckpt",
-          "--cache_latents_to_disk", "--max_data_loader_n_workers", "1", "--persistent_data_loader_workers"],
-         False, "ckpt"),
-        (["--cache_latents", "false", "--text_encoder_lr", "0", "--clip_skip", "2", "--max_token_length", "150"],
-         False, "safetensors"),
+        (
+            [
+                "--network_train_unet_only",
+                "--gradient_accumulation_steps",
+                "2",
+                "--save_model_as",
+                "ckpt",
+                "--cache_latents_to_disk",
+                "--max_data_loader_n_workers",
+                "1",
+                "--persistent_data_loader_workers",
+            ],
+            False,
+            "ckpt",
+        ),
+        (
+            [
+                "--cache_latents",
+                "false",
+                "--text_encoder_lr",
+                "0",
+                "--clip_skip",
+                "2",
+                "--max_token_length",
+                "150",
+            ],
+            False,
+            "safetensors",
+        ),
     ],
     ids=["bf16-checkpointing", "unet-only-accum-ckpt-disk-cache-workers", "uncached-te-lr0-clipskip-long"],
 )
@@ -148,8 +205,15 @@ def test_training_options_run_and_shape_the_file(tiny_sd1, tmp_path, extra, expe
 
 def test_text_encoder_cache_on_disk_then_reused(tiny_sd1, tmp_path, capsys):
     tree = make_kohya_dataset(tmp_path / "data", reg_count=0)
-    flags = train_flags(tiny_sd1, tree, tmp_path / "out", "--max_train_epochs", "1", "--network_train_unet_only",
-                        "--cache_text_encoder_outputs_to_disk")
+    flags = train_flags(
+        tiny_sd1,
+        tree,
+        tmp_path / "out",
+        "--max_train_epochs",
+        "1",
+        "--network_train_unet_only",
+        "--cache_text_encoder_outputs_to_disk",
+    )
     flags[flags.index("--reg_data_dir") : flags.index("--reg_data_dir") + 2] = []
     assert main(flags) == 0
     assert "text-encoder cache: 4 encoded, 0 reused" in capsys.readouterr().out
@@ -161,8 +225,9 @@ def test_text_encoder_cache_on_disk_then_reused(tiny_sd1, tmp_path, capsys):
 def test_cache_only_fills_disk_caches_and_trains_nothing(tiny_sd1, tmp_path, capsys):
     tree = make_kohya_dataset(tmp_path / "data", reg_count=0)
     out = tmp_path / "out"
-    flags = train_flags(tiny_sd1, tree, out, "--cache_only", "--network_train_unet_only",
-                        "--cache_text_encoder_outputs")
+    flags = train_flags(
+        tiny_sd1, tree, out, "--cache_only", "--network_train_unet_only", "--cache_text_encoder_outputs"
+    )
     flags[flags.index("--reg_data_dir") : flags.index("--reg_data_dir") + 2] = []
     assert main(flags) == 0
     assert "no training was run" in capsys.readouterr().out
@@ -179,9 +244,23 @@ def test_dataset_config_run_records_ss_datasets(tiny_sd1, tmp_path):
         f'[[datasets.subsets]]\nimage_dir = "{tree.concept_dir}"\nnum_repeats = 3\n'
     )
     out = tmp_path / "out"
-    argv = ["train", "--pretrained_model_name_or_path", str(tiny_sd1.single_file), "--dataset_config", str(toml),
-            "--output_dir", str(out), "--output_name", "cfg", "--max_train_epochs", "1", "--mixed_precision", "no",
-            "--seed", "3"]
+    argv = [
+        "train",
+        "--pretrained_model_name_or_path",
+        str(tiny_sd1.single_file),
+        "--dataset_config",
+        str(toml),
+        "--output_dir",
+        str(out),
+        "--output_name",
+        "cfg",
+        "--max_train_epochs",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--seed",
+        "3",
+    ]
     assert main(argv) == 0
     with safe_open(out / "cfg.safetensors", "pt") as f:
         metadata = f.metadata()
@@ -200,9 +279,25 @@ def test_augmentation_masks_and_caption_transforms_train_end_to_end(tiny_sd1, tm
     rgba.save(tree.images[0].with_suffix(".png"))
     out = tmp_path / "out"
     flags = train_flags(
-        tiny_sd1, tree, out, "--max_train_epochs", "1", "--cache_latents", "false", "--flip_aug", "--color_aug",
-        "--random_crop", "--alpha_mask", "--shuffle_caption", "--keep_tokens", "1", "--caption_tag_dropout_rate",
-        "0.3", "--caption_prefix", "(photo:1.2)", "--weighted_captions",
+        tiny_sd1,
+        tree,
+        out,
+        "--max_train_epochs",
+        "1",
+        "--cache_latents",
+        "false",
+        "--flip_aug",
+        "--color_aug",
+        "--random_crop",
+        "--alpha_mask",
+        "--shuffle_caption",
+        "--keep_tokens",
+        "1",
+        "--caption_tag_dropout_rate",
+        "0.3",
+        "--caption_prefix",
+        "(photo:1.2)",
+        "--weighted_captions",
     )
     flags[flags.index("--reg_data_dir") : flags.index("--reg_data_dir") + 2] = []
     assert main(flags) == 0

@@ -318,5 +318,7 @@ def test_multi_line_caption_file_trains_first_line_or_a_random_line_with_wildcar
     # A caption file's lines reach process_caption joined by newlines (data/caption_files.py).
     caption = "a photo of sks\na drawing of sks\na painting of sks"
     assert process_caption(caption, CaptionOptions(), random.Random(0), 1) == "a photo of sks"
-    drawn = {process_caption(caption, CaptionOptions(enable_wildcard=True), random.Random(s), 1) for s in range(40)}
+    drawn = {
+        process_caption(caption, CaptionOptions(enable_wildcard=True), random.Random(s), 1) for s in range(40)
+    }
     assert drawn == set(caption.splitlines())

@@ -26,11 +26,27 @@ def test_defaults_follow_kohya_ss_gui():
 
 
 def test_kohya_flags_parse_with_their_types():
-    _, config = parse([
-        "--network_dim", "32", "--network_alpha", "16", "--resolution", "768,512", "--enable_bucket",
-        "--optimizer_args", "weight_decay=0.01", "betas=0.9,0.99", "--lr_warmup_steps", "0.1",
-        "--network_train_unet_only", "--clip_skip", "2", "--max_token_length", "225",
-    ])
+    _, config = parse(
+        [
+            "--network_dim",
+            "32",
+            "--network_alpha",
+            "16",
+            "--resolution",
+            "768,512",
+            "--enable_bucket",
+            "--optimizer_args",
+            "weight_decay=0.01",
+            "betas=0.9,0.99",
+            "--lr_warmup_steps",
+            "0.1",
+            "--network_train_unet_only",
+            "--clip_skip",
+            "2",
+            "--max_token_length",
+            "225",
+        ]
+    )
     assert (config.network_dim, config.network_alpha) == (32, 16.0)
     assert config.resolution == (768, 512)
     assert config.optimizer_args == ["weight_decay=0.01", "betas=0.9,0.99"]
@@ -68,7 +84,9 @@ def test_flags_override_config_file(tmp_path):
 
 
 def test_effective_config_round_trips(tmp_path):
-    _, config = parse(["--resolution", "640,512", "--network_dim", "12", "--optimizer_args", "weight_decay=0.1"])
+    _, config = parse(
+        ["--resolution", "640,512", "--network_dim", "12", "--optimizer_args", "weight_decay=0.1"]
+    )
     path = tmp_path / "eff.toml"
     path.write_text(effective_config_toml(config))
     assert build_config(read_config_file(path), {}) == config
@@ -100,7 +118,9 @@ def test_bad_flags_are_one_line(argv, message):
 def test_unknown_key_in_config_file_names_file_and_suggestion(tmp_path):
     toml = tmp_path / "bad.toml"
     toml.write_text("network_dimm = 4\n")
-    with pytest.raises(UserError, match=r"bad.toml: unknown key 'network_dimm' \(did you mean network_dim\?\)"):
+    with pytest.raises(
+        UserError, match=r"bad.toml: unknown key 'network_dimm' \(did you mean network_dim\?\)"
+    ):
         read_config_file(toml)
 
 

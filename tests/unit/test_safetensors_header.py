@@ -19,7 +19,9 @@ def header_of(raw: bytes) -> tuple[int, dict]:
 
 def test_checkpoints_with_the_same_content_are_byte_identical(tmp_path):
     write_checkpoint(tmp_path / "a.safetensors", TENSORS, METADATA)
-    write_checkpoint(tmp_path / "b.safetensors", dict(reversed(TENSORS.items())), dict(reversed(METADATA.items())))
+    write_checkpoint(
+        tmp_path / "b.safetensors", dict(reversed(TENSORS.items())), dict(reversed(METADATA.items()))
+    )
 
     raw = (tmp_path / "a.safetensors").read_bytes()
     assert raw == (tmp_path / "b.safetensors").read_bytes()

@@ -87,7 +87,9 @@ def make_train_parser(prog: str = "loracraft train") -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--config_file", metavar="FILE", help="kohya-style TOML (or JSON) of the same keys; flags override it."
+        "--config_file",
+        metavar="FILE",
+        help="kohya-style TOML (or JSON) of the same keys; flags override it.",
     )
     add_config_flags(parser)
     return parser

@@ -98,7 +98,9 @@ def select_bucket_no_upscale(width: int, height: int, max_area: int, steps: int)
         w_rounded = round_to_steps(fit_width, steps)
         ar_by_width = w_rounded / max(steps, round_to_steps(w_rounded / aspect, steps))
         h_rounded = round_to_steps(fit_height, steps)
-        ar_by_height = max(steps, round_to_steps(h_rounded * aspect, steps)) / h_rounded if h_rounded else math.inf
+        ar_by_height = (
+            max(steps, round_to_steps(h_rounded * aspect, steps)) / h_rounded if h_rounded else math.inf
+        )
         if abs(ar_by_width - aspect) < abs(ar_by_height - aspect):
             resized = (w_rounded, int(w_rounded / aspect + 0.5))
         else:

@@ -42,7 +42,9 @@ class ConceptProbe:
     def for_colour(cls, trigger: str, colour: str, seeds: tuple[int, ...] = PROBE_SEEDS) -> ConceptProbe:
         backgrounds = tuple(BACKGROUNDS)
         trigger_cases = tuple(
-            (caption_for(shape, trigger, background), colour) for shape in SHAPES for background in backgrounds
+            (caption_for(shape, trigger, background), colour)
+            for shape in SHAPES
+            for background in backgrounds
         )
         control_cases = tuple(
             (caption_for(SHAPES[i % len(SHAPES)], base, background), base)
@@ -52,7 +54,9 @@ class ConceptProbe:
         )
         return cls(colour, trigger_cases, control_cases, seeds)
 
-    def colours(self, preview: LoRAPreview, cases: tuple[tuple[str, str], ...]) -> list[tuple[str, str | None]]:
+    def colours(
+        self, preview: LoRAPreview, cases: tuple[tuple[str, str], ...]
+    ) -> list[tuple[str, str | None]]:
         """(expected colour, measured colour) for every case and seed."""
         runs = [(prompt, colour, seed) for seed in self.seeds for prompt, colour in cases]
         images = preview.generate([p for p, _, _ in runs], [s for _, _, s in runs])
@@ -91,7 +95,10 @@ def render_grid(preview: LoRAPreview, prompts: list[str], columns: list[tuple], 
         preview.use(lora_file, weight)
         images = preview.generate(prompts, [seed] * len(prompts))
         for r, image in enumerate(images):
-            grid.paste(image.resize((CELL, CELL), Image.Resampling.NEAREST), (LABEL_W + c * CELL, HEADER_H + r * CELL))
+            grid.paste(
+                image.resize((CELL, CELL), Image.Resampling.NEAREST),
+                (LABEL_W + c * CELL, HEADER_H + r * CELL),
+            )
     for r, prompt in enumerate(prompts):
         pen.text((4, HEADER_H + r * CELL + CELL // 2 - 6), prompt, fill="black")
     return grid

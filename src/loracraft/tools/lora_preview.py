@@ -60,7 +60,9 @@ class LoRAPreview:
             self.loaded = lora_file
         self.network.set_multiplier(multiplier)
 
-    def generate(self, prompts: list[str], seeds: list[int], steps: int = 20, guidance: float = 3.0) -> list[Image.Image]:
+    def generate(
+        self, prompts: list[str], seeds: list[int], steps: int = 20, guidance: float = 3.0
+    ) -> list[Image.Image]:
         """One image per (prompt, seed); each has its own generator, so batching never changes pixels."""
         generators = [torch.Generator().manual_seed(seed) for seed in seeds]
         size = 8 * self.pipeline.unet.config.sample_size

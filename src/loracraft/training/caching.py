@@ -46,7 +46,11 @@ def text_encoder_job(config: TrainConfig, bundle: ModelBundle, device: torch.dev
     def encode(captions: list[str]) -> torch.Tensor:
         with torch.no_grad():
             states = encode_fn(
-                bundle.tokenizer, bundle.text_encoder.to(device), captions, config.max_token_length, config.clip_skip
+                bundle.tokenizer,
+                bundle.text_encoder.to(device),
+                captions,
+                config.max_token_length,
+                config.clip_skip,
             )
         return states.float().cpu()
 
@@ -57,7 +61,11 @@ def text_encoder_job(config: TrainConfig, bundle: ModelBundle, device: torch.dev
 
 
 def cached_text_inputs(
-    config: TrainConfig, plan: DatasetPlan, bundle: ModelBundle, device: torch.device, echo: Callable[[str], None]
+    config: TrainConfig,
+    plan: DatasetPlan,
+    bundle: ModelBundle,
+    device: torch.device,
+    echo: Callable[[str], None],
 ) -> TextInputs:
     """Text-encoder outputs for every planned image when --cache_text_encoder_outputs is on."""
     if not config.cache_text_encoder_outputs:
@@ -65,7 +73,9 @@ def cached_text_inputs(
     job = text_encoder_job(config, bundle, device)
     captions = static_captions(plan)
     if not config.cache_text_encoder_outputs_to_disk:
-        states = cache_text_states(captions, encode=job.encode, identity=job.identity, batch_size=job.batch_size)
+        states = cache_text_states(
+            captions, encode=job.encode, identity=job.identity, batch_size=job.batch_size
+        )
         return states, None
     files = text_cache_file_paths([image.record.path for image in plan.images], captions)
     files, report = cache_text_states(
@@ -77,7 +87,9 @@ def cached_text_inputs(
     return None, files
 
 
-def latent_job(config: TrainConfig, plan: DatasetPlan, bundle: ModelBundle, device: torch.device) -> LatentCacheJob:
+def latent_job(
+    config: TrainConfig, plan: DatasetPlan, bundle: ModelBundle, device: torch.device
+) -> LatentCacheJob:
     def encode(pixels: torch.Tensor) -> torch.Tensor:
         return encode_images(bundle.vae, pixels.to(device), config.vae_batch_size).cpu()
 
@@ -92,14 +104,20 @@ def latent_job(config: TrainConfig, plan: DatasetPlan, bundle: ModelBundle, devi
 
 
 def fill_caches_only(
-    config: TrainConfig, plan: DatasetPlan, bundle: ModelBundle, device: torch.device, echo: Callable[[str], None]
+    config: TrainConfig,
+    plan: DatasetPlan,
+    bundle: ModelBundle,
+    device: torch.device,
+    echo: Callable[[str], None],
 ) -> str:
     """`--cache_only`: write the latent disk caches (and text-encoder caches when enabled), then stop."""
     text = None
     if config.cache_text_encoder_outputs:
         job = text_encoder_job(config, bundle, device)
         text = TextCacheJob(static_captions(plan), job.encode, job.identity, job.batch_size)
-    summary, warnings = fill_disk_caches(plan.images, latents=latent_job(config, plan, bundle, device), text=text)
+    summary, warnings = fill_disk_caches(
+        plan.images, latents=latent_job(config, plan, bundle, device), text=text
+    )
     for warning in warnings:
         echo(f"warning: {warning}")
     return summary

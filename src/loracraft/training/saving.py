@@ -67,7 +67,9 @@ def run_info(run: TrainingRun, epoch: int, step: int) -> LoRARunInfo:
         seed=run.facts.seed,
         resolution=config.resolution,
         batch_size_per_device=config.train_batch_size,
-        total_batch_size=config.train_batch_size * run.accelerator.num_processes * config.gradient_accumulation_steps,
+        total_batch_size=config.train_batch_size
+        * run.accelerator.num_processes
+        * config.gradient_accumulation_steps,
         optimizer=describe_optimizer(config),
         gradient_checkpointing=config.gradient_checkpointing,
         gradient_accumulation_steps=config.gradient_accumulation_steps,

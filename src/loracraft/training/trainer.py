@@ -1,9 +1,9 @@
 """The trainer: set up a run from a TrainConfig, train it, save the LoRA files.
 
-    train(config)
-      -> setup_run: model bundle, dataset plan (printed), caches, LoRA network, optimizer, schedule
-      -> run_epochs: the loop around `diffusion_loss`
-      -> save_lora: NAME-00000E.safetensors every save_every_n_epochs, NAME.safetensors at the end
+train(config)
+  -> setup_run: model bundle, dataset plan (printed), caches, LoRA network, optimizer, schedule
+  -> run_epochs: the loop around `diffusion_loss`
+  -> save_lora: NAME-00000E.safetensors every save_every_n_epochs, NAME.safetensors at the end
 """
 
 from __future__ import annotations
@@ -68,7 +68,9 @@ class TrainingRun:
     epoch_files: list[Path] = field(default_factory=list)
 
 
-def train(config: TrainConfig, *, show_progress: bool = True, echo: Callable[[str], None] = print) -> TrainResult:
+def train(
+    config: TrainConfig, *, show_progress: bool = True, echo: Callable[[str], None] = print
+) -> TrainResult:
     """Train a LoRA as `config` says; returns where the files are."""
     run = setup_run(config, echo)
     config_file = Path(config.output_dir) / f"{config.output_name}.toml"
