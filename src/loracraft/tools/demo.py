@@ -139,6 +139,7 @@ def main(argv: list[str]) -> int:
     report = run_demo(Path(args.output_dir), seed=args.seed, epochs=args.epochs)
     print(f"LoRA: {report['lora_file']}")
     print(f"grid: {report['grid']}")
+    print(f"training log: {report['log_dir']} (tensorboard --logdir {report['log_dir']})")
     print(
         f"result: 'zxq' prompts drawn in magenta {report['trigger_before']:.0%} -> {report['trigger_after']:.0%}; "
         f"prompts without 'zxq' in magenta {report['bleed_before']:.0%} -> {report['bleed_after']:.0%}, in their "

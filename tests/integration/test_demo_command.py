@@ -1,0 +1,39 @@
+"""`loracraft demo`, the README's main command, end to end (shortened to 3 epochs; the learning test
+measures the full-length run)."""
+
+import re
+
+import pytest
+from PIL import Image
+
+from loracraft.cli import main
+from loracraft.models.tiny import shipped
+from loracraft.networks.lora_file import read_lora_file
+from loracraft.tools.concept_probe import CELL, HEADER_H, LABEL_W
+
+pytestmark = pytest.mark.skipif(not shipped.CHECKPOINT.exists(), reason="loracraft-tiny is not built")
+
+
+def test_demo_writes_dataset_lora_log_and_grid_and_prints_where(tmp_path, capsys):
+    out = tmp_path / "demo"
+
+    assert main(["demo", "--output_dir", str(out), "--epochs", "3"]) == 0
+
+    printed = capsys.readouterr().out
+    assert f"LoRA: {out / 'zxq.safetensors'}" in printed
+    assert f"grid: {out / 'zxq-grid.png'}" in printed
+    result = re.search(r"result: 'zxq' prompts drawn in magenta (\d+)% -> (\d+)%.*\((\d+) steps", printed)
+    assert result and int(result[1]) <= int(result[2]) and result[3] == "90"
+    log_line = re.search(r"training log: (\S+)", printed)
+    assert log_line and any(path.name.startswith("events.out.tfevents") for path in (tmp_path / log_line[1]).rglob("*"))
+
+    captions = sorted((out / "dataset" / "img" / "10_zxq shape").glob("*.txt"))
+    assert len(captions) == 12 and captions[0].read_text().startswith("a zxq circle on a ")
+    tensors, metadata = read_lora_file(out / "zxq.safetensors")
+    assert metadata["ss_network_dim"] == "8" and metadata["ss_epoch"] == "3"
+    assert any(key.startswith("lora_unet_") for key in tensors) and any(key.startswith("lora_te_") for key in tensors)
+    epoch_files = sorted(path.name for path in out.glob("zxq-*.safetensors"))
+    assert epoch_files == ["zxq-000001.safetensors", "zxq-000002.safetensors"]
+    # Columns: base, the two epoch files, the final LoRA at 0.5 and 1.0; rows: 3 trigger + 2 plain prompts.
+    grid = Image.open(out / "zxq-grid.png")
+    assert grid.size == (LABEL_W + 5 * CELL, HEADER_H + 5 * CELL)
