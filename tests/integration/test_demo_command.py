@@ -25,13 +25,17 @@ def test_demo_writes_dataset_lora_log_and_grid_and_prints_where(tmp_path, capsys
     result = re.search(r"result: 'zxq' prompts drawn in magenta (\d+)% -> (\d+)%.*\((\d+) steps", printed)
     assert result and int(result[1]) <= int(result[2]) and result[3] == "90"
     log_line = re.search(r"training log: (\S+)", printed)
-    assert log_line and any(path.name.startswith("events.out.tfevents") for path in (tmp_path / log_line[1]).rglob("*"))
+    assert log_line and any(
+        path.name.startswith("events.out.tfevents") for path in (tmp_path / log_line[1]).rglob("*")
+    )
 
     captions = sorted((out / "dataset" / "img" / "10_zxq shape").glob("*.txt"))
     assert len(captions) == 12 and captions[0].read_text().startswith("a zxq circle on a ")
     tensors, metadata = read_lora_file(out / "zxq.safetensors")
     assert metadata["ss_network_dim"] == "8" and metadata["ss_epoch"] == "3"
-    assert any(key.startswith("lora_unet_") for key in tensors) and any(key.startswith("lora_te_") for key in tensors)
+    assert any(key.startswith("lora_unet_") for key in tensors) and any(
+        key.startswith("lora_te_") for key in tensors
+    )
     epoch_files = sorted(path.name for path in out.glob("zxq-*.safetensors"))
     assert epoch_files == ["zxq-000001.safetensors", "zxq-000002.safetensors"]
     # Columns: base, the two epoch files, the final LoRA at 0.5 and 1.0; rows: 3 trigger + 2 plain prompts.
