@@ -14,18 +14,13 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from loracraft.models.tiny import shipped
 from loracraft.models.tiny.palette import BACKGROUNDS, BASE_COLOURS, SHAPES
-from loracraft.tools.concept_probe import ConceptProbe
-from loracraft.tools.demo import DemoConcept, demo_config, make_demo_dataset, write_example
-from loracraft.tools.lora_preview import LoRAPreview
-from loracraft.training.trainer import train
+from loracraft.tools.demo import DemoConcept, probe_lora, train_demo_lora, write_example
 
 
 def lrs(value: float) -> dict:
@@ -69,18 +64,9 @@ def run(name: str, root: Path) -> str:
     known, known_images = settings.pop("known", 0), settings.pop("known_images", 12)
     epochs = settings.pop("epochs", 10)
     concept = DemoConcept(trigger=settings.pop("trigger", "zxq"), images=settings.pop("concept_images", 12))
-    data_dir = make_demo_dataset(root / name / "dataset", concept, seed=0)
-    if known:
-        add_known_colours(data_dir, known, known_images)
-    config = demo_config(data_dir, root / name / "out", seed=0, epochs=epochs).model_copy(
-        update={"logging_dir": None, "save_every_n_epochs": None, **settings}
-    )
-    started = time.monotonic()
-    result = train(config, show_progress=False, echo=lambda _: None)
-    seconds = time.monotonic() - started
-    probe = ConceptProbe.for_colour(concept.trigger, concept.colour)
-    preview = LoRAPreview.from_files(shipped.CHECKPOINT, shipped.TOKENIZER_DIR, result.lora_file)
-    after = probe.measure(preview, 1.0)
+    add_data = (lambda data_dir: add_known_colours(data_dir, known, known_images)) if known else None
+    result, seconds = train_demo_lora(root / name, concept, epochs, add_data, **settings)
+    (after,) = probe_lora(concept, result.lora_file, 1.0)
     return (
         f"| {name} | {result.steps} | {seconds:.0f} s | {after.trigger_rate:.2f} | "
         f"{after.control_concept_rate:.2f} | {after.control_rate:.2f} |"

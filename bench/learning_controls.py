@@ -9,17 +9,12 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
-from loracraft.models.tiny import shipped
-from loracraft.tools.concept_probe import ConceptProbe
-from loracraft.tools.demo import DemoConcept, demo_config, make_demo_dataset
-from loracraft.tools.lora_preview import LoRAPreview
+from loracraft.tools.demo import DemoConcept, probe_lora, train_demo_lora
 from loracraft.training import step
-from loracraft.training.trainer import train
 
 
 def noisy_latent_target(noise_scheduler, latents, noise, timesteps):
@@ -29,16 +24,8 @@ def noisy_latent_target(noise_scheduler, latents, noise, timesteps):
 
 def run(name: str, root: Path, epochs: int, **overrides) -> str:
     concept = DemoConcept()
-    data_dir = make_demo_dataset(root / name / "dataset", concept, seed=0)
-    config = demo_config(data_dir, root / name / "out", seed=0, epochs=epochs).model_copy(
-        update={"logging_dir": None, "save_every_n_epochs": None, **overrides}
-    )
-    started = time.monotonic()
-    result = train(config, show_progress=False, echo=lambda _: None)
-    seconds = time.monotonic() - started
-    probe = ConceptProbe.for_colour(concept.trigger, concept.colour)
-    preview = LoRAPreview.from_files(shipped.CHECKPOINT, shipped.TOKENIZER_DIR, result.lora_file)
-    before, after = probe.measure(preview, 0.0), probe.measure(preview, 1.0)
+    result, seconds = train_demo_lora(root / name, concept, epochs, **overrides)
+    before, after = probe_lora(concept, result.lora_file, 0.0, 1.0)
     return (
         f"| {name} | {seconds:.0f} s | {before.trigger_rate:.2f} -> {after.trigger_rate:.2f} | "
         f"{before.control_concept_rate:.2f} -> {after.control_concept_rate:.2f} | "

@@ -14,10 +14,8 @@ from pathlib import Path
 import pytest
 
 from loracraft.models.tiny import shipped
-from loracraft.tools.concept_probe import ConceptProbe
-from loracraft.tools.demo import DemoConcept, demo_config, make_demo_dataset
-from loracraft.tools.lora_preview import LoRAPreview
-from loracraft.training.trainer import train
+from loracraft.tools.concept_probe import ProbeResult
+from loracraft.tools.demo import DemoConcept, probe_lora, train_demo_lora
 
 pytestmark = [
     pytest.mark.slow,
@@ -37,17 +35,12 @@ EPOCHS = 10
 
 
 @pytest.fixture(scope="module", params=sorted(TRAINING_VARIANTS))
-def learned(request, tmp_path_factory) -> tuple[dict, dict]:
+def learned(request, tmp_path_factory) -> tuple[ProbeResult, ProbeResult]:
     root: Path = tmp_path_factory.mktemp(f"learn-{request.param}")
     concept = DemoConcept()
-    data_dir = make_demo_dataset(root / "dataset", concept, seed=0)
-    config = demo_config(data_dir, root / "out", seed=0, epochs=EPOCHS).model_copy(
-        update={**TRAINING_VARIANTS[request.param], "logging_dir": None, "save_every_n_epochs": None}
-    )
-    result = train(config, show_progress=False)
-    preview = LoRAPreview.from_files(shipped.CHECKPOINT, shipped.TOKENIZER_DIR, result.lora_file)
-    probe = ConceptProbe.for_colour(concept.trigger, concept.colour)
-    return probe.measure(preview, multiplier=0.0), probe.measure(preview, multiplier=1.0)
+    result, _ = train_demo_lora(root, concept, EPOCHS, **TRAINING_VARIANTS[request.param])
+    before, after = probe_lora(concept, result.lora_file, 0.0, 1.0)
+    return before, after
 
 
 def test_trigger_prompts_move_to_the_concept(learned):

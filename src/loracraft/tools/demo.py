@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from loracraft.config.schema import TrainConfig
 from loracraft.models.tiny import shipped
 from loracraft.models.tiny.palette import BACKGROUNDS, SHAPES
 from loracraft.models.tiny.shapes import caption_for, render_shape
-from loracraft.tools.concept_probe import ConceptProbe, render_grid
+from loracraft.tools.concept_probe import ConceptProbe, ProbeResult, render_grid
 from loracraft.tools.lora_preview import LoRAPreview
 from loracraft.training.trainer import TrainResult, train
 
@@ -88,6 +89,34 @@ def demo_config(data_dir: Path, output_dir: Path, seed: int, epochs: int) -> Tra
         seed=seed,
         logging_dir=str(output_dir / "logs"),
     )
+
+
+def train_demo_lora(
+    root: Path,
+    concept: DemoConcept,
+    epochs: int,
+    add_data: Callable[[Path], None] | None = None,
+    **overrides,
+) -> tuple[TrainResult, float]:
+    """Train the demo's LoRA quietly (no log, no epoch files, no console output) for the learning test and
+    the benchmarks: the demo dataset under `root`, `add_data(img_dir)` to put more folders beside it, and
+    `overrides` of any training setting. Returns the result and the training time in seconds."""
+    data_dir = make_demo_dataset(root / "dataset", concept, seed=0)
+    if add_data is not None:
+        add_data(data_dir)
+    config = demo_config(data_dir, root / "out", seed=0, epochs=epochs).model_copy(
+        update={"logging_dir": None, "save_every_n_epochs": None, **overrides}
+    )
+    started = time.monotonic()
+    result = train(config, show_progress=False, echo=lambda _: None)
+    return result, time.monotonic() - started
+
+
+def probe_lora(concept: DemoConcept, lora_file: Path, *multipliers: float) -> list[ProbeResult]:
+    """The concept probe's rates for the shipped tiny model with `lora_file` at each multiplier."""
+    preview = LoRAPreview.from_files(shipped.CHECKPOINT, shipped.TOKENIZER_DIR, lora_file)
+    probe = ConceptProbe.for_colour(concept.trigger, concept.colour)
+    return [probe.measure(preview, multiplier) for multiplier in multipliers]
 
 
 def run_demo(output_dir: Path, seed: int = 0, epochs: int = 10, show_progress: bool = True) -> dict:
