@@ -14,15 +14,15 @@ from loracraft.config.load import read_config_file
 pytestmark = pytest.mark.slow
 
 
-def train_flags(tiny_sd1, tree, output_dir: Path, *extra: str) -> list[str]:
+def train_flags(tiny_sd1, tree, output_dir: Path, *extra: str, reg: bool = True) -> list[str]:
+    """The shared command line; `reg=False` leaves out --reg_data_dir (for a tree made with reg_count=0)."""
     return [
         "train",
         "--pretrained_model_name_or_path",
         str(tiny_sd1.single_file),
         "--train_data_dir",
         str(tree.train_dir),
-        "--reg_data_dir",
-        str(tree.reg_dir),
+        *(["--reg_data_dir", str(tree.reg_dir)] if reg else []),
         "--output_dir",
         str(output_dir),
         "--output_name",
@@ -188,8 +188,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tiny_sd1, tmp_path, capsys, ch
 def test_training_options_run_and_shape_the_file(tiny_sd1, tmp_path, extra, expect_te, suffix):
     tree = make_kohya_dataset(tmp_path / "data", reg_count=0)
     out = tmp_path / "out"
-    flags = train_flags(tiny_sd1, tree, out, "--max_train_epochs", "1", *extra)
-    flags[flags.index("--reg_data_dir") : flags.index("--reg_data_dir") + 2] = []
+    flags = train_flags(tiny_sd1, tree, out, "--max_train_epochs", "1", *extra, reg=False)
     assert main(flags) == 0
     tensors = torch.load(out / "toy.ckpt", weights_only=True) if suffix == "ckpt" else None
     if tensors is None:
@@ -213,8 +212,8 @@ def test_text_encoder_cache_on_disk_then_reused(tiny_sd1, tmp_path, capsys):
         "1",
         "--network_train_unet_only",
         "--cache_text_encoder_outputs_to_disk",
+        reg=False,
     )
-    flags[flags.index("--reg_data_dir") : flags.index("--reg_data_dir") + 2] = []
     assert main(flags) == 0
     assert "text-encoder cache: 4 encoded, 0 reused" in capsys.readouterr().out
     assert len(list(tree.concept_dir.glob("*_te_sd.npz"))) == 4
@@ -226,9 +225,14 @@ def test_cache_only_fills_disk_caches_and_trains_nothing(tiny_sd1, tmp_path, cap
     tree = make_kohya_dataset(tmp_path / "data", reg_count=0)
     out = tmp_path / "out"
     flags = train_flags(
-        tiny_sd1, tree, out, "--cache_only", "--network_train_unet_only", "--cache_text_encoder_outputs"
+        tiny_sd1,
+        tree,
+        out,
+        "--cache_only",
+        "--network_train_unet_only",
+        "--cache_text_encoder_outputs",
+        reg=False,
     )
-    flags[flags.index("--reg_data_dir") : flags.index("--reg_data_dir") + 2] = []
     assert main(flags) == 0
     assert "no training was run" in capsys.readouterr().out
     assert len(list(tree.concept_dir.glob("*_sd.npz"))) == 8  # 4 latent + 4 text caches
@@ -298,8 +302,8 @@ def test_augmentation_masks_and_caption_transforms_train_end_to_end(tiny_sd1, tm
         "--caption_prefix",
         "(photo:1.2)",
         "--weighted_captions",
+        reg=False,
     )
-    flags[flags.index("--reg_data_dir") : flags.index("--reg_data_dir") + 2] = []
     assert main(flags) == 0
     with safe_open(out / "toy.safetensors", "pt") as f:
         assert f.metadata()["ss_flip_aug"] == "True"
