@@ -34,6 +34,7 @@ from loracraft.atomic import write_atomic
 from loracraft.data.augment import AugmentOptions, load_training_image, mask_to_latent_size
 from loracraft.data.buckets import Size, center_crop_box
 from loracraft.data.cache_names import cache_stem, needs_variant, shared_stem_paths
+from loracraft.data.encode_checked import encode_checked
 from loracraft.data.plan import PlannedImage
 from loracraft.errors import UserError
 
@@ -227,15 +228,15 @@ def _load_chunk(
 
 
 def _encode_checked(encode: Encoder, pixels: torch.Tensor, paths: list[Path]) -> torch.Tensor:
-    with torch.no_grad():
-        latents = encode(pixels).float().cpu()
-    for path, latent in zip(paths, latents, strict=True):
-        if not torch.isfinite(latent).all():
-            raise UserError(
-                f"the VAE produced NaN/inf latents for {path}; "
-                "use --no_half_vae (a half-precision VAE overflows on some images)"
-            )
-    return latents
+    return encode_checked(
+        encode,
+        pixels,
+        paths,
+        lambda path: (
+            f"the VAE produced NaN/inf latents for {path}; "
+            "use --no_half_vae (a half-precision VAE overflows on some images)"
+        ),
+    )
 
 
 def _encode_all(

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from loracraft.atomic import write_atomic
 from loracraft.data.cache_names import cache_stem, needs_variant, shared_stem_paths
+from loracraft.data.encode_checked import encode_checked
 from loracraft.errors import UserError
 
 TextEncoder = Callable[[list[str]], torch.Tensor]
@@ -71,6 +72,13 @@ def _caption_tag(caption: str) -> str:
     return hashlib.blake2b(caption.encode(), digest_size=4).hexdigest()
 
 
+def _non_finite_message(caption: str) -> str:
+    return (
+        f"the text encoder produced NaN/inf for the caption '{caption}'; an fp16 text "
+        "encoder can overflow: try --mixed_precision bf16 or no"
+    )
+
+
 def _encode_unique(
     captions: Sequence[str], encode: TextEncoder, batch_size: int, progress: bool
 ) -> dict[str, torch.Tensor]:
@@ -82,14 +90,8 @@ def _encode_unique(
     ) as bar:
         for start in range(0, len(unique), batch_size):
             batch = unique[start : start + batch_size]
-            with torch.no_grad():
-                encoded = encode(batch).float().cpu()
+            encoded = encode_checked(encode, batch, batch, _non_finite_message)
             for caption, state in zip(batch, encoded, strict=True):
-                if not torch.isfinite(state).all():
-                    raise UserError(
-                        f"the text encoder produced NaN/inf for the caption '{caption}'; an fp16 text "
-                        "encoder can overflow: try --mixed_precision bf16 or no"
-                    )
                 # clone: a view would keep the whole batch alive and pickle it to every worker.
                 states[caption] = state.clone()
             bar.update(len(batch))
