@@ -41,3 +41,19 @@ def test_demo_writes_dataset_lora_log_and_grid_and_prints_where(tmp_path, capsys
     # Columns: base, the two epoch files, the final LoRA at 0.5 and 1.0; rows: 3 trigger + 2 plain prompts.
     grid = Image.open(out / "zxq-grid.png")
     assert grid.size == (LABEL_W + 5 * CELL, HEADER_H + 5 * CELL)
+
+
+def test_bad_flags_give_one_line_and_touch_nothing(tmp_path, capsys):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine\n")
+
+    assert main(["demo", "--output_dir", str(a_file)]) == 2
+    assert main(["demo", "--output_dir", str(tmp_path / "out"), "--epochs", "0"]) == 2
+
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert errors == [
+        f"error: --output_dir {a_file} is a file, not a folder; name a folder (it is created)",
+        "error: --epochs 0: the demo trains at least one epoch; use --epochs 1 or more",
+    ]
+    assert a_file.read_text() == "mine\n"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["notes.txt"]

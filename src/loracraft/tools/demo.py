@@ -19,6 +19,7 @@ import torch
 
 from loracraft.atomic import write_atomic, write_text_atomic
 from loracraft.config.schema import TrainConfig
+from loracraft.errors import UserError
 from loracraft.models.tiny import shipped
 from loracraft.models.tiny.palette import BACKGROUNDS, SHAPES
 from loracraft.models.tiny.shapes import caption_for, render_shape
@@ -162,10 +163,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=10)
     args = parser.parse_args(argv)
+    output_dir = Path(args.output_dir)
+    if args.epochs < 1:
+        raise UserError(f"--epochs {args.epochs}: the demo trains at least one epoch; use --epochs 1 or more")
+    if output_dir.exists() and not output_dir.is_dir():
+        raise UserError(f"--output_dir {output_dir} is a file, not a folder; name a folder (it is created)")
     # The tiny model's matrices are too small for a second CPU thread to pay off, and torch's worker
     # threads stall badly when another process shares the cores (bench/RESULTS.md has the figures).
     torch.set_num_threads(1)
-    report = run_demo(Path(args.output_dir), seed=args.seed, epochs=args.epochs)
+    report = run_demo(output_dir, seed=args.seed, epochs=args.epochs)
     print(f"LoRA: {report['lora_file']}")
     print(f"grid: {report['grid']}")
     print(f"training log: {report['log_dir']} (tensorboard --logdir {report['log_dir']})")
