@@ -14,6 +14,7 @@ import argparse
 import statistics
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -29,8 +30,10 @@ from loracraft.models.tiny.architecture import (
 )
 from loracraft.models.tiny.shapes import sample_dataset
 from loracraft.models.tokenizer_build import build_clip_tokenizer
+from loracraft.training.loop import run_epochs
 from loracraft.training.progress import TrainingLog
-from loracraft.training.trainer import TrainingRun, run_epochs, setup_run
+from loracraft.training.step import diffusion_loss
+from loracraft.training.trainer import RunStart, TrainingSetup, setup_training, start_run
 
 
 class TimedLog(TrainingLog):
@@ -86,39 +89,49 @@ def config_for(model: Path, data: Path, out: Path, steps: int) -> TrainConfig:
     )
 
 
-def loracraft_seconds_per_step(run: TrainingRun, warmup: int) -> float:
-    log = TimedLog(run.plan.steps.max_train_steps)
-    run_epochs(run, log)
+def set_up(config: TrainConfig) -> tuple[RunStart, TrainingSetup]:
+    start = start_run(config, lambda _: None)
+    return start, setup_training(
+        config, start.plan, start.bundle, start.accelerator, start.seed, lambda _: None
+    )
+
+
+def loracraft_seconds_per_step(start: RunStart, setup: TrainingSetup, warmup: int) -> float:
+    log = TimedLog(start.plan.steps.max_train_steps)
+    loss_of = partial(diffusion_loss, setup.step_models, device=start.accelerator.device)
+    run_epochs(start.accelerator, setup.parts, loss_of, start.plan.steps, 1.0, log, lambda epoch, step: None)
     measured = log.times[warmup - 1 :]
     return (measured[-1] - measured[0]) / (len(measured) - 1)
 
 
-def bare_seconds_per_step(run: TrainingRun, steps: int, warmup: int) -> float:
+def bare_seconds_per_step(start: RunStart, setup: TrainingSetup, steps: int, warmup: int) -> float:
     """The same math written out by hand over the run's models, network and optimizer."""
-    models = run.models
-    dataset = run.batches.dataset
+    models = start.accelerator.unwrap_model(setup.parts.model)
+    dataset = setup.parts.loader.dataset
     dataset.set_epoch(0)
     batches = [dataset[i] for i in range(len(dataset))]
-    trainable = [p for group in run.optimizer.param_groups for p in group["params"]]
-    scheduler = run.lr_scheduler
+    optimizer, scheduler = setup.parts.optimizer, setup.parts.lr_scheduler
+    trainable = [p for group in optimizer.param_groups for p in group["params"]]
+    noise_scheduler = setup.step_models.noise_scheduler
+    scaling_factor = setup.step_models.vae_scaling_factor
     times = []
     for step in range(steps):
         batch = batches[step % len(batches)]
-        latents = batch["latents"] * models.vae_scaling_factor
+        latents = batch["latents"] * scaling_factor
         ids = models.tokenizer(
             batch["captions"], padding="max_length", truncation=True, max_length=77, return_tensors="pt"
         ).input_ids
         states = models.text_encoder(ids).last_hidden_state
         noise = torch.randn_like(latents)
         timesteps = torch.randint(0, 1000, (latents.shape[0],))
-        noisy = models.noise_scheduler.add_noise(latents, noise, timesteps)
+        noisy = noise_scheduler.add_noise(latents, noise, timesteps)
         pred = models.unet(noisy, timesteps, states).sample
         loss = F.mse_loss(pred, noise)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        run.optimizer.step()
+        optimizer.step()
         scheduler.step()
-        run.optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=True)
         times.append(time.perf_counter())
     measured = times[warmup - 1 :]
     return (measured[-1] - measured[0]) / (len(measured) - 1)
@@ -137,8 +150,8 @@ def main() -> None:
         ours, bare = [], []
         for round_ in range(args.rounds):
             config = config_for(model, data, root / f"out{round_}", args.steps)
-            ours.append(loracraft_seconds_per_step(setup_run(config, lambda _: None), args.warmup))
-            bare.append(bare_seconds_per_step(setup_run(config, lambda _: None), args.steps, args.warmup))
+            ours.append(loracraft_seconds_per_step(*set_up(config), args.warmup))
+            bare.append(bare_seconds_per_step(*set_up(config), args.steps, args.warmup))
     ours_s, bare_s = statistics.median(ours), statistics.median(bare)
     print(
         f"loracraft loop: {ours_s * 1000:.1f} ms/step (rounds: {', '.join(f'{t * 1000:.1f}' for t in ours)})"

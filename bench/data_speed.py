@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from loracraft.data.augment import AugmentOptions, load_training_image
+from loracraft.config.subset_options import SubsetOptions
+from loracraft.data.augment import load_training_image
 from loracraft.data.dataset import BucketBatchDataset, batch_loader
 from loracraft.data.image_check import check_images
 from loracraft.data.plan import DatasetPlan, build_epoch_plan
@@ -84,7 +85,7 @@ def scan_and_plan(train_dir: Path, resolution: int) -> tuple[DatasetPlan, float,
     plan = build_epoch_plan(
         subsets,
         resolution=(resolution, resolution),
-        batch_size=BATCH_SIZE,
+        train_batch_size=BATCH_SIZE,
         seed=0,
         max_train_epochs=1,
         max_train_steps=None,
@@ -110,7 +111,7 @@ def loader_rate(plan: DatasetPlan, workers: int, batches: int) -> tuple[float, f
     return images / (time.perf_counter() - start), first
 
 
-def direct_rate(plan: DatasetPlan, options: AugmentOptions, count: int) -> float:
+def direct_rate(plan: DatasetPlan, options: SubsetOptions, count: int) -> float:
     """Images/s of `load_training_image` alone, in this process."""
     rng = random.Random(0)
     start = time.perf_counter()
@@ -159,8 +160,8 @@ def main() -> None:
         )
 
         tiny = scan_and_plan(train_dir, 64)[0]
-        plain = direct_rate(tiny, AugmentOptions(), 600)
-        augmented = direct_rate(tiny, AugmentOptions(flip_aug=True, color_aug=True, random_crop=True), 600)
+        plain = direct_rate(tiny, SubsetOptions(), 600)
+        augmented = direct_rate(tiny, SubsetOptions(flip_aug=True, color_aug=True, random_crop=True), 600)
         print(
             f"load_training_image at 64 px: {plain:.0f} images/s plain, {augmented:.0f} with flip+color+random crop"
         )

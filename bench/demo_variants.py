@@ -6,7 +6,9 @@
 Each variant trains the demo's LoRA with some settings changed and prints one row of the table in
 bench/RESULTS.md ("Demo recipe variants"): rates at LoRA weight 1.0 from the learning test's probe.
 "known" variants add a folder `R_shape/` of 12 images of the colours the model already knows, captioned
-by name; "magenta" variants use the colour's own (untrained) token as the trigger instead of "zxq".
+by name; "magenta" variants use the colour's own (untrained) token as the trigger instead of "zxq";
+"mean" variants train on the VAE posterior's mean instead of a random draw from it (kohya's latents);
+"seedN" variants train with another seed.
 """
 
 from __future__ import annotations
@@ -30,6 +32,12 @@ def lrs(value: float) -> dict:
 BATCH16 = {"train_batch_size": 16, "epochs": 20, **lrs(3e-3)}
 VARIANTS: dict[str, dict] = {
     "base": {},
+    "base_seed1": {"seed": 1},
+    "base_seed2": {"seed": 2},
+    # the VAE posterior's mean instead of kohya's random draw from it
+    "mean": {"latent_sampling": "mean"},
+    "mean_seed1": {"latent_sampling": "mean", "seed": 1},
+    "mean_seed2": {"latent_sampling": "mean", "seed": 2},
     "rank4": {"network_dim": 4, "network_alpha": 4},
     "known3": {"known": 3},
     "known5": {"known": 5},

@@ -1,6 +1,6 @@
 """Why the learning test's thresholds are what they are: train the demo LoRA with a working trainer, with
-a broken target (the U-Net asked to predict the noisy latents instead of the noise) and with a zero
-learning rate, and measure each with the learning test's probe.
+a broken target (the U-Net asked to predict fresh noise, unrelated to the noise that was added) and
+with a zero learning rate, and measure each with the learning test's probe.
 
     python bench/learning_controls.py [--epochs 5]
 """
@@ -17,9 +17,9 @@ from loracraft.tools.demo import DemoConcept, probe_lora, train_demo_lora
 from loracraft.training import step
 
 
-def noisy_latent_target(noise_scheduler, latents, noise, timesteps):
-    """A deliberately broken target: the noisy latents themselves."""
-    return noise_scheduler.add_noise(latents, noise, timesteps)
+def unrelated_noise_target(noise: torch.Tensor) -> torch.Tensor:
+    """A deliberately broken target: noise the image was never given, so nothing can be learned from it."""
+    return torch.randn_like(noise)
 
 
 def run(name: str, root: Path, epochs: int, **overrides) -> str:
@@ -45,9 +45,9 @@ def main() -> None:
         root = Path(tmp)
         print(run("working trainer", root, args.epochs), flush=True)
         original = step.training_target
-        step.training_target = noisy_latent_target
+        step.training_target = unrelated_noise_target
         try:
-            print(run("broken target (noisy latents)", root, args.epochs), flush=True)
+            print(run("broken target (unrelated noise)", root, args.epochs), flush=True)
         finally:
             step.training_target = original
         # kohya drops a group whose lr is 0; a tiny lr keeps the groups and trains nothing measurable.

@@ -1,4 +1,5 @@
-"""Tiny kohya dataset trees for tests: `img/N_concept/` with mixed sizes and formats, captions, a reg folder.
+"""Tiny kohya dataset trees for tests: `img/N_concept/` with mixed sizes and formats, captions, a reg folder;
+and reference loaders that decode an image the way training does, without augmentation.
 
 tree = make_kohya_dataset(tmp_path)
 scan_dreambooth_dir(tree.train_dir, is_reg=False, caption_extension=".txt")
@@ -9,7 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
+
+from loracraft.data.buckets import Size, center_crop_box
+from loracraft.data.images import decode_upright, open_image, resize_and_crop, to_tensor
 
 DEFAULT_SIZES = ((96, 64), (64, 96), (64, 64), (128, 80))
 DEFAULT_FORMATS = ("png", "jpg", "webp", "png")
@@ -85,3 +90,17 @@ def make_kohya_dataset(
         captions=tuple(captions),
         reg_images=tuple(reg_images),
     )
+
+
+def load_image_rgb(path: Path) -> Image.Image:
+    """`path` decoded upright (EXIF orientation applied) as RGB, through the decoder training uses."""
+    with open_image(path) as img:
+        return decode_upright(img, path)[0]
+
+
+def load_bucket_tensor(path: Path, resized_size: Size, bucket: Size) -> torch.Tensor:
+    """The (3, H, W) pixels of one image in its bucket, centre-cropped: what training and the latent cache
+    should see for an image without augmentation."""
+    with open_image(path) as img:
+        rgb, _ = decode_upright(img, path, at_least=resized_size)
+    return to_tensor(resize_and_crop(rgb, resized_size, center_crop_box(resized_size, bucket)))

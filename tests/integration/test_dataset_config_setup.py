@@ -7,10 +7,10 @@ import torch
 
 from data_helpers import make_kohya_dataset, write_test_image
 from loracraft.config.schema import TrainConfig
-from loracraft.data.augment import AugmentOptions
+from loracraft.config.subset_options import SubsetOptions
 from loracraft.data.summary import format_plan
 from loracraft.errors import UserError
-from loracraft.training.batches import make_batch_source
+from loracraft.training.batches import make_batch_loader
 from loracraft.training.dataset_setup import plan_dataset
 
 COMMON = dict(resolution="64,64", min_bucket_reso=64, max_bucket_reso=128, bucket_reso_steps=64,
@@ -66,13 +66,13 @@ enable_bucket = false
         2, (64, 64), (128, 128), False
     )  # fmt: skip
     train, reg, again = plan.subsets
-    assert (train.num_repeats, train.class_tokens, train.augment.flip_aug) == (3, "sks toy", True)
-    assert train.captions.shuffle_caption and train.captions.keep_tokens == 1
-    assert (reg.is_reg, reg.augment.flip_aug) == (True, False)
-    assert (again.num_repeats, again.captions.caption_prefix, again.augment) == (
-        1,
-        "photo of",
-        AugmentOptions(),
+    assert (train.num_repeats, train.class_tokens, train.options.flip_aug) == (3, "sks toy", True)
+    assert train.options.shuffle_caption and train.options.keep_tokens == 1
+    assert (reg.is_reg, reg.options.flip_aug) == (True, False)
+    assert (again.num_repeats, again.options.caption_prefix) == (1, "photo of")
+    augmentation = ("flip_aug", "color_aug", "random_crop", "face_crop_aug_range", "alpha_mask")
+    assert all(
+        getattr(again.options, name) == SubsetOptions.model_fields[name].default for name in augmentation
     )
     # 4 images x 3 = 12 train samples, 2 reg images balanced to 12; dataset 1: 4 samples, no bucketing.
     assert (first.num_train_samples, first.num_reg_samples, second.num_train_samples) == (12, 12, 4)
@@ -88,7 +88,7 @@ def test_plain_folders_take_options_from_flags(tree):
                          caption_dropout_rate=0.2, **COMMON)  # fmt: skip
     plan, _ = run_plan(config)
     assert len(plan.datasets) == 1 and plan.datasets[0].label == ""
-    assert all(s.augment.flip_aug and s.captions.caption_dropout_rate == 0.2 for s in plan.subsets)
+    assert all(s.options.flip_aug and s.options.caption_dropout_rate == 0.2 for s in plan.subsets)
 
 
 def test_folder_flags_next_to_a_dataset_config_are_ignored_with_a_warning(tmp_path, tree):
@@ -174,8 +174,9 @@ batch_size = 2
                          cache_latents_to_disk=to_disk, **COMMON)  # fmt: skip
     plan, _ = run_plan(config)
     lines: list[str] = []
-    source = make_batch_source(config, plan, tiny_sd1_bundle, torch.device("cpu"), lines.append)
-    batches = list(source.epoch(0))
+    loader = make_batch_loader(config, plan, tiny_sd1_bundle, torch.device("cpu"), lines.append)
+    loader.dataset.set_epoch(0)
+    batches = list(loader)
     assert len(batches) == plan.batches_per_epoch
     for batch in batches:
         latents = batch["latents"]

@@ -1,4 +1,5 @@
 import os
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -7,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from data_helpers import make_kohya_dataset, write_test_image
+from data_helpers import load_bucket_tensor, make_kohya_dataset, write_test_image
+from loracraft.config.schema import TrainConfig
 from loracraft.data.buckets import BucketChoice
-from loracraft.data.images import load_bucket_tensor
 from loracraft.data.latent_cache import (
     cache_file_path,
     cache_latents_to_disk,
@@ -42,14 +43,15 @@ def plan_images(tree, resolution=(64, 64)):
     plan = build_epoch_plan(
         subsets,
         resolution=resolution,
-        batch_size=2,
+        train_batch_size=2,
         seed=0,
         max_train_epochs=1,
         max_train_steps=None,
         enable_bucket=True,
         min_bucket_reso=64,
         max_bucket_reso=256,
-        bucket_reso_steps=32,
+        bucket_reso_steps=64,
+        bucket_no_upscale=False,
     )
     return plan.images
 
@@ -104,9 +106,9 @@ def test_changed_image_content_is_reencoded_even_with_same_size_and_mtime(tree):
 
 def test_changed_bucket_or_vae_is_reencoded(tree):
     run_disk_cache(plan_images(tree))
-    _, _, report = run_disk_cache(plan_images(tree, resolution=(96, 96)))
+    _, _, report = run_disk_cache(plan_images(tree, resolution=(128, 128)))
     assert report.encoded == 4
-    _, _, report = run_disk_cache(plan_images(tree, resolution=(96, 96)), vae_identity="vae-b")
+    _, _, report = run_disk_cache(plan_images(tree, resolution=(128, 128)), vae_identity="vae-b")
     assert report.encoded == 4
 
 
@@ -133,15 +135,26 @@ def test_memory_cache_matches_disk_cache(tree):
             assert torch.equal(latent, torch.from_numpy(npz["latents"]))
 
 
-def test_nan_latents_stop_with_the_flag_to_use_and_leave_no_partial_file(tree):
+def test_nan_latents_stop_with_a_real_flag_to_use_and_leave_no_partial_file(tree):
     images = plan_images(tree)
 
     def nan_vae(pixels):
         return torch.full((pixels.shape[0], 4, pixels.shape[2] // 8, pixels.shape[3] // 8), float("nan"))
 
-    with pytest.raises(UserError, match="NaN/inf latents.*--no_half_vae"):
+    with pytest.raises(UserError, match="NaN/inf latents.*--vae") as error:
         cache_latents_to_disk(images, encode=nan_vae, vae_identity="x", vae_batch_size=1, progress=False)
+    named = re.findall(r"--(\w+)", str(error.value))
+    assert named and all(flag in TrainConfig.model_fields for flag in named)
     assert not list(tree.concept_dir.glob("*.npz")) and not list(tree.concept_dir.glob(".*tmp"))
+
+
+def test_switching_latent_sampling_reencodes(tree):
+    images = plan_images(tree)
+    assert run_disk_cache_with(images, latent_sampling="sample")[2].encoded == 4
+    _, paths, report = run_disk_cache_with(images, latent_sampling="mean")
+    assert report.encoded == 4
+    assert run_disk_cache_with(images, latent_sampling="mean")[2].encoded == 0
+    assert np.load(paths[0])["latent_sampling"] == "mean"
 
 
 def test_cache_file_name_pads_the_original_size(tmp_path):
@@ -178,7 +191,7 @@ def test_alpha_masks_are_cached_at_latent_size(tmp_path):
     write_test_image(folder / "b.png", (64, 64), seed=0)
     subsets, _ = scan_dreambooth_dir(tmp_path / "img", is_reg=False, caption_extension=".txt")
     images = build_epoch_plan(
-        subsets, resolution=(128, 64), batch_size=1, seed=0, max_train_epochs=1, max_train_steps=None,
+        subsets, resolution=(128, 64), train_batch_size=1, seed=0, max_train_epochs=1, max_train_steps=None,
         enable_bucket=False, min_bucket_reso=64, max_bucket_reso=128, bucket_reso_steps=64,
     ).images  # fmt: skip
     in_memory = encode_latents_in_memory(

@@ -23,14 +23,14 @@ def plan(tmp_path):
     return build_epoch_plan(
         train + reg,
         resolution=(64, 64),
-        batch_size=2,
+        train_batch_size=2,
         seed=7,
         max_train_epochs=2,
         max_train_steps=None,
         enable_bucket=True,
-        min_bucket_reso=32,
+        min_bucket_reso=64,
         max_bucket_reso=128,
-        bucket_reso_steps=32,
+        bucket_reso_steps=64,
     )
 
 

@@ -11,15 +11,20 @@ import torch.nn.functional as F
 from PIL import Image
 
 from data_helpers import make_kohya_dataset
-from loracraft.data.augment import AugmentOptions, load_training_image
-from loracraft.data.captions import CaptionOptions
+from loracraft.config.dataset_options import DatasetOptions
+from loracraft.config.subset_options import SubsetOptions
+from loracraft.data.augment import load_training_image
 from loracraft.data.dataset import BucketBatchDataset, batch_loader
 from loracraft.data.latent_cache import cache_latents_to_disk, encode_latents_in_memory
-from loracraft.data.plan import BucketSettings, DatasetSpec, build_run_plan, epoch_batches
+from loracraft.data.plan import DatasetSpec, build_run_plan, epoch_batches
 from loracraft.data.scan import scan_dreambooth_dir
 from loracraft.data.text_cache import cache_text_states, text_cache_file_paths
 
-BUCKETS = BucketSettings(enable_bucket=True, min_bucket_reso=64, max_bucket_reso=128, bucket_reso_steps=64)
+BUCKETS = dict(enable_bucket=True, min_bucket_reso=64, max_bucket_reso=128, bucket_reso_steps=64)
+
+
+def dataset_options(resolution=(64, 64), batch_size=2) -> DatasetOptions:
+    return DatasetOptions(resolution=resolution, train_batch_size=batch_size, **BUCKETS)
 
 
 def fake_vae(pixels: torch.Tensor) -> torch.Tensor:
@@ -27,14 +32,14 @@ def fake_vae(pixels: torch.Tensor) -> torch.Tensor:
     return torch.cat([pooled, pooled.mean(1, keepdim=True)], dim=1)
 
 
-PLAIN_CAPTIONS, NO_AUGMENT = CaptionOptions(), AugmentOptions()
+PLAIN = SubsetOptions()
 
 
-def make_plan(tmp_path, captions=PLAIN_CAPTIONS, augment=NO_AUGMENT, repeats=3, seed=5):
+def make_plan(tmp_path, options=PLAIN, repeats=3, seed=5):
     tree = make_kohya_dataset(tmp_path, repeats=repeats, reg_count=0)
     subsets, _ = scan_dreambooth_dir(tree.train_dir, is_reg=False, caption_extension=".txt")
-    subsets = tuple(replace(s, captions=captions, augment=augment) for s in subsets)
-    spec = DatasetSpec(subsets, (64, 64), 2, BUCKETS)
+    subsets = tuple(replace(s, options=options) for s in subsets)
+    spec = DatasetSpec(subsets, dataset_options())
     return build_run_plan([spec], seed=seed, max_train_epochs=2, max_train_steps=None)
 
 
@@ -48,7 +53,7 @@ def comparable(items: list[dict]) -> list[dict]:
 
 
 def test_captions_are_shuffled_per_sample_repeatably_and_keep_fixed_tokens(tmp_path):
-    plan = make_plan(tmp_path, CaptionOptions(shuffle_caption=True, keep_tokens=1))
+    plan = make_plan(tmp_path, SubsetOptions(shuffle_caption=True, keep_tokens=1))
     first, second = BucketBatchDataset(plan), BucketBatchDataset(plan)
     epoch0 = comparable(epoch_items(first, 0))
     assert epoch0 == comparable(epoch_items(second, 0))
@@ -64,7 +69,7 @@ def test_captions_are_shuffled_per_sample_repeatably_and_keep_fixed_tokens(tmp_p
 
 
 def test_caption_dropout_every_n_epochs_counts_epochs_from_one(tmp_path):
-    plan = make_plan(tmp_path, CaptionOptions(caption_dropout_every_n_epochs=2, caption_prefix="photo of"))
+    plan = make_plan(tmp_path, SubsetOptions(caption_dropout_every_n_epochs=2, caption_prefix="photo of"))
     dataset = BucketBatchDataset(plan)
     first = [c for item in epoch_items(dataset, 0) for c in item["captions"]]
     second = [c for item in epoch_items(dataset, 1) for c in item["captions"]]
@@ -74,10 +79,10 @@ def test_caption_dropout_every_n_epochs_counts_epochs_from_one(tmp_path):
 
 def test_each_subset_uses_its_own_caption_options(tmp_path):
     plan = make_plan(tmp_path)
-    prefixed = replace(plan.subsets[0], captions=CaptionOptions(caption_prefix="A"))
-    other = replace(plan.subsets[0], captions=CaptionOptions(caption_suffix="Z"))
+    prefixed = replace(plan.subsets[0], options=SubsetOptions(caption_prefix="A"))
+    other = replace(plan.subsets[0], options=SubsetOptions(caption_suffix="Z"))
     plan = build_run_plan(
-        [DatasetSpec((prefixed,), (64, 64), 2, BUCKETS), DatasetSpec((other,), (64, 64), 1, BUCKETS)],
+        [DatasetSpec((prefixed,), dataset_options()), DatasetSpec((other,), dataset_options(batch_size=1))],
         seed=1,
         max_train_epochs=1,
         max_train_steps=None,
@@ -89,7 +94,7 @@ def test_each_subset_uses_its_own_caption_options(tmp_path):
 
 
 def test_flip_aug_on_pixels_flips_some_samples_and_mirrors_the_crop(tmp_path):
-    plan = make_plan(tmp_path, augment=AugmentOptions(flip_aug=True))
+    plan = make_plan(tmp_path, SubsetOptions(flip_aug=True))
     dataset = BucketBatchDataset(plan)
     seen = set()
     for epoch in (0, 1):
@@ -97,7 +102,7 @@ def test_flip_aug_on_pixels_flips_some_samples_and_mirrors_the_crop(tmp_path):
             for pixels, crop, i in zip(item["pixels"], item["crop_top_lefts"], batch, strict=True):
                 image = plan.images[i]
                 plain = load_training_image(
-                    image.record.path, image.choice.resized_size, image.choice.bucket, AugmentOptions(),
+                    image.record.path, image.choice.resized_size, image.choice.bucket, SubsetOptions(),
                     random.Random(0),
                 )  # fmt: skip
                 flipped = not torch.equal(pixels, plain.pixels)
@@ -111,7 +116,7 @@ def test_flip_aug_on_pixels_flips_some_samples_and_mirrors_the_crop(tmp_path):
 
 @pytest.mark.parametrize("on_disk", [False, True])
 def test_cached_flip_aug_picks_flipped_or_plain_latents(tmp_path, on_disk):
-    plan = make_plan(tmp_path, augment=AugmentOptions(flip_aug=True))
+    plan = make_plan(tmp_path, SubsetOptions(flip_aug=True))
     cached = encode_latents_in_memory(
         plan.images, encode=fake_vae, vae_batch_size=4, flip_aug=True, progress=False
     )
@@ -147,9 +152,12 @@ def test_alpha_mask_gives_masks_with_pixels_and_with_cached_latents(tmp_path):
     tree = make_kohya_dataset(tmp_path, repeats=1, reg_count=0, sizes=[(64, 64)] * 2, formats=["png"] * 2)
     add_transparent_image(tree.concept_dir)
     subsets, _ = scan_dreambooth_dir(tree.train_dir, is_reg=False, caption_extension=".txt")
-    masked = replace(subsets[0], augment=AugmentOptions(alpha_mask=True))
+    masked = replace(subsets[0], options=SubsetOptions(alpha_mask=True))
     plan = build_run_plan(
-        [DatasetSpec((masked,), (64, 64), 3, BUCKETS)], seed=0, max_train_epochs=1, max_train_steps=None
+        [DatasetSpec((masked,), dataset_options(batch_size=3))],
+        seed=0,
+        max_train_epochs=1,
+        max_train_steps=None,
     )
     (item,) = BucketBatchDataset(plan)
     alpha_index = item["paths"].index(str(tree.concept_dir / "zz_alpha.png"))
@@ -200,7 +208,7 @@ def test_text_states_from_memory_and_from_files(tmp_path):
 
 
 def test_latents_cached_without_flip_are_refused_for_a_flipping_subset(tmp_path):
-    plan = make_plan(tmp_path, augment=AugmentOptions(flip_aug=True), seed=11)
+    plan = make_plan(tmp_path, SubsetOptions(flip_aug=True), seed=11)
     plain = encode_latents_in_memory(plan.images, encode=fake_vae, vae_batch_size=4, progress=False)
     with pytest.raises(ValueError, match="cached without flip_aug"):
         epoch_items(BucketBatchDataset(plan, latents=plain), 0)
@@ -209,8 +217,13 @@ def test_latents_cached_without_flip_are_refused_for_a_flipping_subset(tmp_path)
 def test_two_workers_build_the_same_augmented_batches(tmp_path):
     plan = make_plan(
         tmp_path,
-        CaptionOptions(shuffle_caption=True, caption_tag_dropout_rate=0.3),
-        AugmentOptions(flip_aug=True, color_aug=True, random_crop=True),
+        SubsetOptions(
+            shuffle_caption=True,
+            caption_tag_dropout_rate=0.3,
+            flip_aug=True,
+            color_aug=True,
+            random_crop=True,
+        ),
     )
     reference = [comparable(epoch_items(BucketBatchDataset(plan), epoch)) for epoch in (0, 1)]
     dataset = BucketBatchDataset(plan)

@@ -11,7 +11,10 @@ from PIL import Image
 
 from data_helpers import make_kohya_dataset, write_test_image
 from loracraft.cli import main
+from loracraft.config.schema import TrainConfig
+from loracraft.data.metadata import tag_frequency
 from loracraft.tools.dataset_check import difference_hash, near_duplicates
+from loracraft.training.dataset_setup import plan_dataset
 
 
 def snapshot(folder: Path) -> dict[str, str]:
@@ -259,3 +262,33 @@ def test_difference_hash_matches_resized_copies_and_separates_different_images(t
     assert (difference_hash(a) ^ difference_hash(a.resize((40, 30)))).bit_count() <= 4
     assert (difference_hash(a) ^ difference_hash(b)).bit_count() > 16
     assert near_duplicates([]) == []
+
+
+def test_check_reports_the_tags_the_lora_file_records_even_with_a_custom_separator(tmp_path, capsys):
+    tree = make_kohya_dataset(tmp_path, reg_count=0, uncaptioned=())
+    for image in tree.images[:2]:
+        image.with_suffix(".txt").write_text(
+            "sks toy; Red block; plain, shiny\nsecond line, unused\n", encoding="utf-8"
+        )
+    args = ["--resolution", "64", "--caption_extension", ".txt", "--caption_separator", ";"]
+    code, out = check(capsys, str(tree.train_dir), *args)
+    assert code == 0, out
+    tag_line = out.split(
+        "Most frequent tags (as the LoRA file's ss_tag_frequency counts them, training images only)\n"
+    )[1]
+    reported = dict(item.rsplit(" ", 1) for item in tag_line.splitlines()[0].strip().split(", "))
+    config = TrainConfig(train_data_dir=str(tree.train_dir), resolution="64", caption_extension=".txt",
+                         caption_separator=";", max_train_epochs=1)  # fmt: skip
+    recorded = tag_frequency(plan_dataset(config, seed=0, num_processes=1, echo=lambda line: None))
+    assert reported == {tag: str(count) for tag, count in recorded["2_sks toy"].items()}
+    # kohya's ss_tag_frequency splits on "," whatever --caption_separator is, and reads the first line only.
+    assert reported["sks toy; red block; plain"] == "2" and "unused" not in reported
+
+
+def test_check_warns_about_the_files_training_warns_about(tmp_path, capsys):
+    tree = make_kohya_dataset(tmp_path, reg_count=0, sizes=[(64, 64)] * 4, formats=["png"] * 4)
+    tree.images[0].with_suffix(".txt").write_text("\nsks toy, red", encoding="utf-8")
+    code, out = check(capsys, str(tree.train_dir), "--resolution", "64", "--caption_extension", ".txt")
+    assert code == 0, out
+    assert f"warning: {tree.concept_dir}: 1 caption file(s) start with an empty line: image_00.txt;" in out
+    assert out.rstrip().endswith("0 error(s), 1 warning(s): ready to train")

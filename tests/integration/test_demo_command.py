@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from loracraft.cli import main
+from loracraft.config.load import read_config_file
 from loracraft.models.tiny import shipped
 from loracraft.networks.lora_file import read_lora_file
 from loracraft.tools.concept_probe import CELL, HEADER_H, LABEL_W
@@ -31,6 +32,8 @@ def test_demo_writes_dataset_lora_log_and_grid_and_prints_where(tmp_path, capsys
 
     captions = sorted((out / "dataset" / "img" / "10_zxq shape").glob("*.txt"))
     assert len(captions) == 12 and captions[0].read_text().startswith("a zxq circle on a ")
+    # kohya's latents (a draw from the posterior): the mean measured no better on the tiny VAE.
+    assert read_config_file(out / "zxq.toml")["latent_sampling"] == "sample"
     tensors, metadata = read_lora_file(out / "zxq.safetensors")
     assert metadata["ss_network_dim"] == "8" and metadata["ss_epoch"] == "3"
     assert any(key.startswith("lora_unet_") for key in tensors) and any(

@@ -131,8 +131,8 @@ def test_unreadable_file_during_training_is_a_user_error(tmp_path):
 def test_cache_only_fills_both_caches_and_summarises(tree):
     subsets, _ = scan_dreambooth_dir(tree.train_dir, is_reg=False, caption_extension=".txt")
     plan = build_epoch_plan(
-        subsets, resolution=(64, 64), batch_size=2, seed=0, max_train_epochs=1, max_train_steps=None,
-        enable_bucket=True, min_bucket_reso=64, max_bucket_reso=256, bucket_reso_steps=32,
+        subsets, resolution=(64, 64), train_batch_size=2, seed=0, max_train_epochs=1, max_train_steps=None,
+        enable_bucket=True, min_bucket_reso=64, max_bucket_reso=256, bucket_reso_steps=64,
     )  # fmt: skip
 
     def vae(pixels):

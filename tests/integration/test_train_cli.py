@@ -5,11 +5,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from accelerate import Accelerator
 from safetensors import safe_open
 
 from data_helpers import make_kohya_dataset
 from loracraft.cli import main
 from loracraft.config.load import read_config_file
+from loracraft.networks import metadata
 
 pytestmark = pytest.mark.slow
 
@@ -308,3 +310,51 @@ def test_augmentation_masks_and_caption_transforms_train_end_to_end(tiny_sd1, tm
     with safe_open(out / "toy.safetensors", "pt") as f:
         assert f.metadata()["ss_flip_aug"] == "True"
         assert any(f.get_tensor(k).abs().sum() > 0 for k in f.keys() if k.endswith("lora_up.weight"))
+
+
+def test_more_than_one_process_is_refused_before_anything_is_written(tiny_sd1, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(Accelerator, "num_processes", property(lambda self: 2))
+    tree = make_kohya_dataset(tmp_path / "data", reg_count=0)
+    out, logs = tmp_path / "out", tmp_path / "logs"
+    flags = train_flags(tiny_sd1, tree, out, "--cache_latents_to_disk", "--logging_dir", str(logs), reg=False)
+    assert main(flags) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "2 processes" in errors[0] and "without `accelerate launch`" in errors[0]
+    assert not out.exists() and not logs.exists()
+    assert not list(tree.concept_dir.glob("*.npz"))
+
+
+def test_a_process_that_is_not_the_main_one_writes_no_file_and_no_log(tiny_sd1, tmp_path, monkeypatch):
+    monkeypatch.setattr(Accelerator, "is_main_process", property(lambda self: False))
+    tree = make_kohya_dataset(tmp_path / "data", reg_count=0)
+    out, logs = tmp_path / "out", tmp_path / "logs"
+    flags = train_flags(tiny_sd1, tree, out, "--max_train_epochs", "1", "--logging_dir", str(logs), reg=False)
+    assert main(flags) == 0
+    assert not out.exists() and not logs.exists()
+
+
+def test_the_base_model_is_hashed_once_per_run(tiny_sd1, tmp_path, monkeypatch):
+    calls = []
+
+    def counting(hash_function):
+        def counted(path):
+            calls.append(hash_function.__name__)
+            return hash_function(path)
+
+        return counted
+
+    monkeypatch.setattr(metadata, "file_sha256", counting(metadata.file_sha256))
+    monkeypatch.setattr(metadata, "file_legacy_hash", counting(metadata.file_legacy_hash))
+    tree = make_kohya_dataset(tmp_path / "data", reg_count=0)
+    out = tmp_path / "out"
+    flags = train_flags(tiny_sd1, tree, out, "--max_train_epochs", "3", "--train_batch_size", "4", reg=False)
+    assert main(flags) == 0
+    files = sorted(out.glob("*.safetensors"))
+    assert [f.name for f in files] == ["toy-000001.safetensors", "toy-000002.safetensors", "toy.safetensors"]
+    assert sorted(calls) == ["file_legacy_hash", "file_sha256"]
+    hashes = set()
+    for file in files:
+        with safe_open(file, "pt") as f:
+            hashes.add(f.metadata()["ss_new_sd_model_hash"])
+    assert len(hashes) == 1 and len(hashes.pop()) == 64

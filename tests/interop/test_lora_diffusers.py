@@ -18,9 +18,10 @@ import pytest
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline
 
+from loracraft.config.schema import TrainConfig
 from loracraft.networks.lora_file import read_lora_file, save_lora_file
 from loracraft.networks.lora_network import LoRANetwork, build_lora_network
-from loracraft.networks.metadata import LoRARunInfo, kohya_metadata
+from loracraft.networks.metadata import RunSummary, kohya_metadata
 from loracraft.networks.targets import text_encoder_targets, unet_targets
 from model_helpers import tiny_text_encoder, tiny_unet
 
@@ -52,22 +53,21 @@ def tiny_pipeline() -> StableDiffusionPipeline:
     )
 
 
-def run_info() -> LoRARunInfo:
-    return LoRARunInfo(
+def tiny_metadata() -> dict[str, str]:
+    config = TrainConfig(output_name="tiny", network_dim=RANK, network_alpha=ALPHA, resolution=(64, 64))
+    return kohya_metadata(config, run_summary())
+
+
+def run_summary() -> RunSummary:
+    return RunSummary(
         session_id=1,
         training_started_at=1_700_000_000.0,
-        output_name="tiny",
-        learning_rate=1e-4,
         num_train_images=4,
         num_reg_images=0,
         num_batches_per_epoch=4,
         num_epochs=1,
         max_train_steps=4,
-        network_dim=RANK,
-        network_alpha=ALPHA,
         seed=0,
-        resolution=(64, 64),
-        batch_size_per_device=1,
         total_batch_size=1,
         optimizer="torch.optim.adamw.AdamW",
         tag_frequency={"1_tiny": {"tiny": 4}},
@@ -139,7 +139,7 @@ def test_fused_weights_are_exactly_the_lora(
     pipe = tiny_pipeline()
     network = random_network(pipe.unet, pipe.text_encoder, train_unet, train_text_encoder)
     state = network.kohya_state_dict()
-    save_lora_file(state, tmp_path / "tiny.safetensors", kohya_metadata(run_info()), dtype)
+    save_lora_file(state, tmp_path / "tiny.safetensors", tiny_metadata(), dtype)
 
     targets = {}
     if train_unet:
@@ -199,7 +199,7 @@ def test_forward_matches_diffusers_at_any_multiplier(tmp_path: Path) -> None:
 def test_file_keys_follow_kohya_grammar(tmp_path: Path) -> None:
     pipe = tiny_pipeline()
     network = random_network(pipe.unet, pipe.text_encoder)
-    save_lora_file(network.kohya_state_dict(), tmp_path / "tiny.safetensors", kohya_metadata(run_info()))
+    save_lora_file(network.kohya_state_dict(), tmp_path / "tiny.safetensors", tiny_metadata())
     state, metadata = read_lora_file(tmp_path / "tiny.safetensors")
     assert all(KEY.match(key) for key in state)
     names = {key.split(".", 1)[0] for key in state}

@@ -6,8 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
+from data_helpers import load_bucket_tensor
+from loracraft.config.subset_options import SubsetOptions
 from loracraft.data.augment import (
-    AugmentOptions,
     FaceBox,
     color_augment,
     face_box_from_name,
@@ -16,7 +17,7 @@ from loracraft.data.augment import (
     mask_to_latent_size,
     random_crop_box,
 )
-from loracraft.data.images import load_bucket_tensor, resize_image, to_tensor
+from loracraft.data.images import resize_image, to_tensor
 
 
 def gradient(width: int, height: int) -> Image.Image:
@@ -40,7 +41,7 @@ def load(path, options, seed=0, resized=(96, 64), bucket=(64, 64)):
 
 
 def test_no_options_is_the_centre_crop_without_mask(photo):
-    image = load(photo, AugmentOptions())
+    image = load(photo, SubsetOptions())
     assert torch.equal(image.pixels, load_bucket_tensor(photo, (96, 64), (64, 64)))
     assert (image.mask, image.flipped, image.crop_ltrb, image.resized_size) == (
         None,
@@ -54,7 +55,7 @@ def test_random_crop_cuts_the_resized_image_where_it_says(photo):
     resized = to_tensor(resize_image(Image.open(photo).convert("RGB"), (96, 64)))
     lefts = set()
     for seed in range(30):
-        image = load(photo, AugmentOptions(random_crop=True), seed)
+        image = load(photo, SubsetOptions(random_crop=True), seed)
         left, top, right, bottom = image.crop_ltrb
         assert (top, bottom, right - left) == (0, 64, 64) and 0 <= left <= 32
         assert torch.equal(image.pixels, resized[:, top:bottom, left:right])
@@ -69,7 +70,7 @@ def test_random_crop_box_covers_the_whole_range():
 
 
 def test_same_seed_same_image_all_options(photo):
-    options = AugmentOptions(flip_aug=True, color_aug=True, random_crop=True, alpha_mask=True)
+    options = SubsetOptions(flip_aug=True, color_aug=True, random_crop=True, alpha_mask=True)
     for seed in range(10):
         a, b = load(photo, options, seed), load(photo, options, seed)
         assert torch.equal(a.pixels, b.pixels) and torch.equal(a.mask, b.mask)
@@ -77,8 +78,8 @@ def test_same_seed_same_image_all_options(photo):
 
 
 def test_flip_mirrors_half_of_the_samples(photo):
-    plain = load(photo, AugmentOptions())
-    flips = [load(photo, AugmentOptions(flip_aug=True), seed) for seed in range(200)]
+    plain = load(photo, SubsetOptions())
+    flips = [load(photo, SubsetOptions(flip_aug=True), seed) for seed in range(200)]
     assert 70 < sum(image.flipped for image in flips) < 130
     for image in flips[:20]:
         assert torch.equal(image.pixels, plain.pixels.flip(-1) if image.flipped else plain.pixels)
@@ -91,7 +92,7 @@ def test_alpha_mask_follows_crop_and_flip_while_pixels_stay_on_white(tmp_path):
     path = tmp_path / "cutout.png"
     Image.fromarray(rgba, "RGBA").save(path)
     for seed in range(12):
-        image = load(path, AugmentOptions(alpha_mask=True, flip_aug=True, random_crop=True), seed)
+        image = load(path, SubsetOptions(alpha_mask=True, flip_aug=True, random_crop=True), seed)
         left = image.crop_ltrb[0]
         expected = (torch.arange(left, left + 64) < 48).float().expand(1, 64, 64)
         expected = expected.flip(-1) if image.flipped else expected
@@ -101,7 +102,7 @@ def test_alpha_mask_follows_crop_and_flip_while_pixels_stay_on_white(tmp_path):
 
 
 def test_alpha_mask_is_ones_without_an_alpha_channel(photo):
-    image = load(photo, AugmentOptions(alpha_mask=True))
+    image = load(photo, SubsetOptions(alpha_mask=True))
     assert torch.equal(image.mask, torch.ones(1, 64, 64))
 
 
@@ -159,7 +160,7 @@ def test_face_crop_with_random_crop_wanders_around_the_face_but_stays_inside():
 def test_face_crop_is_used_from_the_file_name(tmp_path):
     path = tmp_path / "me_30_20_10_10.png"
     gradient(120, 80).save(path)
-    image = load(path, AugmentOptions(face_crop_aug_range=(3.0, 3.0)), resized=(96, 64), bucket=(32, 32))
+    image = load(path, SubsetOptions(face_crop_aug_range=(3.0, 3.0)), resized=(96, 64), bucket=(32, 32))
     # 32 / (10 * 3) > 1 would enlarge; kohya never enlarges for a face, so the scale is 1 and the
     # 32x32 window is centred on the face at (30, 20).
     assert image.resized_size == (120, 80) and image.crop_ltrb == (14, 4, 46, 36)

@@ -3,9 +3,10 @@
 import random
 
 import pytest
+from pydantic import ValidationError
 
+from loracraft.config.subset_options import SubsetOptions
 from loracraft.data.captions import (
-    CaptionOptions,
     add_prefix_suffix,
     drop_tags,
     drops_whole_caption,
@@ -17,7 +18,6 @@ from loracraft.data.captions import (
     shuffle_tags,
     split_tags,
 )
-from loracraft.errors import UserError
 
 TAGS = "sks, red hair, smiling, outdoors, blue sky, looking at viewer"
 
@@ -27,7 +27,7 @@ def rng(seed: int = 0) -> random.Random:
 
 
 def test_defaults_are_kohyas():
-    options = CaptionOptions()
+    options = SubsetOptions()
     assert (options.shuffle_caption, options.keep_tokens, options.keep_tokens_separator) == (False, 0, "")
     assert (options.caption_separator, options.secondary_separator) == (",", None)
     assert (options.caption_prefix, options.caption_suffix) == (None, None)
@@ -49,7 +49,7 @@ def test_defaults_are_kohyas():
     ],
 )
 def test_is_static_only_without_randomness(changes, static):
-    assert CaptionOptions(**changes).is_static is static
+    assert SubsetOptions(**changes).is_static is static
 
 
 @pytest.mark.parametrize(
@@ -63,8 +63,8 @@ def test_is_static_only_without_randomness(changes, static):
     ],
 )
 def test_invalid_options_name_the_key(changes, flag):
-    with pytest.raises(UserError, match=flag):
-        CaptionOptions(**changes)
+    with pytest.raises(ValidationError, match=flag):
+        SubsetOptions(**changes)
 
 
 @pytest.mark.parametrize(
@@ -87,19 +87,19 @@ def test_prefix_and_suffix_join_with_one_space(caption, prefix, suffix, expected
     [(0, []), (1, [1, 2, 3, 4, 5, 6]), (2, [2, 4, 6]), (3, [3, 6]), (7, [])],
 )
 def test_dropout_every_n_epochs_counts_epochs_from_one(every_n, dropped_epochs):
-    options = CaptionOptions(caption_dropout_every_n_epochs=every_n)
+    options = SubsetOptions(caption_dropout_every_n_epochs=every_n)
     assert [epoch for epoch in range(1, 7) if drops_whole_caption(options, rng(), epoch)] == dropped_epochs
 
 
 def test_dropout_rate_zero_never_draws_and_one_always_drops():
     untouched = rng(5)
-    assert not drops_whole_caption(CaptionOptions(), untouched, 1)
+    assert not drops_whole_caption(SubsetOptions(), untouched, 1)
     assert untouched.random() == rng(5).random()
-    assert all(drops_whole_caption(CaptionOptions(caption_dropout_rate=1.0), rng(s), 1) for s in range(50))
+    assert all(drops_whole_caption(SubsetOptions(caption_dropout_rate=1.0), rng(s), 1) for s in range(50))
 
 
 def test_dropout_rate_is_a_probability():
-    options = CaptionOptions(caption_dropout_rate=0.3)
+    options = SubsetOptions(caption_dropout_rate=0.3)
     source = rng(1)
     dropped = sum(drops_whole_caption(options, source, 1) for _ in range(4000))
     assert 1000 < dropped < 1400
@@ -172,7 +172,7 @@ def test_split_tags_strips_and_drops_empty_tags(text, separator, expected):
     ],
 )
 def test_partition_into_fixed_flexible_and_suffix(caption, changes, expected):
-    assert partition_tags(caption, CaptionOptions(**changes)) == expected
+    assert partition_tags(caption, SubsetOptions(**changes)) == expected
 
 
 def test_shuffle_and_drop_return_new_lists():
@@ -184,11 +184,11 @@ def test_shuffle_and_drop_return_new_lists():
 
 
 def test_no_options_leave_the_first_line_untouched():
-    assert process_caption("  a,b ,,c  \nignored", CaptionOptions(), rng(), 1) == "  a,b ,,c  "
+    assert process_caption("  a,b ,,c  \nignored", SubsetOptions(), rng(), 1) == "  a,b ,,c  "
 
 
 def test_shuffle_keeps_fixed_tags_first_and_permutes_the_rest():
-    options = CaptionOptions(shuffle_caption=True, keep_tokens=1)
+    options = SubsetOptions(shuffle_caption=True, keep_tokens=1)
     outputs = {process_caption(TAGS, options, rng(seed), 1) for seed in range(50)}
     assert len(outputs) > 10
     for output in outputs:
@@ -198,7 +198,7 @@ def test_shuffle_keeps_fixed_tags_first_and_permutes_the_rest():
 
 
 def test_fixed_suffix_tags_stay_last():
-    options = CaptionOptions(shuffle_caption=True, keep_tokens_separator="|||")
+    options = SubsetOptions(shuffle_caption=True, keep_tokens_separator="|||")
     for seed in range(20):
         tags = process_caption("sks ||| a, b, c, d ||| masterpiece, 4k", options, rng(seed), 1).split(", ")
         assert tags[0] == "sks" and tags[-2:] == ["masterpiece", "4k"]
@@ -206,47 +206,47 @@ def test_fixed_suffix_tags_stay_last():
 
 
 def test_keep_tokens_separator_never_reaches_the_text_encoder():
-    options = CaptionOptions(keep_tokens_separator="|||")
+    options = SubsetOptions(keep_tokens_separator="|||")
     assert process_caption("sks, girl ||| red, blue", options, rng(), 1) == "sks, girl, red, blue"
 
 
 @pytest.mark.parametrize("rate", [0.0, 1.0])
 def test_tag_dropout_rate_extremes(rate):
-    options = CaptionOptions(caption_tag_dropout_rate=rate, keep_tokens=2)
+    options = SubsetOptions(caption_tag_dropout_rate=rate, keep_tokens=2)
     expected = TAGS if rate == 0.0 else "sks, red hair"
     assert process_caption(TAGS, options, rng(), 1) == expected
 
 
 def test_tag_dropout_only_touches_flexible_tags():
-    options = CaptionOptions(caption_tag_dropout_rate=0.5, keep_tokens=1)
+    options = SubsetOptions(caption_tag_dropout_rate=0.5, keep_tokens=1)
     lengths = {len(process_caption(TAGS, options, rng(seed), 1).split(", ")) for seed in range(100)}
     assert min(lengths) == 1 and max(lengths) == 6 and len(lengths) > 3
 
 
 @pytest.mark.parametrize("caption", ["", "   ", "\n", ",", " , ,, "])
 def test_empty_captions_stay_empty(caption):
-    options = CaptionOptions(shuffle_caption=True, keep_tokens=2, caption_tag_dropout_rate=0.5)
+    options = SubsetOptions(shuffle_caption=True, keep_tokens=2, caption_tag_dropout_rate=0.5)
     assert process_caption(caption, options, rng(), 1) == ""
 
 
 def test_only_kept_tokens():
-    options = CaptionOptions(shuffle_caption=True, keep_tokens=3, caption_tag_dropout_rate=1.0)
+    options = SubsetOptions(shuffle_caption=True, keep_tokens=3, caption_tag_dropout_rate=1.0)
     assert process_caption("b, a ,c", options, rng(), 1) == "b, a, c"
 
 
 def test_whole_caption_dropout_wins_over_everything():
-    options = CaptionOptions(caption_dropout_rate=1.0, caption_prefix="sks", secondary_separator=";")
+    options = SubsetOptions(caption_dropout_rate=1.0, caption_prefix="sks", secondary_separator=";")
     assert process_caption(TAGS, options, rng(), 1) == ""
-    every_other = CaptionOptions(caption_dropout_every_n_epochs=2, caption_prefix="sks")
+    every_other = SubsetOptions(caption_dropout_every_n_epochs=2, caption_prefix="sks")
     assert [process_caption("cat", every_other, rng(), e) for e in (1, 2, 3)] == ["sks cat", "", "sks cat"]
 
 
 def test_tags_are_joined_with_comma_space_then_secondary_separator_becomes_the_separator():
-    options = CaptionOptions(
+    options = SubsetOptions(
         caption_separator=";", shuffle_caption=True, keep_tokens=3, secondary_separator="&"
     )
     assert process_caption("a;b;c&d", options, rng(), 1) == "a, b, c;d"
-    grouped = CaptionOptions(shuffle_caption=True, secondary_separator=";;;")
+    grouped = SubsetOptions(shuffle_caption=True, secondary_separator=";;;")
     for seed in range(10):
         assert "red hair,blue eyes" in process_caption(
             "girl, red hair;;;blue eyes, sky", grouped, rng(seed), 1
@@ -254,15 +254,15 @@ def test_tags_are_joined_with_comma_space_then_secondary_separator_becomes_the_s
 
 
 def test_secondary_separator_applies_without_shuffle():
-    options = CaptionOptions(secondary_separator=";;;")
+    options = SubsetOptions(secondary_separator=";;;")
     assert process_caption("a;;;b, c", options, rng(), 1) == "a,b, c"
 
 
 def test_prefix_and_suffix_go_around_the_chosen_line_and_join_the_tags():
-    options = CaptionOptions(enable_wildcard=True, caption_prefix="sks,", caption_suffix=", 4k")
+    options = SubsetOptions(enable_wildcard=True, caption_prefix="sks,", caption_suffix=", 4k")
     outputs = {process_caption("red\n\nblue\n", options, rng(seed), 1) for seed in range(50)}
     assert outputs == {"sks, red , 4k", "sks, blue , 4k"}
-    shuffled = CaptionOptions(
+    shuffled = SubsetOptions(
         shuffle_caption=True, keep_tokens=1, caption_prefix="sks,", caption_suffix=", 4k"
     )
     tags = process_caption("a, b", shuffled, rng(), 1).split(", ")
@@ -270,18 +270,18 @@ def test_prefix_and_suffix_go_around_the_chosen_line_and_join_the_tags():
 
 
 def test_without_wildcards_braces_and_other_lines_stay_as_written():
-    assert process_caption("{a|b}\nsecond", CaptionOptions(), rng(), 1) == "{a|b}"
+    assert process_caption("{a|b}\nsecond", SubsetOptions(), rng(), 1) == "{a|b}"
 
 
 def test_wildcards_expand_before_tags_are_split():
-    options = CaptionOptions(enable_wildcard=True, shuffle_caption=True, keep_tokens=1)
+    options = SubsetOptions(enable_wildcard=True, shuffle_caption=True, keep_tokens=1)
     for seed in range(20):
         tags = process_caption("sks, {red, blue|green}", options, rng(seed), 1).split(", ")
         assert tags[0] == "sks" and sorted(tags[1:]) in (["blue", "red"], ["green"])
 
 
 def test_unicode_tags_survive():
-    options = CaptionOptions(shuffle_caption=True, keep_tokens=1, caption_separator="、")
+    options = SubsetOptions(shuffle_caption=True, keep_tokens=1, caption_separator="、")
     output = process_caption("初音ミク、青い髪、ツインテール、笑顔 😊", options, rng(), 1)
     assert output.split(", ")[0] == "初音ミク"
     assert sorted(output.split(", ")) == sorted(["初音ミク", "青い髪", "ツインテール", "笑顔 😊"])
@@ -289,7 +289,7 @@ def test_unicode_tags_survive():
 
 def test_very_long_caption_keeps_every_tag():
     tags = [f"tag{i}" for i in range(20_000)]
-    options = CaptionOptions(shuffle_caption=True, keep_tokens=5)
+    options = SubsetOptions(shuffle_caption=True, keep_tokens=5)
     output = process_caption(", ".join(tags), options, rng(), 1).split(", ")
     assert output[:5] == tags[:5] and output != tags and sorted(output) == sorted(tags)
 
@@ -304,7 +304,7 @@ def test_very_long_caption_keeps_every_tag():
     ],
 )
 def test_same_seed_same_caption(changes):
-    options = CaptionOptions(**changes)
+    options = SubsetOptions(**changes)
     caption = "sks ||| {red|blue|green} hair, smiling, outdoors, day, sky\nsks ||| night, moon, stars, city"
     runs = [
         [process_caption(caption, options, rng(seed), epoch) for seed in range(30) for epoch in (1, 2)]
@@ -317,8 +317,8 @@ def test_same_seed_same_caption(changes):
 def test_multi_line_caption_file_trains_first_line_or_a_random_line_with_wildcards():
     # A caption file's lines reach process_caption joined by newlines (data/caption_files.py).
     caption = "a photo of sks\na drawing of sks\na painting of sks"
-    assert process_caption(caption, CaptionOptions(), random.Random(0), 1) == "a photo of sks"
+    assert process_caption(caption, SubsetOptions(), random.Random(0), 1) == "a photo of sks"
     drawn = {
-        process_caption(caption, CaptionOptions(enable_wildcard=True), random.Random(s), 1) for s in range(40)
+        process_caption(caption, SubsetOptions(enable_wildcard=True), random.Random(s), 1) for s in range(40)
     }
     assert drawn == set(caption.splitlines())

@@ -5,7 +5,6 @@ import pytest
 from loracraft.cli import main
 from loracraft.config.cli_args import make_train_parser, parse_train_flags
 from loracraft.config.load import build_config, effective_config_toml, read_config_file
-from loracraft.config.schema import TrainConfig
 from loracraft.errors import UserError
 
 
@@ -14,15 +13,25 @@ def parse(argv, file_values=None):
     return config_file, build_config(file_values or {}, flags)
 
 
-def test_defaults_follow_kohya_ss_gui():
-    config = TrainConfig()
-    assert (config.learning_rate, config.unet_lr, config.text_encoder_lr) == (1e-4, 1e-4, 5e-5)
-    assert (config.network_dim, config.network_alpha) == (8, 1.0)
-    assert config.lr_scheduler == "cosine"
-    assert config.resolution == (512, 512)
-    assert config.enable_bucket and config.bucket_no_upscale and config.cache_latents
-    assert (config.min_bucket_reso, config.max_bucket_reso, config.bucket_reso_steps) == (256, 1024, 64)
-    assert config.save_precision == "fp16" and config.caption_extension == ".caption"
+def test_unset_values_mean_what_they_mean_in_kohya():
+    """kohya's usual form `--learning_rate 3e-4` (no --unet_lr) trains every part at 3e-4: the part rates
+    follow learning_rate when not given; an unset rank is networks.lora's 4, an unset length 75 tokens."""
+    _, config = parse(["--learning_rate", "3e-4"])
+    assert (config.effective_unet_lr, config.effective_text_encoder_lr) == (3e-4, 3e-4)
+    assert (config.network_dim, config.network_rank, config.max_token_length, config.token_length) == (
+        None, 4, None, 75
+    )  # fmt: skip
+    assert (config.output_name, config.output_stem) == (None, "last")
+    _, config = parse(["--learning_rate", "3e-4", "--unet_lr", "1e-4", "--text_encoder_lr", "0"])
+    assert (config.effective_unet_lr, config.train_text_encoder) == (1e-4, False)
+
+
+def test_help_names_the_kohya_ss_gui_default_where_it_differs(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--cache_latents [BOOL]" in out and "[default: False; kohya_ss GUI: True]" in out
+    assert "[default: constant; kohya_ss GUI: cosine]" in out
 
 
 def test_kohya_flags_parse_with_their_types():
@@ -143,4 +152,4 @@ def test_help_lists_groups_and_docs(capsys):
     out = capsys.readouterr().out
     for group in ("Model:", "Dataset:", "Network:", "Optimizer and learning rate:", "Output and logging:"):
         assert group in out
-    assert "LoRA rank" in out and "[default: 8]" in out
+    assert "LoRA rank" in out and "[kohya_ss GUI: 8]" in " ".join(out.split())

@@ -4,9 +4,11 @@ from loracraft.data.buckets import (
     adjust_bucket_limits,
     center_crop_box,
     cover_size,
+    fits_one_step,
     make_bucket_resolutions,
     select_bucket,
     select_bucket_no_upscale,
+    shrinks_below_one_step,
 )
 from loracraft.errors import UserError
 
@@ -91,8 +93,50 @@ def test_select_bucket_no_upscale(size, bucket, resized):
     assert choice.resized_size[0] <= size[0] and choice.resized_size[1] <= size[1]
 
 
-def test_no_upscale_image_smaller_than_a_step_gets_a_zero_side():
-    assert 0 in select_bucket_no_upscale(40, 300, 512 * 512, 64).bucket
+@pytest.mark.parametrize(
+    ("size", "max_area", "bucket", "resized"),
+    [
+        # kohya's rounding leaves the short side at zero steps here (its select_bucket divides by zero):
+        # the short side shrinks to one step instead, and the long side is cropped to the step.
+        ((96, 64), 64 * 64, (64, 64), (96, 64)),
+        ((64, 96), 64 * 64, (64, 64), (64, 96)),
+        ((100, 8000), 512 * 512, (64, 4096), (64, 5120)),  # long side capped to the area: 64 x 4096
+        ((8000, 100), 512 * 512, (4096, 64), (5120, 64)),
+    ],
+)
+def test_no_upscale_image_that_would_shrink_below_a_step_gets_the_smallest_bucket_of_its_shape(
+    size, max_area, bucket, resized
+):
+    assert shrinks_below_one_step(*size, max_area, 64)
+    choice = select_bucket_no_upscale(*size, max_area, 64)
+    assert (choice.bucket, choice.resized_size) == (bucket, resized)
+    assert choice.ar_error == pytest.approx(bucket[0] / bucket[1] - size[0] / size[1])
+    assert all(r >= b for r, b in zip(choice.resized_size, bucket, strict=True))  # cropped, never padded
+
+
+@pytest.mark.parametrize(
+    ("size", "max_area"),
+    [((300, 200), 512 * 512), ((2000, 1000), 512 * 512), ((64, 64), 64 * 64), ((50, 4000), 512 * 512)],
+)
+def test_images_kohya_shrinks_to_a_whole_step_are_not_flagged(size, max_area):
+    assert not shrinks_below_one_step(*size, max_area, 64)
+
+
+def test_a_narrow_image_kohya_can_shrink_keeps_kohyas_bucket():
+    # The short side shrinks to 66 px, which rounds to one step: kohya's own result, no fallback.
+    choice = select_bucket_no_upscale(200, 12000, 512 * 512, 64)
+    assert (choice.bucket, choice.resized_size) == ((64, 3840), (64, 3840))
+
+
+@pytest.mark.parametrize(
+    ("size", "fits"),
+    [((40, 300), False), ((50, 4000), False), ((63, 63), False), ((64, 64), True), ((96, 64), True)],
+)
+def test_an_image_under_one_step_on_a_side_has_no_bucket_without_enlarging(size, fits):
+    assert fits_one_step(*size, 64) is fits
+    if not fits:
+        with pytest.raises(ValueError, match="no bucket of 64-pixel steps"):
+            select_bucket_no_upscale(*size, 512 * 512, 64)
 
 
 @pytest.mark.parametrize(
@@ -115,15 +159,13 @@ def test_bucket_limits_round_to_the_step_with_warnings():
     assert "--min_bucket_reso 300" in warnings[0] and "--max_bucket_reso 1000" in warnings[1]
 
 
+def test_min_bucket_reso_below_the_step_is_refused_not_rounded_to_zero():
+    with pytest.raises(
+        UserError, match=r"^--min_bucket_reso 64 is smaller than --bucket_reso_steps 128; set it to 128"
+    ):
+        adjust_bucket_limits((512, 512), 64, 1024, 128)
+
+
 def test_resolution_outside_bucket_limits_names_the_flags():
     with pytest.raises(UserError, match="--min_bucket_reso 768"):
         adjust_bucket_limits((512, 512), 768, 1024, 64)
-
-
-def test_no_upscale_extreme_aspect_does_not_divide_by_zero():
-    # 96x64 into a 64x64 area with 64-px steps: the height rounds to 0 steps; the bucket's zero side is
-    # then reported by the plan as "smaller than --bucket_reso_steps", not a ZeroDivisionError.
-    from loracraft.data.buckets import select_bucket_no_upscale
-
-    choice = select_bucket_no_upscale(96, 64, 64 * 64, 64)
-    assert 0 in choice.bucket

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from loracraft.config.dataset_options import DatasetOptions
 from loracraft.data.balance import balance_reg_repeats
 from loracraft.data.metadata import (
     bucket_info,
@@ -13,7 +14,6 @@ from loracraft.data.metadata import (
     tag_frequency,
 )
 from loracraft.data.plan import (
-    BucketSettings,
     DatasetSpec,
     build_epoch_plan,
     build_run_plan,
@@ -37,7 +37,9 @@ def subset(
 
 
 def plan_for(subsets, **kwargs):
-    defaults = dict(resolution=(512, 512), batch_size=1, seed=42, max_train_epochs=1, max_train_steps=None)
+    defaults = dict(
+        resolution=(512, 512), train_batch_size=1, seed=42, max_train_epochs=1, max_train_steps=None
+    )
     return build_epoch_plan(subsets, **{**defaults, **kwargs})
 
 
@@ -79,7 +81,7 @@ def test_step_formula(batches, accum, processes, epochs, steps, expected):
 def test_guide_example_20_images_x10_with_300_reg():
     train = subset("10_sks dog", [(512, 512)] * 20, repeats=10)
     reg = subset("1_dog", [(512, 512)] * 300, repeats=1, is_reg=True)
-    plan = plan_for([train, reg], batch_size=2, max_train_epochs=10)
+    plan = plan_for([train, reg], train_batch_size=2, max_train_epochs=10)
     assert (plan.num_train_samples, plan.num_reg_samples, plan.num_reg_images) == (200, 200, 300)
     assert plan.unused_reg_images == 100
     assert plan.batches_per_epoch == 200
@@ -101,7 +103,7 @@ def test_guide_example_20_images_x10_with_300_reg():
 def test_reg_images_double_the_steps():
     train = subset("5_sks", [(512, 512)] * 8, repeats=5)
     reg = subset("1_person", [(512, 512)] * 10, repeats=1, is_reg=True)
-    alone, with_reg = plan_for([train], batch_size=4), plan_for([train, reg], batch_size=4)
+    alone, with_reg = plan_for([train], train_batch_size=4), plan_for([train, reg], train_batch_size=4)
     assert (alone.batches_per_epoch, with_reg.batches_per_epoch) == (10, 20)
     # 10 reg images must fill 40 samples: 4 repeats each.
     assert [image.repeats for image in with_reg.images if image.record.is_reg] == [4] * 10
@@ -110,7 +112,10 @@ def test_reg_images_double_the_steps():
 def test_several_buckets_round_up_separately_then_accumulate():
     sizes = [(512, 512)] * 3 + [(1000, 600)] * 2 + [(600, 1000)]
     plan = plan_for(
-        [subset("1_mix", sizes, repeats=1)], batch_size=2, enable_bucket=True, gradient_accumulation_steps=3
+        [subset("1_mix", sizes, repeats=1)],
+        train_batch_size=2,
+        enable_bucket=True,
+        gradient_accumulation_steps=3,
     )
     assert plan.buckets == ((384, 640), (512, 512), (640, 384))
     assert [len(samples) for samples in plan.bucket_samples] == [1, 3, 2]
@@ -122,7 +127,10 @@ def test_several_buckets_round_up_separately_then_accumulate():
 
 def test_steps_given_derive_epochs_and_say_so():
     plan = plan_for(
-        [subset("3_a", [(512, 512)] * 10, repeats=3)], batch_size=4, max_train_epochs=None, max_train_steps=20
+        [subset("3_a", [(512, 512)] * 10, repeats=3)],
+        train_batch_size=4,
+        max_train_epochs=None,
+        max_train_steps=20,
     )
     assert (plan.batches_per_epoch, plan.steps.num_epochs, plan.steps.max_train_steps) == (8, 3, 20)
     assert "max_train_steps 20 / 8 per epoch = 3 epochs (the last one stops after 4 steps)" in format_plan(
@@ -132,7 +140,7 @@ def test_steps_given_derive_epochs_and_say_so():
 
 def test_epoch_batches_are_deterministic_single_bucket_and_complete():
     sizes = [(512, 512)] * 5 + [(1000, 600)] * 4 + [(600, 1000)] * 3
-    plan = plan_for([subset("3_mix", sizes, repeats=3)], batch_size=4, enable_bucket=True)
+    plan = plan_for([subset("3_mix", sizes, repeats=3)], train_batch_size=4, enable_bucket=True)
     first = epoch_batches(plan, 0)
     assert first == epoch_batches(plan, 0)
     assert first != epoch_batches(plan, 1)
@@ -145,8 +153,8 @@ def test_epoch_batches_are_deterministic_single_bucket_and_complete():
 
 
 def test_other_seed_other_order():
-    plan_a = plan_for([subset("4_a", [(512, 512)] * 6, repeats=4)], batch_size=2, seed=1)
-    plan_b = plan_for([subset("4_a", [(512, 512)] * 6, repeats=4)], batch_size=2, seed=2)
+    plan_a = plan_for([subset("4_a", [(512, 512)] * 6, repeats=4)], train_batch_size=2, seed=1)
+    plan_b = plan_for([subset("4_a", [(512, 512)] * 6, repeats=4)], train_batch_size=2, seed=2)
     assert epoch_batches(plan_a, 0) != epoch_batches(plan_b, 0)
 
 
@@ -155,10 +163,40 @@ def test_only_reg_folders_is_an_error():
         plan_for([subset("1_dog", [(512, 512)], repeats=1, is_reg=True)])
 
 
-def test_no_upscale_image_below_one_step_names_the_file():
-    plan_args = dict(enable_bucket=True, bucket_no_upscale=True)
-    with pytest.raises(UserError, match=r"/data/img/1_a/000.png is 40x300.*--bucket_reso_steps 64"):
-        plan_for([subset("1_a", [(40, 300)], repeats=1)], **plan_args)
+NO_UPSCALE = dict(enable_bucket=True, bucket_no_upscale=True)
+
+
+def test_no_upscale_images_below_one_step_are_refused_in_one_message_naming_each():
+    sizes = [(40, 300), (512, 512), (50, 4000)] + [(63, 63)] * 5
+    with pytest.raises(UserError) as err:
+        plan_for([subset("1_a", sizes, repeats=1)], **NO_UPSCALE)
+    assert str(err.value) == (
+        "7 image(s) are smaller than --bucket_reso_steps 64 on a side, so --bucket_no_upscale has no bucket "
+        "for them: /data/img/1_a/000.png (40x300), /data/img/1_a/002.png (50x4000), /data/img/1_a/003.png "
+        "(63x63), /data/img/1_a/004.png (63x63), /data/img/1_a/005.png (63x63) and 2 more; enlarge or remove "
+        "them, or turn off --bucket_no_upscale to have them enlarged"
+    )
+
+
+@pytest.mark.parametrize(
+    ("size", "resolution", "bucket", "note"),
+    [
+        ((96, 64), (64, 64), (64, 64), "(96x64 -> 96x64, cropped to 64x64)"),
+        ((100, 8000), (512, 512), (64, 4096), "(100x8000 -> 64x5120, cropped to 64x4096)"),
+    ],
+)
+def test_no_upscale_image_that_would_shrink_below_a_step_trains_in_the_smallest_bucket_with_a_note(
+    size, resolution, bucket, note
+):
+    plan = plan_for([subset("1_a", [size, (512, 512)], repeats=1)], resolution=resolution, **NO_UPSCALE)
+    assert plan.images[0].choice.bucket == bucket
+    assert bucket in plan.buckets
+    (warning,) = plan.warnings
+    assert warning.startswith(
+        f"1 image(s) would shrink to under --bucket_reso_steps 64 on a side to fit the area of --resolution "
+        f"{resolution[0]}x{resolution[1]} (kohya stops on them with ZeroDivisionError)"
+    )
+    assert warning.endswith(f"one step on the short side: /data/img/1_a/000.png {note}")
 
 
 def test_metadata_shapes_match_kohya():
@@ -183,9 +221,11 @@ def two_dataset_plan(**kwargs):
     reg = subset("1_dog", [(512, 512)] * 4, repeats=1, is_reg=True)
     other = subset("1_style", [(768, 768)] * 5, repeats=1)
     datasets = [
-        DatasetSpec((shared, reg), (512, 512), 2, label="x.toml [[datasets]][0]"),
+        DatasetSpec((shared, reg), DatasetOptions(train_batch_size=2), label="x.toml [[datasets]][0]"),
         DatasetSpec(
-            (shared, other), (768, 768), 3, BucketSettings(enable_bucket=True), "x.toml [[datasets]][1]"
+            (shared, other),
+            DatasetOptions(resolution=(768, 768), train_batch_size=3, enable_bucket=True),
+            "x.toml [[datasets]][1]",
         ),
     ]
     defaults = dict(seed=3, max_train_epochs=2, max_train_steps=None)
@@ -244,26 +284,27 @@ def test_reg_only_dataset_is_unused_with_a_warning_and_no_train_anywhere_is_an_e
     train = subset("1_a", [(512, 512)] * 2, repeats=1)
     reg = subset("1_dog", [(512, 512)] * 3, repeats=1, is_reg=True)
     args = dict(seed=0, max_train_epochs=1, max_train_steps=None)
-    plan = build_run_plan(
-        [DatasetSpec((train,), (512, 512), 1), DatasetSpec((reg,), (512, 512), 1, label="L")], **args
-    )
+    plan = build_run_plan([DatasetSpec((train,)), DatasetSpec((reg,), label="L")], **args)
     assert plan.num_reg_samples == 0 and plan.batches_per_epoch == 2
     assert "L: no training images, so its regularization images are unused" in plan.warnings[0]
     with pytest.raises(UserError, match="no training images: .*is_reg = true in the dataset config"):
-        build_run_plan([DatasetSpec((reg,), (512, 512), 1)], **args)
+        build_run_plan([DatasetSpec((reg,))], **args)
 
 
 def test_dataset_errors_and_warnings_name_the_dataset():
     small = subset("1_a", [(40, 300)], repeats=1)
     spec = DatasetSpec(
-        (small,), (512, 512), 1, BucketSettings(True, bucket_no_upscale=True), "x.toml [[datasets]][2]"
+        (small,), DatasetOptions(enable_bucket=True, bucket_no_upscale=True), "x.toml [[datasets]][2]"
     )
     with pytest.raises(
-        UserError, match=r"^x.toml \[\[datasets\]\]\[2\]: image /data/img/1_a/000.png is 40x300"
+        UserError,
+        match=r"^x.toml \[\[datasets\]\]\[2\]: 1 image\(s\) are smaller .*/data/img/1_a/000.png \(40x300\)",
     ):
         build_run_plan([spec], seed=0, max_train_epochs=1, max_train_steps=None)
     odd = DatasetSpec(
-        (subset("1_b", [(512, 512)], repeats=1),), (512, 512), 1, BucketSettings(True, 200), "L"
+        (subset("1_b", [(512, 512)], repeats=1),),
+        DatasetOptions(enable_bucket=True, min_bucket_reso=200),
+        "L",
     )
     plan = build_run_plan([odd], seed=0, max_train_epochs=1, max_train_steps=None)
     assert plan.warnings == ("L: --min_bucket_reso 200 rounded down to 192, a multiple of 64",)

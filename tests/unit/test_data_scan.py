@@ -1,10 +1,17 @@
+import re
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from data_helpers import make_kohya_dataset, write_test_image
-from loracraft.data.scan import parse_subset_dir_name, scan_dreambooth_dir, scan_subset_dir
+from loracraft.data.scan import (
+    find_subset_dirs,
+    parse_subset_dir_name,
+    scan_dreambooth_dir,
+    scan_dreambooth_root,
+    scan_subset_dir,
+)
 from loracraft.errors import UserError
 
 
@@ -71,12 +78,12 @@ def test_caption_file_rules(tmp_path):
         write_test_image(folder / name, (64, 64), seed=0)
     (folder / "a.txt").write_text("\ufefffirst line, tags  \n\n second line \n", encoding="utf-8")
     (folder / "b.txt").write_text("  \n", encoding="utf-8")
-    subset, warnings = scan_subset_dir(
+    scan = scan_subset_dir(
         folder, num_repeats=3, class_tokens="my_char", is_reg=False, caption_extension=".txt"
     )
     # Every non-empty line is kept: training takes the first, or a random one with --enable_wildcard.
-    assert [r.caption for r in subset.records] == ["first line, tags\nsecond line", "my_char", "my_char"]
-    assert any("1 of 3 caption files are empty" in w for w in warnings)
+    assert [r.caption for r in scan.subset.records] == ["first line, tags\nsecond line", "my_char", "my_char"]
+    assert any("1 of 3 caption files are empty" in w for w in scan.warnings)
 
 
 def test_non_utf8_caption_is_read_with_a_fallback_and_named(tmp_path):
@@ -128,10 +135,10 @@ def test_exif_rotated_jpeg_reports_the_displayed_size(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6  # stored landscape, displayed portrait
     Image.new("RGB", (96, 64), "red").save(folder / "photo.jpg", exif=exif)
-    subset, _ = scan_subset_dir(
+    scan = scan_subset_dir(
         folder, num_repeats=1, class_tokens="phone", is_reg=False, caption_extension=".txt"
     )
-    assert (subset.records[0].width, subset.records[0].height) == (64, 96)
+    assert (scan.subset.records[0].width, scan.subset.records[0].height) == (64, 96)
 
 
 @pytest.mark.parametrize(("is_reg", "flag"), [(False, "--train_data_dir"), (True, "--reg_data_dir")])
@@ -153,8 +160,41 @@ def test_no_images_names_the_folder_and_the_layout(tmp_path):
 @pytest.mark.parametrize("content", [b"", b"this is not a png at all", b"\x89PNG\r\n\x1a\n\x00\x00"])
 def test_corrupt_or_empty_image_is_listed_and_nothing_is_written(tmp_path, content):
     tree = make_kohya_dataset(tmp_path, reg_count=0)
-    (tree.concept_dir / "broken.png").write_bytes(content)
+    broken = tree.concept_dir / "broken.png"
+    broken.write_bytes(content)
     before = files_under(tmp_path)
-    with pytest.raises(UserError, match=r"1 unreadable image\(s\) in .*2_sks toy: broken.png; re-save"):
+    with pytest.raises(
+        UserError, match=rf"^1 image\(s\) cannot be decoded: {re.escape(str(broken))} \(.*--skip_bad_images"
+    ):
         scan_dreambooth_dir(tree.train_dir, is_reg=False, caption_extension=".txt")
     assert files_under(tmp_path) == before
+
+
+def test_root_scan_returns_the_unreadable_images_of_every_folder(tmp_path):
+    tree = make_kohya_dataset(tmp_path, reg_count=0)
+    other = tree.train_dir / "1_other"
+    other.mkdir()
+    (other / "only.png").write_bytes(b"")
+    (tree.concept_dir / "broken.jpg").write_bytes(b"not a jpeg")
+    result = scan_dreambooth_root(tree.train_dir, is_reg=False, caption_extension=".txt")
+    assert [item.path for item in result.bad] == [other / "only.png", tree.concept_dir / "broken.jpg"]
+    assert [s.name for s in result.subsets] == ["2_sks toy"]  # 1_other has no readable image
+    assert not any("1_other" in w for w in result.warnings)
+
+
+def test_a_root_whose_only_images_are_unreadable_leaves_the_refusal_to_the_caller(tmp_path):
+    folder = tmp_path / "img" / "1_x"
+    folder.mkdir(parents=True)
+    (folder / "a.png").write_bytes(b"")
+    result = scan_dreambooth_root(tmp_path / "img", is_reg=False, caption_extension=".txt")
+    assert (result.subsets, [item.path for item in result.bad]) == ((), [folder / "a.png"])
+
+
+def test_subset_dirs_sort_the_root(tmp_path):
+    for name in ("2_b", "1_a", "dog", ".cache"):
+        (tmp_path / name).mkdir()
+    write_test_image(tmp_path / "loose.png", (8, 8), seed=0)
+    (tmp_path / "notes.txt").write_text("x")
+    dirs = find_subset_dirs(tmp_path)
+    assert dirs.folders == ((tmp_path / "1_a", 1, "a"), (tmp_path / "2_b", 2, "b"))
+    assert (dirs.misnamed, dirs.loose_images) == ((tmp_path / "dog",), 1)

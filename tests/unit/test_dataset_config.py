@@ -3,17 +3,12 @@ from pathlib import Path
 
 import pytest
 
-from loracraft.config.dataset_config import (
-    augment_options,
-    caption_options,
-    load_dataset_config,
-    parse_face_crop_range,
-    read_dataset_config,
-)
+from loracraft.config.dataset_config import load_dataset_config, read_dataset_config
+from loracraft.config.dataset_options import DatasetOptions
+from loracraft.config.fields import options_of
+from loracraft.config.load import build_config
 from loracraft.config.schema import TrainConfig
-from loracraft.data.augment import AugmentOptions
-from loracraft.data.captions import CaptionOptions
-from loracraft.data.plan import BucketSettings
+from loracraft.config.subset_options import SubsetOptions, parse_face_crop_range
 from loracraft.errors import UserError
 
 # kohya's README example, trimmed to DreamBooth subsets.
@@ -77,14 +72,15 @@ def one_subset(body: str = "", subset: str = "", general: str = "") -> str:
 
 def test_kohya_example_resolves_with_precedence(tmp_path):
     first, second = load(tmp_path, KOHYA_EXAMPLE, caption_extension=".caption", flip_aug=True)
-    assert (first.resolution, first.batch_size, second.resolution, second.batch_size) == (
-        (512, 512), 4, (768, 640), 2
+    assert (first.options.resolution, first.options.train_batch_size) == ((512, 512), 4)
+    assert (second.options.resolution, second.options.train_batch_size) == (
+        (768, 640), 2
     )  # fmt: skip
     hoge, fuga, reg = first.subsets
-    assert [s.captions.keep_tokens for s in (hoge, fuga, reg)] == [2, 3, 1]  # dataset, subset, subset
-    assert second.subsets[0].captions.keep_tokens == 1  # [general]
-    assert all(s.caption_extension == ".txt" for s in (hoge, fuga, reg))  # [general] beats the flag
-    assert hoge.captions.shuffle_caption and hoge.augment.flip_aug  # [general]; the flag
+    assert [s.options.keep_tokens for s in (hoge, fuga, reg)] == [2, 3, 1]  # dataset, subset, subset
+    assert second.subsets[0].options.keep_tokens == 1  # [general]
+    assert all(s.options.caption_extension == ".txt" for s in (hoge, fuga, reg))  # [general] beats the flag
+    assert hoge.options.shuffle_caption and hoge.options.flip_aug  # [general]; the flag
     assert (hoge.class_tokens, hoge.num_repeats, hoge.is_reg) == ("hoge girl", 1, False)  # kohya defaults
     assert (reg.is_reg, reg.image_dir) == (True, Path("reg"))
     assert (second.subsets[0].num_repeats, second.subsets[0].class_tokens) == (5, None)
@@ -105,14 +101,15 @@ def test_kohya_example_resolves_with_precedence(tmp_path):
 def test_precedence_subset_dataset_general_flag(tmp_path, general, dataset, subset, expected):
     (blueprint,) = load(tmp_path, one_subset(dataset, subset, general), caption_dropout_rate=0.05)
     flag_only = not (general or dataset or subset)
-    assert blueprint.subsets[0].captions.caption_dropout_rate == (0.05 if flag_only else expected)
+    assert blueprint.subsets[0].options.caption_dropout_rate == (0.05 if flag_only else expected)
 
 
 def test_dataset_keys_fall_back_to_flags(tmp_path):
     flags = dict(resolution="640,512", train_batch_size=3, enable_bucket=False, min_bucket_reso=320)
     (blueprint,) = load(tmp_path, one_subset(), **flags)
-    assert (blueprint.resolution, blueprint.batch_size) == ((640, 512), 3)
-    assert blueprint.buckets == BucketSettings(False, 320, 1024, 64, True)
+    assert blueprint.options == DatasetOptions(
+        resolution=(640, 512), train_batch_size=3, enable_bucket=False, min_bucket_reso=320
+    )
 
 
 @pytest.mark.parametrize(
@@ -120,30 +117,49 @@ def test_dataset_keys_fall_back_to_flags(tmp_path):
 )
 def test_resolution_spellings(tmp_path, value, expected):
     (blueprint,) = load(tmp_path, one_subset(f"resolution = {value}"))
-    assert blueprint.resolution == expected
+    assert blueprint.options.resolution == expected
 
 
 def test_flags_alone_give_the_plain_folder_options():
     config = TrainConfig(shuffle_caption=True, keep_tokens=2, caption_prefix="photo", flip_aug=True,
                          face_crop_aug_range="2.0,4.0", alpha_mask=True, cache_latents=False)  # fmt: skip
-    assert caption_options((), config) == CaptionOptions(
-        shuffle_caption=True, keep_tokens=2, caption_prefix="photo"
-    )
-    assert augment_options((), config) == AugmentOptions(
-        flip_aug=True, face_crop_aug_range=(2.0, 4.0), alpha_mask=True
-    )
+    assert options_of(SubsetOptions, config) == SubsetOptions(
+        shuffle_caption=True, keep_tokens=2, caption_prefix="photo", flip_aug=True,
+        face_crop_aug_range=(2.0, 4.0), alpha_mask=True,
+    )  # fmt: skip
 
 
 def test_subset_face_crop_range_and_alpha_mask(tmp_path):
-    (blueprint,) = load(tmp_path, one_subset(subset="face_crop_aug_range = [1.5, 3]\nalpha_mask = true"))
-    assert blueprint.subsets[0].augment == AugmentOptions(face_crop_aug_range=(1.5, 3.0), alpha_mask=True)
+    text = one_subset(subset="face_crop_aug_range = [1.5, 3]\nalpha_mask = true")
+    (blueprint,) = load(tmp_path, text, cache_latents=False)
+    assert blueprint.subsets[0].options == SubsetOptions(face_crop_aug_range=(1.5, 3.0), alpha_mask=True)
+
+
+@pytest.mark.parametrize(
+    ("key", "flags", "message"),
+    [
+        ("color_aug = true", {"cache_latents": True}, "color_aug changes the pixels every epoch, so latents cannot be cached: "
+         "drop color_aug or set --cache_latents false"),
+        ("random_crop = true", {"cache_latents": True}, "random_crop changes the pixels every epoch"),
+        # The flag check once forgot face crop here, and such a subset was silently centre-cropped.
+        ("face_crop_aug_range = [2.0, 4.0]", {"cache_latents": True}, "face_crop_aug_range changes the pixels every epoch"),
+        ("shuffle_caption = true", {"cache_text_encoder_outputs": True, "network_train_unet_only": True},
+         "--cache_text_encoder_outputs needs captions that never change, but shuffle_caption changes them"),
+        ("caption_tag_dropout_rate = 0.1", {"cache_text_encoder_outputs": True, "network_train_unet_only": True},
+         "--cache_text_encoder_outputs needs captions that never change, but caption_tag_dropout_rate"),
+    ],
+)  # fmt: skip
+def test_cache_rules_apply_to_every_subset(tmp_path, key, flags, message):
+    """The flags' cache rules, in the subset's own words: one rule serves both."""
+    expected = f"{tmp_path / 'x.toml'} [[datasets]][0].subsets[0]: {message}"
+    assert error_of(tmp_path, one_subset(subset=key), **flags).startswith(expected)
 
 
 def test_json_dataset_config(tmp_path):
     data = {"datasets": [{"batch_size": 2, "subsets": [{"image_dir": "a", "num_repeats": 3}]}]}
     path = write(tmp_path, json.dumps(data), "x.json")
     (blueprint,) = load_dataset_config(path, TrainConfig())
-    assert (blueprint.batch_size, blueprint.subsets[0].num_repeats) == (2, 3)
+    assert (blueprint.options.train_batch_size, blueprint.subsets[0].num_repeats) == (2, 3)
 
 
 @pytest.mark.parametrize(
@@ -196,7 +212,7 @@ def test_unknown_and_misplaced_keys_name_the_table(tmp_path, text, expected):
         (one_subset(subset="num_repeats = 'ten'"), "[[datasets]][0].subsets[0]: num_repeats: Input should be a valid integer"),
         (one_subset("batch_size = 0"), "[[datasets]][0]: batch_size: Input should be greater than or equal to 1 (got 0)"),
         (one_subset(general="caption_dropout_rate = 1.5"), "[general]: caption_dropout_rate: Input should be less than or equal to 1 (got 1.5)"),
-        (one_subset("resolution = 500"), "[[datasets]][0]: resolution: resolution sides must be multiples of 8, got 500,500"),
+        (one_subset("resolution = 500"), "[[datasets]][0]: resolution sides must be multiples of 8, got 500,500"),
         (one_subset("resolution = 'big'"), "[[datasets]][0]: resolution: resolution 'big' is not 'SIZE' or 'WIDTH,HEIGHT'"),
         (one_subset("bucket_reso_steps = 0"), "[[datasets]][0]: bucket_reso_steps: Input should be greater than or equal to 64 (got 0)"),
         (one_subset(subset="zzz = 1"), "[[datasets]][0].subsets[0]: unknown key 'zzz'"),
@@ -257,4 +273,4 @@ def test_bad_face_crop_flag_is_a_user_error():
     with pytest.raises(
         UserError, match=r"^--face_crop_aug_range: face_crop_aug_range 'wide' is not 'LOW,HIGH'"
     ):
-        augment_options((), TrainConfig(face_crop_aug_range="wide", cache_latents=False))
+        build_config({}, {"face_crop_aug_range": "wide", "cache_latents": False})

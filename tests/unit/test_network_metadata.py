@@ -8,33 +8,43 @@ from pathlib import Path
 
 import pytest
 
+from loracraft.config.schema import TrainConfig
 from loracraft.networks import metadata as metadata_module
-from loracraft.networks.metadata import LoRARunInfo, ModelSource, kohya_metadata
+from loracraft.networks.metadata import ModelSource, RunSummary, kohya_metadata
 
 STARTED = 1_700_000_000.25
 FINISHED = 1_700_000_600.5
+SETTINGS = dict(
+    output_name="mychar",
+    learning_rate=1e-4,
+    unet_lr=1e-4,
+    text_encoder_lr=None,
+    network_dim=32,
+    network_alpha=16.0,
+    resolution=(512, 512),
+    train_batch_size=2,
+    optimizer_args=["weight_decay=0.01"],
+    enable_bucket=True,
+    clip_skip=None,
+)
 
 
-def run_info(**changes) -> LoRARunInfo:
-    info = LoRARunInfo(
+def config(**changes) -> TrainConfig:
+    return TrainConfig(**{**SETTINGS, **changes})
+
+
+def run_info(**changes) -> RunSummary:
+    info = RunSummary(
         session_id=123456,
         training_started_at=STARTED,
-        output_name="mychar",
-        learning_rate=1e-4,
         num_train_images=200,
         num_reg_images=0,
         num_batches_per_epoch=100,
         num_epochs=10,
         max_train_steps=1000,
-        network_dim=32,
-        network_alpha=16.0,
         seed=42,
-        resolution=(512, 512),
-        batch_size_per_device=2,
         total_batch_size=2,
         optimizer="torch.optim.adamw.AdamW(weight_decay=0.01)",
-        unet_lr=1e-4,
-        enable_bucket=True,
         dataset_dirs={"10_mychar": {"n_repeats": 10, "img_count": 20}},
         tag_frequency={"10_mychar": {"mychar": 20, "smile": 3}},
         bucket_info={"buckets": {"0": {"resolution": [512, 512], "count": 200}}, "mean_img_ar_error": 0.0},
@@ -46,7 +56,7 @@ def run_info(**changes) -> LoRARunInfo:
 
 
 def test_values_are_kohya_spellings() -> None:
-    metadata = kohya_metadata(run_info())
+    metadata = kohya_metadata(config(), run_info())
     assert all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())
     expected = {
         "ss_session_id": "123456",
@@ -86,7 +96,7 @@ def test_values_are_kohya_spellings() -> None:
 
 
 def test_json_fields_parse() -> None:
-    metadata = kohya_metadata(run_info(network_args={"conv_dim": "8"}))
+    metadata = kohya_metadata(config(), run_info(network_args={"conv_dim": "8"}))
     assert json.loads(metadata["ss_dataset_dirs"]) == {"10_mychar": {"n_repeats": 10, "img_count": 20}}
     assert json.loads(metadata["ss_reg_dataset_dirs"]) == {}
     assert json.loads(metadata["ss_tag_frequency"])["10_mychar"]["smile"] == 3
@@ -95,7 +105,7 @@ def test_json_fields_parse() -> None:
 
 
 def test_no_metadata_keeps_minimum_and_modelspec() -> None:
-    metadata = kohya_metadata(run_info(network_args={"conv_dim": "8"}), no_metadata=True)
+    metadata = kohya_metadata(config(no_metadata=True), run_info(network_args={"conv_dim": "8"}))
     ss_keys = {key for key in metadata if key.startswith("ss_")}
     assert ss_keys == {
         "ss_v2",
@@ -109,7 +119,7 @@ def test_no_metadata_keeps_minimum_and_modelspec() -> None:
 
 
 def test_before_first_save_there_are_no_save_time_keys() -> None:
-    metadata = kohya_metadata(run_info(training_finished_at=None))
+    metadata = kohya_metadata(config(), run_info(training_finished_at=None))
     assert not {"ss_training_finished_at", "ss_steps", "ss_epoch"} & metadata.keys()
     assert metadata["modelspec.date"] == datetime.datetime.fromtimestamp(int(STARTED)).isoformat()
 
@@ -123,29 +133,18 @@ def test_before_first_save_there_are_no_save_time_keys() -> None:
     ],
 )
 def test_model_version(v2: bool, v_pred: bool, version: str, architecture: str, prediction: str) -> None:
-    metadata = kohya_metadata(run_info(v2=v2, v_parameterization=v_pred))
+    metadata = kohya_metadata(config(), run_info(v2=v2, v_parameterization=v_pred))
     assert metadata["ss_v2"] == str(v2)
     assert metadata["ss_base_model_version"] == version
     assert metadata["modelspec.architecture"] == architecture
     assert metadata["modelspec.prediction_type"] == prediction
 
 
-def test_optional_modelspec_fields() -> None:
-    info = run_info(
-        clip_skip=2,
-        metadata_title="My Char",
-        metadata_author="me",
-        metadata_tags="character",
-        max_timestep=900,
-        resolution=(768, 512),
-    )
-    metadata = kohya_metadata(info)
+def test_settings_shape_modelspec() -> None:
+    metadata = kohya_metadata(config(clip_skip=2, resolution=(768, 512)), run_info())
     assert metadata["ss_clip_skip"] == "2"
     assert metadata["modelspec.encoder_layer"] == "2"
-    assert metadata["modelspec.title"] == "My Char"
-    assert metadata["modelspec.author"] == "me"
-    assert metadata["modelspec.tags"] == "character"
-    assert metadata["modelspec.timestep_range"] == "0,900"
+    assert metadata["modelspec.title"] == "mychar"
     assert metadata["modelspec.resolution"] == "768x512"
     assert metadata["ss_resolution"] == "(768, 512)"
 
@@ -156,7 +155,7 @@ def test_base_model_file_and_vae_hashes(tmp_path: Path) -> None:
     model.write_bytes(content)
     vae = tmp_path / "vae.pt"
     vae.write_bytes(b"vae")
-    metadata = kohya_metadata(run_info(sd_model=ModelSource(str(model)), vae=ModelSource(str(vae))))
+    metadata = kohya_metadata(config(), run_info(sd_model=ModelSource(str(model)), vae=ModelSource(str(vae))))
     assert metadata["ss_sd_model_name"] == "base.safetensors"
     assert metadata["ss_sd_model_hash"] == hashlib.sha256(content[0x100000:0x110000]).hexdigest()[:8]
     assert metadata["ss_new_sd_model_hash"] == hashlib.sha256(content).hexdigest()
@@ -169,7 +168,7 @@ def test_folders_and_hub_ids_are_named_without_hashes(tmp_path: Path) -> None:
     folder = tmp_path / "my-diffusers-model"
     folder.mkdir()
     for source, name in ((str(folder) + "/", "my-diffusers-model"), ("runwayml/stable-diffusion-v1-5", None)):
-        metadata = kohya_metadata(run_info(sd_model=ModelSource(source)))
+        metadata = kohya_metadata(config(), run_info(sd_model=ModelSource(source)))
         assert metadata["ss_sd_model_name"] == (name or source)
         assert "ss_sd_model_hash" not in metadata and "ss_new_sd_model_hash" not in metadata
 
@@ -181,7 +180,9 @@ def test_base_model_hashes_are_computed_once(tmp_path: Path, monkeypatch: pytest
     real = metadata_module.file_sha256
     monkeypatch.setattr(metadata_module, "file_sha256", lambda path: calls.append(path) or real(path))
     info = run_info(sd_model=ModelSource(str(model)))
-    kohya_metadata(info)
-    kohya_metadata(dataclasses.replace(info, steps=2000, epoch=20, training_finished_at=FINISHED + 1))
+    kohya_metadata(config(), info)
+    kohya_metadata(
+        config(), dataclasses.replace(info, steps=2000, epoch=20, training_finished_at=FINISHED + 1)
+    )
     assert len(calls) == 1
-    assert kohya_metadata(info, no_metadata=True).keys().isdisjoint({"ss_sd_model_hash"})
+    assert kohya_metadata(config(no_metadata=True), info).keys().isdisjoint({"ss_sd_model_hash"})

@@ -95,9 +95,10 @@ def test_names_are_in_kohya_reference_list(unet: UNet2DConditionModel, text_enco
 
 def test_text_encoder_names_do_not_depend_on_text_model_nesting(text_encoder: CLIPTextModel) -> None:
     # transformers 4.x nests the encoder under `text_model.`, 5.x does not: the file names must not change.
+    flat = getattr(text_encoder, "text_model", text_encoder)  # 4.x: the nested part; 5.x: the model
     nested = nn.Module()
-    nested.text_model = text_encoder
-    flat_targets = text_encoder_targets(text_encoder)
+    nested.text_model = flat
+    flat_targets = text_encoder_targets(flat)
     nested_targets = text_encoder_targets(nested)
     assert [t.name for t in nested_targets] == [t.name for t in flat_targets]
     assert nested_targets[0].path.startswith("text_model.encoder.layers.0.")

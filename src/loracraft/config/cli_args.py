@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic.fields import FieldInfo
 
+from loracraft.config.fields import GROUPS, FlagInfo, flag_infos
 from loracraft.config.schema import TrainConfig
 from loracraft.config.suggest import did_you_mean
 from loracraft.config.values import parse_bool
@@ -33,21 +34,28 @@ def _is_list(info: FieldInfo) -> bool:
     return origin is list
 
 
-def _default_text(info: FieldInfo) -> str:
-    default = info.default
-    if default is None or default == []:
-        return ""
-    if isinstance(default, tuple):
-        default = ",".join(str(v) for v in default)
-    return f" [default: {default}]"
+def _shown(value: Any) -> str:
+    return ",".join(str(v) for v in value) if isinstance(value, tuple) else str(value)
 
 
-def _choices(info: FieldInfo) -> list[str] | None:
+def _default_text(info: FieldInfo, declared: FlagInfo) -> str:
+    """' [default: X; kohya_ss GUI: Y]': sd-scripts' default, and the GUI's where it differs."""
+    parts = []
+    if info.default is not None and info.default != []:
+        parts.append(f"default: {_shown(info.default)}")
+    if declared.has_gui_default:
+        parts.append(f"kohya_ss GUI: {_shown(declared.gui_default)}")
+    return f" [{'; '.join(parts)}]" if parts else ""
+
+
+def _choices(info: FieldInfo) -> tuple | None:
+    """The values of a Literal field (an optional one too: empty means its default)."""
     annotation = info.annotation
     if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-        return None
+        options = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+        annotation = options[0] if len(options) == 1 else None
     if typing.get_origin(annotation) is typing.Literal:
-        return [str(v) for v in typing.get_args(annotation)]
+        return typing.get_args(annotation)
     return None
 
 
@@ -58,12 +66,11 @@ def _int_or_text(text: str) -> int | str:
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field, in the field's group, documented by its description."""
-    groups: dict[str, argparse._ArgumentGroup] = {}
+    declared = flag_infos(TrainConfig)
+    groups = {name: parser.add_argument_group(name) for name in GROUPS}
     for name, info in FIELDS.items():
-        group_name = (info.json_schema_extra or {}).get("group", "Other")
-        group = groups.get(group_name) or parser.add_argument_group(group_name)
-        groups[group_name] = group
-        help_text = ((info.description or "") + _default_text(info)).replace("%", "%%")
+        group = groups[declared[name].group]
+        help_text = ((info.description or "") + _default_text(info, declared[name])).replace("%", "%%")
         kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": help_text}
         if _is_bool(info):
             # `--flag` means true (kohya's store_true); `--flag false` turns off an on-by-default option.
@@ -72,8 +79,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             kwargs.update(nargs="*", metavar="KEY=VALUE")
         else:
             choices = _choices(info)
-            kwargs.update(metavar="{" + ",".join(choices) + "}" if choices else name.upper())
-            if choices and all(isinstance(v, int) for v in typing.get_args(info.annotation)):
+            kwargs.update(metavar="{" + ",".join(map(str, choices)) + "}" if choices else name.upper())
+            if choices and all(isinstance(v, int) for v in choices):
                 kwargs.update(type=_int_or_text)
         group.add_argument(f"--{name}", **kwargs)
 

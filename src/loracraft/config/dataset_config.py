@@ -4,9 +4,12 @@
     [[datasets]]              resolution, batch_size, bucket keys (+ subset keys for its subsets)
       [[datasets.subsets]]    image_dir (required), num_repeats, is_reg, caption and augmentation keys
 
+The tables are derived from the settings' declarations: a `DatasetOptions` field is a dataset key, a
+`SubsetOptions` field a subset key (both under their `toml_key`), each with the field's type and checks.
 A value is looked up in the subset, then its dataset, then `[general]`, then the command-line flags
-(TrainConfig, which carries the schema defaults), then kohya's defaults for keys that have no flag. Every
-table rejects unknown keys, and every error is one line naming the file, the table and the key, e.g.
+(TrainConfig, which carries the schema defaults); the keys that exist only in TOML (`image_dir`,
+`num_repeats`, `class_tokens`, `is_reg`) have kohya's defaults. The resolved options then pass the same
+rules as the flags. Every error is one line naming the file, the table and the key, e.g.
 `x.toml [[datasets]][0].subsets[1]: unknown key 'num_repeat' (did you mean num_repeats?)`.
 
 Relative `image_dir` paths are read from the current folder, as kohya does.
@@ -14,22 +17,20 @@ Relative `image_dir` paths are read from the current folder, as kohya does.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
+from loracraft.config.dataset_options import DatasetOptions
+from loracraft.config.fields import flag_infos
 from loracraft.config.files import read_table_file
+from loracraft.config.rules import RuleViolation, run_conflict_with_subset
 from loracraft.config.schema import TrainConfig
+from loracraft.config.subset_options import SubsetOptions
 from loracraft.config.suggest import did_you_mean
-from loracraft.config.values import parse_resolution
-from loracraft.data.augment import AugmentOptions
-from loracraft.data.buckets import Size
-from loracraft.data.captions import CaptionOptions
-from loracraft.data.plan import BucketSettings
 from loracraft.errors import UserError
 
 # kohya keys loracraft does not implement: named as such instead of "unknown", so a kohya user knows why.
@@ -37,80 +38,45 @@ UNSUPPORTED_KOHYA_KEYS = frozenset({
     "metadata_file", "conditioning_data_dir", "cache_info", "custom_attributes", "validation_split",
     "validation_seed", "network_multiplier", "resize_interpolation", "token_warmup_min", "token_warmup_step",
 })  # fmt: skip
-# Settings kohya takes only on the command line: a user who puts them in the TOML is told where they go.
-FLAG_ONLY_KEYS = frozenset({"prior_loss_weight", "max_token_length", "debug_dataset", "train_batch_size"})
-# TOML key -> TrainConfig field, where kohya's flag has another name.
-FLAG_FOR_KEY = {"batch_size": "train_batch_size"}
-# Keys without a flag: kohya's dataclass defaults.
-KEY_DEFAULTS: dict[str, Any] = {"num_repeats": 1, "class_tokens": None, "is_reg": False}
-
-
-def _optional_resolution(value: Any) -> Any:
-    return None if value is None else parse_resolution(value)
-
-
-def parse_face_crop_range(value: Any) -> tuple[float, float] | None:
-    """`"2.0,4.0"` (the flag) or `[2.0, 4.0]` (TOML) -> (2.0, 4.0); lo must be positive and <= hi."""
-    if value is None or value == "":
-        return None
-    parts = value.split(",") if isinstance(value, str) else list(value)
-    try:
-        low, high = (float(part) for part in parts)
-    except (TypeError, ValueError):
-        raise ValueError(f"face_crop_aug_range {value!r} is not 'LOW,HIGH', e.g. 2.0,4.0") from None
-    if not 0 < low <= high:
-        raise ValueError(f"face_crop_aug_range needs 0 < LOW <= HIGH, got {low},{high}")
-    return low, high
-
-
-Resolution = Annotated[tuple[int, int] | None, BeforeValidator(_optional_resolution)]
-FaceCropRange = Annotated[tuple[float, float] | None, BeforeValidator(parse_face_crop_range)]
 
 
 class _Table(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class SubsetKeys(_Table):
-    """Keys a subset may set and `[general]` or its dataset may set for it (kohya's ascendable keys)."""
+class FolderKeys(_Table):
+    """Subset keys that exist only in a dataset TOML (a plain folder gets them from its name)."""
 
-    num_repeats: int | None = Field(None, ge=1)
+    num_repeats: int = Field(1, ge=1)
     class_tokens: str | None = None
-    caption_extension: str | None = None
-    shuffle_caption: bool | None = None
-    keep_tokens: int | None = Field(None, ge=0)
-    keep_tokens_separator: str | None = None
-    caption_separator: str | None = Field(None, min_length=1)
-    secondary_separator: str | None = None
-    caption_prefix: str | None = None
-    caption_suffix: str | None = None
-    caption_dropout_rate: float | None = Field(None, ge=0, le=1)
-    caption_dropout_every_n_epochs: int | None = Field(None, ge=0)
-    caption_tag_dropout_rate: float | None = Field(None, ge=0, le=1)
-    enable_wildcard: bool | None = None
-    flip_aug: bool | None = None
-    color_aug: bool | None = None
-    random_crop: bool | None = None
-    face_crop_aug_range: FaceCropRange = None
 
 
-class DatasetKeys(_Table):
-    """Keys a dataset may set and `[general]` may set for every dataset."""
+def _table_keys(options: type[BaseModel]) -> dict[str, str]:
+    """field -> TOML key of an options class."""
+    return {name: info.toml_key for name, info in flag_infos(options).items()}
 
-    resolution: Resolution = None
-    batch_size: int | None = Field(None, ge=1)
-    enable_bucket: bool | None = None
-    min_bucket_reso: int | None = Field(None, ge=64)
-    max_bucket_reso: int | None = Field(None, ge=64)
-    bucket_reso_steps: int | None = Field(None, ge=64, multiple_of=64)
-    bucket_no_upscale: bool | None = None
 
-    @field_validator("resolution")
-    @classmethod
-    def _multiple_of_eight(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
-        if value is not None and any(side % 8 for side in value):
-            raise ValueError(f"resolution sides must be multiples of 8, got {value[0]},{value[1]}")
-        return value
+SUBSET_KEYS = _table_keys(SubsetOptions)
+DATASET_KEYS = _table_keys(DatasetOptions)
+# In a table's messages, its keys are named bare and every other setting as a flag.
+TABLE_KEYS = {**SUBSET_KEYS, **DATASET_KEYS}
+
+
+def _optional_keys(*models: type[BaseModel]) -> dict[str, Any]:
+    """The fields of `models` as optional table keys (None = not set here) with the fields' checks."""
+    keys: dict[str, Any] = {}
+    for model in models:
+        for name, field in model.model_fields.items():
+            annotation = (
+                Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
+            )
+            key = TABLE_KEYS.get(name, name)
+            keys[key] = (annotation | None, Field(None, description=field.description))
+    return keys
+
+
+SubsetKeys = create_model("SubsetKeys", __base__=_Table, **_optional_keys(SubsetOptions, FolderKeys))
+DatasetKeys = create_model("DatasetKeys", __base__=_Table, **_optional_keys(DatasetOptions))
 
 
 class GeneralTable(DatasetKeys, SubsetKeys):
@@ -121,8 +87,7 @@ class SubsetTable(SubsetKeys):
     """`[[datasets.subsets]]`: one image folder."""
 
     image_dir: str = Field(min_length=1)
-    is_reg: bool | None = None
-    alpha_mask: bool | None = None
+    is_reg: bool = False
 
 
 class DatasetTable(DatasetKeys, SubsetKeys):
@@ -144,9 +109,7 @@ class SubsetBlueprint:
     num_repeats: int
     is_reg: bool
     class_tokens: str | None
-    caption_extension: str
-    captions: CaptionOptions
-    augment: AugmentOptions
+    options: SubsetOptions
     label: str
 
 
@@ -155,9 +118,7 @@ class DatasetBlueprint:
     """A dataset with every value resolved; `label` names it in messages (`x.toml [[datasets]][0]`)."""
 
     subsets: tuple[SubsetBlueprint, ...]
-    resolution: Size
-    batch_size: int
-    buckets: BucketSettings
+    options: DatasetOptions
     label: str
 
 
@@ -183,22 +144,34 @@ def _table_model(table: str) -> type[_Table]:
     return DatasetTable if table else DatasetConfigFile
 
 
+def _flag_only_hint(key: str) -> str:
+    table_key = TABLE_KEYS.get(key)
+    if table_key is not None:  # a table setting under its flag name (train_batch_size)
+        return f"'{key}' is written '{table_key}' in a dataset TOML (or pass --{key})"
+    return f"'{key}' is a command-line setting, not a dataset key; pass --{key}"
+
+
 def _misplaced_hint(key: str) -> str | None:
     """Why a kohya key does not belong in this table, or None when it is not a kohya key at all."""
     if key in UNSUPPORTED_KOHYA_KEYS:
         return f"kohya key '{key}' is not supported by loracraft; remove it"
-    if key in FLAG_ONLY_KEYS:
-        flag = (
-            "--train_batch_size (or batch_size in [[datasets]])" if key == "train_batch_size" else f"--{key}"
-        )
-        return f"'{key}' is a command-line setting, not a dataset key; pass {flag}"
     if key in SubsetTable.model_fields and key not in SubsetKeys.model_fields:
         return f"'{key}' belongs in a [[datasets.subsets]] table"
     if key in DatasetKeys.model_fields:
         return f"'{key}' is a dataset key; put it in [[datasets]] or [general]"
+    if key in TrainConfig.model_fields:
+        return _flag_only_hint(key)
     if key == "subsets":
         return "'subsets' belong in a [[datasets]] table, written [[datasets.subsets]]"
     return None
+
+
+def _value_message(error: dict) -> str:
+    """A validation error's message; a rule's message in the table's words."""
+    cause = (error.get("ctx") or {}).get("error")
+    if isinstance(cause, RuleViolation):
+        return cause.for_table(TABLE_KEYS)
+    return error["msg"].removeprefix("Value error, ")
 
 
 def describe_error(err: ValidationError, source: str) -> str:
@@ -217,7 +190,9 @@ def describe_error(err: ValidationError, source: str) -> str:
         return f"{where}: missing image_dir; every [[datasets.subsets]] needs the folder of its images"
     if key in ("datasets", "subsets") and first["type"] in ("missing", "too_short"):
         return f"{where}: no [[datasets{'.subsets' if key == 'subsets' else ''}]] table; add one with an image_dir"
-    message = first["msg"].removeprefix("Value error, ")
+    message = _value_message(first)
+    if isinstance((first.get("ctx") or {}).get("error"), RuleViolation):
+        return f"{where}: {message}"  # a rule's message names its keys itself
     given = first.get("input")
     shown = f" (got {given!r})" if given is not None and not isinstance(given, dict | list) else ""
     path = ".".join(str(part) for part in rest)
@@ -233,58 +208,42 @@ def read_dataset_config(path: str | Path) -> DatasetConfigFile:
         raise UserError(describe_error(err, str(path))) from None
 
 
-def resolve_value(key: str, tables: Sequence[_Table], config: TrainConfig) -> Any:
-    """The first value set for `key` in `tables` (innermost first), else the flag's value, else kohya's default."""
+def _resolved(options: type[BaseModel], tables: Sequence[_Table], config: TrainConfig, label: str) -> Any:
+    """`options` with each value from the innermost table that sets it, else from the flags; checked by
+    the options' own rules, with a failure named by `label`."""
+    values = {name: getattr(config, name) for name in options.model_fields}
+    for table in reversed(tables):  # outermost first, so inner tables overwrite
+        for name in options.model_fields:
+            value = getattr(table, TABLE_KEYS[name], None)
+            if value is not None:
+                values[name] = value
+    try:
+        return options.model_validate(values)
+    except ValidationError as err:
+        raise UserError(f"{label}: {_value_message(err.errors()[0])}") from None
+
+
+def _folder_key(key: str, tables: Sequence[_Table]) -> Any:
     for table in tables:
         value = getattr(table, key, None)
         if value is not None:
             return value
-    field = FLAG_FOR_KEY.get(key, key)
-    if field not in TrainConfig.model_fields:
-        return KEY_DEFAULTS[key]
-    value = getattr(config, field)
-    if key != "face_crop_aug_range":
-        return value
-    # The flag is kohya's "LOW,HIGH" text; the options hold the pair.
-    try:
-        return parse_face_crop_range(value)
-    except ValueError as err:
-        raise UserError(f"--face_crop_aug_range: {err}") from None
-
-
-def caption_options(tables: Sequence[_Table], config: TrainConfig) -> CaptionOptions:
-    """A subset's caption options; with no tables, the command-line flags' (plain-folder runs)."""
-    return CaptionOptions(
-        **{f.name: resolve_value(f.name, tables, config) for f in dataclasses.fields(CaptionOptions)}
-    )
-
-
-def augment_options(tables: Sequence[_Table], config: TrainConfig) -> AugmentOptions:
-    """A subset's augmentation options; with no tables, the command-line flags' (plain-folder runs)."""
-    return AugmentOptions(
-        **{f.name: resolve_value(f.name, tables, config) for f in dataclasses.fields(AugmentOptions)}
-    )
-
-
-def _check_buckets(buckets: BucketSettings, label: str) -> None:
-    if buckets.min_bucket_reso > buckets.max_bucket_reso:
-        raise UserError(
-            f"{label}: min_bucket_reso {buckets.min_bucket_reso} is larger than max_bucket_reso "
-            f"{buckets.max_bucket_reso}"
-        )
+    return FolderKeys.model_fields[key].default
 
 
 def _subset_blueprint(
     subset: SubsetTable, tables: Sequence[_Table], config: TrainConfig, label: str
 ) -> SubsetBlueprint:
+    options = _resolved(SubsetOptions, tables, config, label)
+    conflict = run_conflict_with_subset(config, options)
+    if conflict is not None:
+        raise UserError(f"{label}: {conflict.for_table(TABLE_KEYS)}")
     return SubsetBlueprint(
         image_dir=Path(subset.image_dir),
-        num_repeats=resolve_value("num_repeats", tables, config),
-        is_reg=resolve_value("is_reg", tables, config),
-        class_tokens=resolve_value("class_tokens", tables, config),
-        caption_extension=resolve_value("caption_extension", tables, config),
-        captions=caption_options(tables, config),
-        augment=augment_options(tables, config),
+        num_repeats=_folder_key("num_repeats", tables),
+        is_reg=subset.is_reg,
+        class_tokens=_folder_key("class_tokens", tables),
+        options=options,
         label=label,
     )
 
@@ -295,23 +254,12 @@ def resolve_datasets(file: DatasetConfigFile, config: TrainConfig, source: str) 
     for d, dataset in enumerate(file.datasets):
         label = f"{source} [[datasets]][{d}]"
         tables = (dataset, file.general)
-        buckets = BucketSettings(
-            **{f.name: resolve_value(f.name, tables, config) for f in dataclasses.fields(BucketSettings)}
-        )
-        _check_buckets(buckets, label)
         subsets = tuple(
             _subset_blueprint(subset, (subset, *tables), config, f"{label}.subsets[{s}]")
             for s, subset in enumerate(dataset.subsets)
         )
-        blueprints.append(
-            DatasetBlueprint(
-                subsets=subsets,
-                resolution=resolve_value("resolution", tables, config),
-                batch_size=resolve_value("batch_size", tables, config),
-                buckets=buckets,
-                label=label,
-            )
-        )
+        options = _resolved(DatasetOptions, tables, config, label)
+        blueprints.append(DatasetBlueprint(subsets=subsets, options=options, label=label))
     return blueprints
 
 

@@ -58,6 +58,11 @@ def effective_config_toml(config: TrainConfig) -> str:
     """The run's settings as flat TOML, reloadable with --config_file (None values are left out)."""
     import tomli_w
 
-    values = config.model_dump(mode="json", exclude_none=True)
-    values["resolution"] = f"{config.resolution[0]},{config.resolution[1]}"
-    return tomli_w.dumps(values)
+    values = config.model_dump(exclude_none=True)
+    # Pairs (resolution, face_crop_aug_range) are written the way kohya's flags spell them: "512,512".
+    return tomli_w.dumps(
+        {
+            key: ",".join(map(str, value)) if isinstance(value, tuple) else value
+            for key, value in values.items()
+        }
+    )

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from loracraft.config.subset_options import SubsetOptions
 from loracraft.data.buckets import Size, center_crop_box
 from loracraft.data.images import (
     Box,
@@ -41,15 +42,6 @@ COLOR_AUG_PROBABILITY = 0.33
 HUE_SHIFT_DEGREES = 16.0  # kohya's 8 in OpenCV's half-degree hue units
 GAMMA_RANGE = (0.95, 1.05)
 FLIP_PROBABILITY = 0.5
-
-
-@dataclass(frozen=True)
-class AugmentOptions:
-    flip_aug: bool = False
-    color_aug: bool = False
-    random_crop: bool = False
-    face_crop_aug_range: tuple[float, float] | None = None
-    alpha_mask: bool = False
 
 
 @dataclass(frozen=True)
@@ -152,7 +144,7 @@ def color_augment(img: Image.Image, rng: random.Random) -> Image.Image:
 
 
 def _crop_plan(
-    path: Path, original: Size, resized_size: Size, bucket: Size, options: AugmentOptions, rng: random.Random
+    path: Path, original: Size, resized_size: Size, bucket: Size, options: SubsetOptions, rng: random.Random
 ) -> tuple[Size, Box]:
     face = face_box_from_name(path) if options.face_crop_aug_range else None
     if face is not None:
@@ -163,7 +155,7 @@ def _crop_plan(
 
 
 def load_training_image(
-    path: Path, resized_size: Size, bucket: Size, options: AugmentOptions, rng: random.Random
+    path: Path, resized_size: Size, bucket: Size, options: SubsetOptions, rng: random.Random
 ) -> TrainingImage:
     """Decode `path` and apply the augmentations in `options` (see the module docstring)."""
     with open_image(path) as img:

@@ -1,7 +1,9 @@
 """Aspect-ratio buckets, exactly as kohya computes them (reference §4.4). Pure math on (width, height).
 
 A bucket is the pixel size a batch is trained at. Each image goes to one bucket, is resized so that it
-covers the bucket, and the overflow is cropped from both sides equally.
+covers the bucket, and the overflow is cropped from both sides equally. Where kohya's arithmetic
+divides by zero we refuse the setting (`adjust_bucket_limits`) or give the image the smallest bucket
+of its shape (`select_bucket_no_upscale`).
 """
 
 import math
@@ -28,6 +30,12 @@ def adjust_bucket_limits(
 ) -> tuple[int, int, list[str]]:
     """kohya rounds the min bucket side down and the max side up to the step; the area must fit between."""
     warnings = []
+    if min_bucket_reso < steps:
+        # Rounded down it would be a zero-width bucket (kohya then divides by zero making the list).
+        raise UserError(
+            f"--min_bucket_reso {min_bucket_reso} is smaller than --bucket_reso_steps {steps}; "
+            f"set it to {steps} or more"
+        )
     if min_bucket_reso % steps:
         rounded = min_bucket_reso - min_bucket_reso % steps
         warnings.append(
@@ -86,30 +94,67 @@ def round_to_steps(x: float, steps: int) -> int:
     return rounded - rounded % steps
 
 
+def fits_one_step(width: int, height: int, steps: int) -> bool:
+    """Whether `--bucket_no_upscale` can bucket the image: a side under one step needs enlarging."""
+    return min(width, height) >= steps
+
+
+def _kohya_shrunk_size(width: int, height: int, max_area: int, steps: int) -> Size | None:
+    """kohya's size for an image over `max_area`: shrunk to that area, one side rounded to the step
+    (whichever keeps the aspect ratio better). None where the rounding leaves a side under one step."""
+    aspect = width / height
+    fit_width = math.sqrt(max_area * aspect)
+    w_rounded = round_to_steps(fit_width, steps)
+    h_for_width = round_to_steps(w_rounded / aspect, steps)
+    h_rounded = round_to_steps(max_area / fit_width, steps)
+    w_for_height = round_to_steps(h_rounded * aspect, steps)
+    # kohya divides by these two, so where one is zero its BucketManager.select_bucket raises
+    # ZeroDivisionError (e.g. 96x64 at resolution 64, or 100x8000 at resolution 512, steps 64).
+    if not (h_for_width and h_rounded):
+        return None
+    if abs(w_rounded / h_for_width - aspect) < abs(w_for_height / h_rounded - aspect):
+        size = (w_rounded, int(w_rounded / aspect + 0.5))
+    else:
+        size = (int(h_rounded * aspect + 0.5), h_rounded)
+    return size if fits_one_step(*size, steps) else None
+
+
+def shrinks_below_one_step(width: int, height: int, max_area: int, steps: int) -> bool:
+    """Whether kohya's `--bucket_no_upscale` shrinking leaves the image under one step on a side, so it
+    gets the smallest bucket of its shape instead (see `select_bucket_no_upscale`)."""
+    return width * height > max_area and _kohya_shrunk_size(width, height, max_area, steps) is None
+
+
+def _one_step_bucket(width: int, height: int, max_area: int, steps: int) -> tuple[Size, Size]:
+    """(resized size, bucket) with the short side exactly one step: the smallest bucket of the image's
+    shape. The long side is floored to the step and kept within the area, or one step if none fits."""
+    scale = steps / min(width, height)
+    resized = (int(width * scale + 0.5), int(height * scale + 0.5))
+    longest = max(steps, max_area // steps // steps * steps)
+    bucket = (min(resized[0] - resized[0] % steps, longest), min(resized[1] - resized[1] % steps, longest))
+    return resized, bucket
+
+
 def select_bucket_no_upscale(width: int, height: int, max_area: int, steps: int) -> BucketChoice:
     """kohya's `--bucket_no_upscale`: images over `max_area` shrink to that area (one side rounded to
     the step, whichever keeps the aspect ratio better); the bucket is the size floored to the step, so
-    the image is cropped, never padded or enlarged. A zero side means the image is smaller than a step."""
-    aspect = width / height
-    if width * height > max_area:
-        fit_width = math.sqrt(max_area * aspect)
-        fit_height = max_area / fit_width
-        # The max() and the inf guard the divisions for extreme aspect ratios (a side rounding to zero).
-        w_rounded = round_to_steps(fit_width, steps)
-        ar_by_width = w_rounded / max(steps, round_to_steps(w_rounded / aspect, steps))
-        h_rounded = round_to_steps(fit_height, steps)
-        ar_by_height = (
-            max(steps, round_to_steps(h_rounded * aspect, steps)) / h_rounded if h_rounded else math.inf
-        )
-        if abs(ar_by_width - aspect) < abs(ar_by_height - aspect):
-            resized = (w_rounded, int(w_rounded / aspect + 0.5))
-        else:
-            resized = (int(h_rounded * aspect + 0.5), h_rounded)
+    the image is cropped, never padded or enlarged.
+
+    Where that shrinking leaves a side under one step (kohya: ZeroDivisionError), the image shrinks
+    only until its short side is one step, into the smallest bucket of its shape, and is cropped to it.
+    The image must be at least one step on each side (`fits_one_step`): kohya gives a smaller one a
+    zero-width bucket (50x4000 -> 0x3968), so its crop holds no pixels.
+    """
+    if not fits_one_step(width, height, steps):
+        raise ValueError(f"a {width}x{height} image has no bucket of {steps}-pixel steps without enlarging")
+    resized = (
+        (width, height) if width * height <= max_area else _kohya_shrunk_size(width, height, max_area, steps)
+    )
+    if resized is None:
+        resized, bucket = _one_step_bucket(width, height, max_area, steps)
     else:
-        resized = (width, height)
-    bucket = (resized[0] - resized[0] % steps, resized[1] - resized[1] % steps)
-    ar_error = bucket[0] / bucket[1] - aspect if bucket[1] else math.inf
-    return BucketChoice(bucket, resized, ar_error)
+        bucket = (resized[0] - resized[0] % steps, resized[1] - resized[1] % steps)
+    return BucketChoice(bucket, resized, bucket[0] / bucket[1] - width / height)
 
 
 def center_crop_box(resized_size: Size, bucket: Size) -> tuple[int, int, int, int]:

@@ -16,6 +16,7 @@ class LatentCacheJob:
     encode: Encoder
     vae_identity: str
     vae_batch_size: int
+    latent_sampling: str = "sample"
     family: str = "sd"
     flip_aug: bool = False
     alpha_mask: bool = False
@@ -47,6 +48,7 @@ def fill_disk_caches(
             encode=latents.encode,
             vae_identity=latents.vae_identity,
             vae_batch_size=latents.vae_batch_size,
+            latent_sampling=latents.latent_sampling,
             family=latents.family,
             flip_aug=latents.flip_aug,
             alpha_mask=latents.alpha_mask,

@@ -10,6 +10,13 @@ the ANSI code page, so we decode in this order: UTF-8 (with or without the byte-
 writes), UTF-16 when the file starts with its byte-order mark (Notepad's "Unicode"), then Windows-1252
 and finally Latin-1, which accepts any byte. The last two are guesses: the scanner warns with the file
 names so the user can check the words and re-save the files as UTF-8.
+
+Empty lines are dropped: a caption is the file's non-empty lines, stripped. kohya takes the first line as
+it is, so a file starting with a blank line (`\nzxq, cat`) trains on an empty caption there (without
+`--enable_wildcard`, which drops empty lines too). A stray leading newline silently erasing a caption is
+a trap, so we train on the first non-empty line and the scanner names such files in a warning. A file
+with no text at all gives the folder caption (kohya: an empty caption, or an assertion error when the
+file has no bytes).
 """
 
 import codecs
@@ -39,6 +46,8 @@ class FoundCaption:
     path: Path | None = None
     # Set when the file was not Unicode and its encoding was guessed ("cp1252" or "latin-1").
     guessed_encoding: str | None = None
+    # The first line is blank and a later one is not, where kohya's caption would be empty.
+    blank_first_line: bool = False
 
 
 def decode_caption_bytes(data: bytes) -> tuple[str, str | None]:
@@ -60,16 +69,24 @@ def decode_caption_bytes(data: bytes) -> tuple[str, str | None]:
 
 
 def read_caption_file(path: Path) -> tuple[str, str | None]:
-    """The non-empty lines of a caption file, each stripped, joined by newlines, and the guessed encoding
-    when the file was not Unicode. Training uses the first line, or with --enable_wildcard a random one
-    (`captions.process_caption`), as kohya does."""
+    """The decoded text of a caption file, and the guessed encoding when the file was not Unicode."""
     try:
         data = path.read_bytes()
     except OSError as err:
         raise UserError(f"cannot read caption file {path} ({err}); check its permissions") from err
-    text, guessed = decode_caption_bytes(data)
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return "\n".join(lines), guessed
+    return decode_caption_bytes(data)
+
+
+def caption_lines(text: str) -> list[str]:
+    """The non-empty lines of a caption file, stripped. Training uses the first, or with --enable_wildcard
+    a random one (`captions.process_caption`), as kohya does."""
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def starts_with_blank_line(text: str) -> bool:
+    """Whether kohya's `lines[0].strip()` is empty although the file holds a caption further down."""
+    lines = text.splitlines()
+    return bool(lines) and not lines[0].strip() and any(line.strip() for line in lines)
 
 
 def find_caption(
@@ -87,6 +104,8 @@ def find_caption(
         exists = (name in folder_files) if folder_files is not None else image.with_name(name).is_file()
         if exists:
             path = image.with_name(name)
-            caption, guessed = read_caption_file(path)
-            return FoundCaption(caption or None, source if caption else CaptionSource.EMPTY, path, guessed)
+            text, guessed = read_caption_file(path)
+            caption = "\n".join(caption_lines(text))
+            source = source if caption else CaptionSource.EMPTY
+            return FoundCaption(caption or None, source, path, guessed, starts_with_blank_line(text))
     return FoundCaption(None, CaptionSource.MISSING)

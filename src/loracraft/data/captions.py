@@ -21,9 +21,8 @@ from __future__ import annotations
 
 import random
 import re
-from dataclasses import dataclass
 
-from loracraft.errors import UserError
+from loracraft.config.subset_options import SubsetOptions
 
 # kohya joins the tags back with ", " whatever `caption_separator` is; we keep that so captions and the
 # tags they teach stay identical to kohya's.
@@ -34,47 +33,7 @@ TAG_JOINER = ", "
 _WILDCARD = re.compile(r"\{\{|\}\}|\{([^{}]+)\}")
 
 
-@dataclass(frozen=True)
-class CaptionOptions:
-    """A subset's caption keys, with kohya's names and defaults."""
-
-    shuffle_caption: bool = False
-    keep_tokens: int = 0
-    keep_tokens_separator: str = ""
-    caption_separator: str = ","
-    secondary_separator: str | None = None
-    caption_prefix: str | None = None
-    caption_suffix: str | None = None
-    caption_dropout_rate: float = 0.0
-    caption_dropout_every_n_epochs: int = 0
-    caption_tag_dropout_rate: float = 0.0
-    enable_wildcard: bool = False
-
-    def __post_init__(self) -> None:
-        # Dataset TOML subsets reach here without the flag schema's checks, so the values are checked once more.
-        for name in ("caption_dropout_rate", "caption_tag_dropout_rate"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise UserError(f"{name} must be between 0 and 1, got {value}")
-        for name in ("keep_tokens", "caption_dropout_every_n_epochs"):
-            if getattr(self, name) < 0:
-                raise UserError(f"{name} must be 0 or more, got {getattr(self, name)}")
-        if not self.caption_separator:
-            raise UserError('caption_separator must not be empty; the default is ","')
-
-    @property
-    def is_static(self) -> bool:
-        """True when a caption comes out the same every epoch, so its text-encoder output can be cached."""
-        return not (
-            self.shuffle_caption
-            or self.caption_dropout_rate > 0
-            or self.caption_dropout_every_n_epochs > 0
-            or self.caption_tag_dropout_rate > 0
-            or self.enable_wildcard
-        )
-
-
-def drops_whole_caption(options: CaptionOptions, rng: random.Random, epoch: int) -> bool:
+def drops_whole_caption(options: SubsetOptions, rng: random.Random, epoch: int) -> bool:
     """kohya's caption dropout: by chance, or on every epoch divisible by `caption_dropout_every_n_epochs`.
 
     `epoch` counts from 1 like kohya's `current_epoch`, so N = 2 drops captions in epochs 2, 4, 6...
@@ -118,7 +77,7 @@ def split_tags(text: str, separator: str) -> list[str]:
     return [tag for tag in (piece.strip() for piece in text.split(separator)) if tag]
 
 
-def partition_tags(caption: str, options: CaptionOptions) -> tuple[list[str], list[str], list[str]]:
+def partition_tags(caption: str, options: SubsetOptions) -> tuple[list[str], list[str], list[str]]:
     """(fixed, flexible, fixed suffix) tags.
 
     With `keep_tokens_separator` in the caption, tags before its first occurrence are fixed, tags between
@@ -148,7 +107,7 @@ def drop_tags(tags: list[str], rate: float, rng: random.Random) -> list[str]:
     return [tag for tag in tags if rng.random() >= rate]
 
 
-def process_caption(caption: str, options: CaptionOptions, rng: random.Random, epoch: int) -> str:
+def process_caption(caption: str, options: SubsetOptions, rng: random.Random, epoch: int) -> str:
     """The caption a sample is trained on in `epoch` (counted from 1, as kohya's `current_epoch`)."""
     if drops_whole_caption(options, rng, epoch):
         return ""

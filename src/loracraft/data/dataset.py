@@ -84,7 +84,7 @@ class BucketBatchDataset(Dataset):
         self.latent_files = latent_files
         self.text_states = text_states
         self.text_state_files = text_state_files
-        self.with_masks = any(subset.augment.alpha_mask for subset in plan.subsets)
+        self.with_masks = any(subset.options.alpha_mask for subset in plan.subsets)
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         # Each process computes an epoch's order once, on its first item of that epoch.
         self._order_epoch: int | None = None
@@ -119,12 +119,12 @@ class BucketBatchDataset(Dataset):
 
     def _cached_sample(self, index: int, subset: Subset, caption: str, rng: random.Random) -> _Sample:
         image = self.plan.images[index]
-        flipped = subset.augment.flip_aug and rng.random() < FLIP_PROBABILITY
+        flipped = subset.options.flip_aug and rng.random() < FLIP_PROBABILITY
         latents, mask = self._cached(index).for_sample(flipped)
-        if subset.augment.alpha_mask and mask is None:
+        if subset.options.alpha_mask and mask is None:
             raise ValueError(f"latents of {image.record.path} were cached without alpha_mask")
         crop = center_crop_box(image.choice.resized_size, image.choice.bucket)
-        mask = mask if subset.augment.alpha_mask else None
+        mask = mask if subset.options.alpha_mask else None
         return _Sample(latents, mask, caption, _crop_top_left(crop, image.choice.resized_size[0], flipped))
 
     def _sample(self, epoch: int, batch_index: int, position: int, index: int) -> _Sample:
@@ -133,12 +133,12 @@ class BucketBatchDataset(Dataset):
         # A str seed is hashed with SHA-512, the same in every process (unlike hash() of a tuple).
         rng = random.Random(f"{self.plan.seed}:{epoch}:{batch_index}:{position}")
         # Captions count epochs from 1, as kohya's current_epoch does (caption_dropout_every_n_epochs).
-        caption = process_caption(image.record.caption, subset.captions, rng, epoch + 1)
+        caption = process_caption(image.record.caption, subset.options, rng, epoch + 1)
         if self.caches_latents:
             return self._cached_sample(index, subset, caption, rng)
         choice = image.choice
         loaded = load_training_image(
-            image.record.path, choice.resized_size, choice.bucket, subset.augment, rng
+            image.record.path, choice.resized_size, choice.bucket, subset.options, rng
         )
         return _Sample(
             loaded.pixels, loaded.mask, caption,

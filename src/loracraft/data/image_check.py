@@ -1,10 +1,11 @@
 """Finding unusable images before training, so a corrupt file stops the run in seconds, not hours in.
 
-Scanning reads only headers. `check_images` decodes every image completely (truncated files fail only
-there) through the same code that loads them for training. JPEGs are decoded at 1/8 scale by their
-DCT: every byte of the file is still read and entropy-decoded, at a fraction of the cost.
-`screen_images` then applies `--skip_bad_images`: drop each bad image with a warning naming it, or
-(the default) stop with one error listing them.
+Scanning reads only headers and returns the images whose header fails. `check_images` decodes every
+other image completely (truncated files fail only there) through the same code that loads them for
+training. JPEGs are decoded at 1/8 scale by their DCT: every byte of the file is still read and
+entropy-decoded, at a fraction of the cost. The run (`training.dataset_setup.screen_datasets`) then
+applies `--skip_bad_images` to both kinds together: drop each bad image with a warning naming it, or
+(the default) stop with one error listing them all.
 """
 
 import os
@@ -15,9 +16,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from loracraft.data.images import ImageFileError, decode_upright, open_image
+from loracraft.data.images import RESAVE_FIX, ImageFileError, decode_upright, open_image
 from loracraft.data.records import ImageRecord, Subset
-from loracraft.errors import UserError
 
 _MAX_LISTED = 3
 _SMALLEST = (1, 1)
@@ -25,17 +25,20 @@ _SMALLEST = (1, 1)
 
 @dataclass(frozen=True)
 class BadImage:
+    """An image that cannot be trained on: the short cause, and what the user can do about it."""
+
     path: Path
     reason: str
+    fix: str = RESAVE_FIX
 
 
-def find_image_problem(path: Path) -> str | None:
+def find_image_problem(path: Path) -> BadImage | None:
     """Why `path` cannot be trained on, or None when it decodes completely."""
     try:
         with open_image(path) as img:
             decode_upright(img, path, at_least=_SMALLEST)
     except ImageFileError as err:
-        return err.reason
+        return BadImage(path, err.reason, err.fix)
     return None
 
 
@@ -53,10 +56,11 @@ def check_images(records: Sequence[ImageRecord], *, progress: bool = True) -> li
                 disable=not progress,
             )
         )
-    return [BadImage(path, problem) for path, problem in zip(paths, problems, strict=True) if problem]
+    return [problem for problem in problems if problem is not None]
 
 
-def _listing(bad: Sequence[BadImage]) -> str:
+def bad_images_listing(bad: Sequence[BadImage]) -> str:
+    """The first few bad images with their reasons, and how many more."""
     shown = "; ".join(f"{item.path} ({item.reason})" for item in bad[:_MAX_LISTED])
     return shown + (f"; and {len(bad) - _MAX_LISTED} more" if len(bad) > _MAX_LISTED else "")
 
@@ -64,7 +68,7 @@ def _listing(bad: Sequence[BadImage]) -> str:
 def bad_images_message(bad: Sequence[BadImage]) -> str:
     """One line: how many, the first few with their reasons, and the fixes."""
     return (
-        f"{len(bad)} image(s) cannot be decoded: {_listing(bad)}. "
+        f"{len(bad)} image(s) cannot be decoded: {bad_images_listing(bad)}. "
         "Re-save or remove them, or pass --skip_bad_images to train without them"
     )
 
@@ -81,18 +85,3 @@ def drop_images(subsets: Sequence[Subset], paths: set[Path]) -> list[Subset]:
         if records:
             kept.append(replace(subset, records=records))
     return kept
-
-
-def screen_images(
-    subsets: Sequence[Subset], *, skip_bad_images: bool, progress: bool = True
-) -> tuple[list[Subset], list[str]]:
-    """Decode-check every image: the usable subsets and warnings, or a `UserError` listing the bad ones."""
-    bad = check_images([record for subset in subsets for record in subset.records], progress=progress)
-    if not bad:
-        return list(subsets), []
-    if not skip_bad_images:
-        raise UserError(bad_images_message(bad))
-    kept = drop_images(subsets, {item.path for item in bad})
-    if not any(not subset.is_reg for subset in kept):
-        raise UserError(f"every training image was skipped as undecodable: {_listing(bad)}; re-save them")
-    return kept, [skipped_image_warning(item) for item in bad]

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from loracraft.data.buckets import Size, center_crop_box
+from loracraft.data.buckets import Size
 from loracraft.errors import UserError
 
 MAX_IMAGE_PIXELS = 100_000_000
@@ -30,14 +30,14 @@ _EXIF_ORIENTATION_TAG = 0x0112
 # EXIF orientations 5-8 rotate by 90 degrees, so the stored width is the displayed height.
 _TRANSPOSED_ORIENTATIONS = frozenset({5, 6, 7, 8})
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
-_RESAVE = "re-save it as PNG/JPEG or remove it"
+RESAVE_FIX = "re-save it as PNG/JPEG or remove it"
 _DOWNSCALE = "downscale it or remove it"
 
 
 class ImageFileError(UserError):
     """An image file that cannot be used; `reason` is the short cause for lists of bad files."""
 
-    def __init__(self, path: Path, reason: str, fix: str = _RESAVE) -> None:
+    def __init__(self, path: Path, reason: str, fix: str = RESAVE_FIX) -> None:
         super().__init__(f"cannot decode image {path} ({reason}); {fix}")
         self.path, self.reason, self.fix = path, reason, fix
 
@@ -137,12 +137,6 @@ def decode_upright(
         raise ImageFileError(path, _reason(path, err)) from err
 
 
-def load_image_rgb(path: Path) -> Image.Image:
-    """Decode `path` upright (EXIF orientation applied) as RGB; a file Pillow cannot decode is a UserError."""
-    with open_image(path) as img:
-        return decode_upright(img, path)[0]
-
-
 def resize_image(img: Image.Image, size: Size) -> Image.Image:
     """Lanczos keeps detail when enlarging; the box filter averages whole source areas when shrinking,
     like kohya's default cv2 INTER_AREA, and does not ring or alias."""
@@ -158,11 +152,6 @@ def resize_and_crop(img: Image.Image, resized_size: Size, box: Box) -> Image.Ima
     return img if box == (0, 0, *img.size) else img.crop(box)
 
 
-def resize_and_center_crop(img: Image.Image, resized_size: Size, bucket: Size) -> Image.Image:
-    """Resize to `resized_size` (which covers `bucket`), then cut the centred bucket-sized window."""
-    return resize_and_crop(img, resized_size, center_crop_box(resized_size, bucket))
-
-
 def to_tensor(img: Image.Image) -> torch.Tensor:
     """RGB image -> float32 tensor (3, H, W) in [-1, 1], the VAE's input range."""
     pixels = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)
@@ -172,10 +161,3 @@ def to_tensor(img: Image.Image) -> torch.Tensor:
 def mask_to_tensor(alpha: Image.Image) -> torch.Tensor:
     """An "L" alpha channel -> float32 tensor (1, H, W) in [0, 1] (kohya's alpha / 255)."""
     return torch.from_numpy(np.array(alpha, dtype=np.uint8))[None].to(torch.float32) / 255.0
-
-
-def load_bucket_tensor(path: Path, resized_size: Size, bucket: Size) -> torch.Tensor:
-    """The whole path from file to the (3, H, W) training tensor of one image, centre-cropped."""
-    with open_image(path) as img:
-        rgb, _ = decode_upright(img, path, at_least=resized_size)
-    return to_tensor(resize_and_center_crop(rgb, resized_size, bucket))

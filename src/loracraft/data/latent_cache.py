@@ -14,8 +14,8 @@ size (distinct where kohya's names collide, see `cache_names`), and holds `laten
 Stability-style estimate). kohya trusts any file with a `latents` key, so an edited image, a new bucket
 or another VAE silently trains on stale latents (reference §4.6). Our files also record what the
 latents depend on: a hash of the image bytes (a copy or a restore keeps the mtime, and editors may
-keep the size), the bucket, the resize and crop, the VAE identity, flip_aug, alpha_mask and the cache
-format. Any difference re-encodes the image.
+keep the size), the bucket, the resize and crop, the VAE identity, `--latent_sampling` (a posterior
+draw or its mean), flip_aug, alpha_mask and the cache format. Any difference re-encodes the image.
 """
 
 import hashlib
@@ -31,7 +31,8 @@ import torch
 from tqdm import tqdm
 
 from loracraft.atomic import write_atomic
-from loracraft.data.augment import AugmentOptions, load_training_image, mask_to_latent_size
+from loracraft.config.subset_options import SubsetOptions
+from loracraft.data.augment import load_training_image, mask_to_latent_size
 from loracraft.data.buckets import Size, center_crop_box
 from loracraft.data.cache_names import cache_stem, needs_variant, shared_stem_paths
 from loracraft.data.encode_checked import encode_checked
@@ -45,7 +46,8 @@ Encoder = Callable[[torch.Tensor], torch.Tensor]
 CACHE_FORMAT = "loracraft-latents-2"
 _HASH_CHUNK = 1 << 20
 _DEPENDENCY_KEYS = (
-    "cache_format", "image_hash", "vae_identity", "bucket_reso", "resized_size", "crop_ltrb", "with_flip", "with_alpha_mask"
+    "cache_format", "image_hash", "vae_identity", "latent_sampling", "bucket_reso", "resized_size", "crop_ltrb",
+    "with_flip", "with_alpha_mask",
 )  # fmt: skip
 _UNREADABLE = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile)
 
@@ -124,13 +126,19 @@ def _original_size(image: PlannedImage) -> Size:
 
 
 def _dependencies(
-    image: PlannedImage, image_hash: str, vae_identity: str, flip_aug: bool, alpha_mask: bool
+    image: PlannedImage,
+    image_hash: str,
+    vae_identity: str,
+    latent_sampling: str,
+    flip_aug: bool,
+    alpha_mask: bool,
 ) -> dict[str, np.ndarray]:
     choice = image.choice
     return {
         "cache_format": np.array(CACHE_FORMAT),
         "image_hash": np.array(image_hash),
         "vae_identity": np.array(vae_identity),
+        "latent_sampling": np.array(latent_sampling),
         "bucket_reso": np.array(choice.bucket, dtype=np.int64),
         "resized_size": np.array(choice.resized_size, dtype=np.int64),
         "crop_ltrb": np.array(center_crop_box(choice.resized_size, choice.bucket), dtype=np.int64),
@@ -216,7 +224,7 @@ def _load_chunk(
     images: Sequence[PlannedImage], chunk: list[int], alpha_mask: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     # No random option is on, so the generator is never drawn from: cached pixels are the centre crop.
-    options, rng = AugmentOptions(alpha_mask=alpha_mask), random.Random(0)
+    options, rng = SubsetOptions(alpha_mask=alpha_mask), random.Random(0)
     loaded = [
         load_training_image(
             images[i].record.path, images[i].choice.resized_size, images[i].choice.bucket, options, rng
@@ -233,8 +241,8 @@ def _encode_checked(encode: Encoder, pixels: torch.Tensor, paths: list[Path]) ->
         pixels,
         paths,
         lambda path: (
-            f"the VAE produced NaN/inf latents for {path}; "
-            "use --no_half_vae (a half-precision VAE overflows on some images)"
+            f"the VAE produced NaN/inf latents for {path} in float32 (not a half-precision overflow), so "
+            "its weights are likely broken; give a working VAE with --vae, or use another base model"
         ),
     )
 
@@ -300,12 +308,16 @@ def cache_latents_to_disk(
     encode: Encoder,
     vae_identity: str,
     vae_batch_size: int,
+    latent_sampling: str = "sample",
     family: str = "sd",
     flip_aug: bool = False,
     alpha_mask: bool = False,
     progress: bool = True,
 ) -> tuple[list[Path], LatentCacheReport]:
-    """Make every planned image's cache file current; returns the files, index-aligned with `images`."""
+    """Make every planned image's cache file current; returns the files, index-aligned with `images`.
+
+    `latent_sampling` says how `encode` reads the VAE posterior ("sample" or "mean"); it is recorded,
+    so switching it re-encodes."""
     paths = cache_file_paths(images, family)
     expected, todo, warnings, checked = {}, [], [], set()
     checks = tqdm(images, desc="checking latent cache", unit="img", disable=not progress)
@@ -314,7 +326,9 @@ def cache_latents_to_disk(
         if paths[i] in checked:
             continue
         checked.add(paths[i])
-        deps = _dependencies(image, file_hash(image.record.path), vae_identity, flip_aug, alpha_mask)
+        deps = _dependencies(
+            image, file_hash(image.record.path), vae_identity, latent_sampling, flip_aug, alpha_mask
+        )
         expected[i] = deps
         fresh, warning = _is_fresh(paths[i], deps)
         if warning:

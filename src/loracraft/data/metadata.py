@@ -8,6 +8,9 @@ a dataset config `ss_datasets` (one entry per dataset) plus `merged_dataset_dirs
 
 from collections.abc import Sequence
 
+from loracraft.config.fields import flag_infos
+from loracraft.config.subset_options import SubsetOptions
+from loracraft.data.captions import first_line
 from loracraft.data.plan import DatasetPlan, PlannedDataset
 from loracraft.data.records import Subset
 
@@ -48,14 +51,29 @@ def merged_dataset_dirs(plan: DatasetPlan) -> dict[str, dict[str, int]]:
     return dirs
 
 
+def caption_tags(caption: str, enable_wildcard: bool = False) -> list[str]:
+    """The tags `ss_tag_frequency` counts in an image's caption, with repeats: kohya splits on "," whatever
+    `caption_separator` is, strips and lowercases, and drops empty tags. Like kohya, only the first line
+    counts unless wildcards are on; then every line does, each on its own (kohya splits the lines joined
+    by newlines, so the last tag of one line and the first of the next become one)."""
+    lines = caption.splitlines() if enable_wildcard else [first_line(caption)]
+    return [tag.strip().lower() for line in lines for tag in line.split(",") if tag.strip()]
+
+
+def folder_tag_counts(subset: Subset) -> dict[str, int]:
+    """How often each tag occurs in the folder's captions, as kohya records it per folder."""
+    counts: dict[str, int] = {}
+    for record in subset.records:
+        for tag in caption_tags(record.caption, subset.options.enable_wildcard):
+            counts[tag] = counts.get(tag, 0) + 1
+    return counts
+
+
 def _count_tags(subsets: Sequence[Subset], into: dict[str, dict[str, int]]) -> None:
     for subset in subsets:
         counts = into.setdefault(subset.name, {})
-        for record in subset.records:
-            for tag in record.caption.split(","):
-                tag = tag.strip().lower()
-                if tag:
-                    counts[tag] = counts.get(tag, 0) + 1
+        for tag, count in folder_tag_counts(subset).items():
+            counts[tag] = counts.get(tag, 0) + count
 
 
 def _dataset_tag_frequency(plan: DatasetPlan, dataset: PlannedDataset) -> dict[str, dict[str, int]]:
@@ -65,8 +83,8 @@ def _dataset_tag_frequency(plan: DatasetPlan, dataset: PlannedDataset) -> dict[s
 
 
 def tag_frequency(plan: DatasetPlan) -> dict[str, dict[str, int]]:
-    """`ss_tag_frequency`: per folder, how many captions hold each comma-separated tag (lowercased, like
-    kohya). A folder that several datasets use is counted once, from the first."""
+    """`ss_tag_frequency`: per folder, how often each tag occurs in its captions (`caption_tags`). A folder
+    that several datasets use is counted once, from the first."""
     frequency: dict[str, dict[str, int]] = {}
     for dataset in plan.datasets:
         for name, counts in _dataset_tag_frequency(plan, dataset).items():
@@ -75,24 +93,19 @@ def tag_frequency(plan: DatasetPlan) -> dict[str, dict[str, int]]:
 
 
 def _subset_metadata(subset: Subset) -> dict:
-    captions, augment = subset.captions, subset.augment
+    """A subset's record in `ss_datasets`: its counts, and the settings kohya records per subset."""
+    recorded = {
+        name: getattr(subset.options, name)
+        for name, info in flag_infos(SubsetOptions).items()
+        if info.in_subset_record
+    }
     return {
         "img_count": len(subset.records),
         "num_repeats": subset.num_repeats,
-        "color_aug": bool(augment.color_aug),
-        "flip_aug": bool(augment.flip_aug),
-        "random_crop": bool(augment.random_crop),
-        "shuffle_caption": captions.shuffle_caption,
-        "keep_tokens": captions.keep_tokens,
-        "keep_tokens_separator": captions.keep_tokens_separator,
-        "secondary_separator": captions.secondary_separator,
-        "enable_wildcard": captions.enable_wildcard,
-        "caption_prefix": captions.caption_prefix,
-        "caption_suffix": captions.caption_suffix,
+        **recorded,
         "image_dir": subset.name,
         "class_tokens": subset.class_tokens,
         "is_reg": subset.is_reg,
-        "alpha_mask": bool(augment.alpha_mask),
     }
 
 
@@ -101,7 +114,7 @@ def datasets_metadata(plan: DatasetPlan) -> list[dict]:
     entries = []
     for dataset in plan.datasets:
         subsets = [plan.subsets[i] for i in dataset.subset_indices]
-        settings = dataset.settings
+        settings = dataset.options
         entries.append({
             "is_dreambooth": True,
             "batch_size_per_device": dataset.batch_size,

@@ -13,28 +13,22 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from loracraft.config.dataset_options import DatasetOptions
 from loracraft.data.balance import balance_reg_repeats
 from loracraft.data.buckets import (
     BucketChoice,
     Size,
     adjust_bucket_limits,
+    fits_one_step,
     make_bucket_resolutions,
     select_bucket,
     select_bucket_no_upscale,
+    shrinks_below_one_step,
 )
 from loracraft.data.records import ImageRecord, Subset
 from loracraft.errors import UserError
 
-
-@dataclass(frozen=True)
-class BucketSettings:
-    """kohya's bucket flags of one dataset; defaults are kohya's dataclass defaults."""
-
-    enable_bucket: bool = False
-    min_bucket_reso: int = 256
-    max_bucket_reso: int = 1024
-    bucket_reso_steps: int = 64
-    bucket_no_upscale: bool = False
+_MAX_LISTED = 5
 
 
 @dataclass(frozen=True)
@@ -46,9 +40,7 @@ class DatasetSpec:
     """
 
     subsets: tuple[Subset, ...]
-    resolution: Size
-    batch_size: int
-    buckets: BucketSettings = BucketSettings()
+    options: DatasetOptions = DatasetOptions()
     label: str = ""
 
 
@@ -72,9 +64,7 @@ class PlannedDataset:
 
     label: str
     subset_indices: tuple[int, ...]
-    resolution: Size
-    batch_size: int
-    settings: BucketSettings
+    options: DatasetOptions
     buckets: tuple[Size, ...]
     # Per bucket, each image index once per repeat, in image order; `epoch_batches` shuffles them.
     bucket_samples: tuple[tuple[int, ...], ...]
@@ -83,12 +73,20 @@ class PlannedDataset:
     mean_img_ar_error: float
 
     @property
+    def resolution(self) -> Size:
+        return self.options.resolution
+
+    @property
+    def batch_size(self) -> int:
+        return self.options.train_batch_size
+
+    @property
     def enable_bucket(self) -> bool:
-        return self.settings.enable_bucket
+        return self.options.enable_bucket
 
     @property
     def bucket_no_upscale(self) -> bool:
-        return self.settings.enable_bucket and self.settings.bucket_no_upscale
+        return self.options.enable_bucket and self.options.bucket_no_upscale
 
     @property
     def batches_per_epoch(self) -> int:
@@ -195,7 +193,7 @@ def assign_repeats(
     return train + reg, warnings
 
 
-def _bucket_list(resolution: Size, settings: BucketSettings) -> tuple[list[Size], list[str]]:
+def _bucket_list(resolution: Size, settings: DatasetOptions) -> tuple[list[Size], list[str]]:
     """The dataset's candidate buckets; `--bucket_no_upscale` makes them per image instead."""
     if not settings.enable_bucket or settings.bucket_no_upscale:
         return [resolution], []
@@ -206,18 +204,55 @@ def _bucket_list(resolution: Size, settings: BucketSettings) -> tuple[list[Size]
 
 
 def _choose_bucket(record: ImageRecord, spec: DatasetSpec, buckets: Sequence[Size]) -> BucketChoice:
-    settings = spec.buckets
+    settings = spec.options
     if settings.enable_bucket and settings.bucket_no_upscale:
-        max_area = spec.resolution[0] * spec.resolution[1]
-        choice = select_bucket_no_upscale(record.width, record.height, max_area, settings.bucket_reso_steps)
-    else:
-        choice = select_bucket(record.width, record.height, buckets)
-    if 0 in choice.bucket:
+        max_area = settings.resolution[0] * settings.resolution[1]
+        return select_bucket_no_upscale(record.width, record.height, max_area, settings.bucket_reso_steps)
+    return select_bucket(record.width, record.height, buckets)
+
+
+def _listed(items: Sequence[str]) -> str:
+    shown = ", ".join(items[:_MAX_LISTED])
+    return shown if len(items) <= _MAX_LISTED else f"{shown} and {len(items) - _MAX_LISTED} more"
+
+
+def _refuse_images_under_one_step(records: Sequence[ImageRecord], steps: int) -> None:
+    """`--bucket_no_upscale` never enlarges, so an image under one step on a side has no bucket."""
+    small = [
+        f"{r.path} ({r.width}x{r.height})" for r in records if not fits_one_step(r.width, r.height, steps)
+    ]
+    if small:
         raise UserError(
-            f"image {record.path} is {record.width}x{record.height}, smaller than --bucket_reso_steps "
-            f"{settings.bucket_reso_steps}; remove it or turn off --bucket_no_upscale"
+            f"{len(small)} image(s) are smaller than --bucket_reso_steps {steps} on a side, so "
+            f"--bucket_no_upscale has no bucket for them: {_listed(small)}; enlarge or remove them, or turn "
+            "off --bucket_no_upscale to have them enlarged"
         )
-    return choice
+
+
+def _narrow_image_warnings(records: Sequence[ImageRecord], resolution: Size, steps: int) -> list[str]:
+    """Name the images kohya's `--bucket_no_upscale` rounding would shrink below one step, and their bucket."""
+    max_area = resolution[0] * resolution[1]
+    shown = []
+    for r in records:
+        if shrinks_below_one_step(r.width, r.height, max_area, steps):
+            choice = select_bucket_no_upscale(r.width, r.height, max_area, steps)
+            (rw, rh), (bw, bh) = choice.resized_size, choice.bucket
+            shown.append(f"{r.path} ({r.width}x{r.height} -> {rw}x{rh}, cropped to {bw}x{bh})")
+    if not shown:
+        return []
+    return [
+        f"{len(shown)} image(s) would shrink to under --bucket_reso_steps {steps} on a side to fit the area "
+        f"of --resolution {resolution[0]}x{resolution[1]} (kohya stops on them with ZeroDivisionError); each "
+        f"trains in the smallest bucket of its shape instead, one step on the short side: {_listed(shown)}"
+    ]
+
+
+def _no_upscale_checks(records: Sequence[ImageRecord], spec: DatasetSpec) -> list[str]:
+    options = spec.options
+    if not (options.enable_bucket and options.bucket_no_upscale):
+        return []
+    _refuse_images_under_one_step(records, options.bucket_reso_steps)
+    return _narrow_image_warnings(records, options.resolution, options.bucket_reso_steps)
 
 
 def _plan_one_dataset(
@@ -231,7 +266,8 @@ def _plan_one_dataset(
             "(kohya balances reg images within each dataset)"
         )
     try:
-        buckets, limit_warnings = _bucket_list(spec.resolution, spec.buckets)
+        buckets, limit_warnings = _bucket_list(spec.options.resolution, spec.options)
+        limit_warnings += _no_upscale_checks([record for record, _, _ in repeated], spec)
         start = len(images)
         for record, repeats, subset_index in repeated:
             images.append(PlannedImage(record, repeats, _choose_bucket(record, spec, buckets), subset_index))
@@ -249,9 +285,7 @@ def _plan_one_dataset(
     planned = PlannedDataset(
         label=spec.label,
         subset_indices=tuple(range(first_subset_index, first_subset_index + len(spec.subsets))),
-        resolution=spec.resolution,
-        batch_size=spec.batch_size,
-        settings=spec.buckets,
+        options=spec.options,
         buckets=tuple(used_buckets),
         bucket_samples=bucket_samples,
         num_train_samples=sum(images[i].repeats for i in own if not images[i].record.is_reg),
@@ -308,25 +342,16 @@ def build_run_plan(
 def build_epoch_plan(
     subsets: Sequence[Subset],
     *,
-    resolution: Size,
-    batch_size: int,
     seed: int,
     max_train_epochs: int | None,
     max_train_steps: int | None,
     gradient_accumulation_steps: int = 1,
     num_processes: int = 1,
-    enable_bucket: bool = False,
-    min_bucket_reso: int = 256,
-    max_bucket_reso: int = 1024,
-    bucket_reso_steps: int = 64,
-    bucket_no_upscale: bool = False,
+    **dataset_options: object,
 ) -> DatasetPlan:
-    """The plan of a run with one dataset (plain `--train_data_dir`/`--reg_data_dir` folders)."""
-    settings = BucketSettings(
-        enable_bucket, min_bucket_reso, max_bucket_reso, bucket_reso_steps, bucket_no_upscale
-    )
+    """The plan of a run with one dataset (plain folders); `dataset_options` are DatasetOptions fields."""
     return build_run_plan(
-        [DatasetSpec(tuple(subsets), resolution, batch_size, settings)],
+        [DatasetSpec(tuple(subsets), DatasetOptions(**dataset_options))],
         seed=seed,
         max_train_epochs=max_train_epochs,
         max_train_steps=max_train_steps,

@@ -3,8 +3,7 @@
 from dataclasses import dataclass
 from pathlib import Path
 
-from loracraft.data.augment import AugmentOptions
-from loracraft.data.captions import CaptionOptions
+from loracraft.config.subset_options import SubsetOptions
 
 
 @dataclass(frozen=True)
@@ -24,8 +23,8 @@ class Subset:
     """One image folder: kohya's `N_concept/` directory or a dataset-config `[[datasets.subsets]]` entry.
 
     `name` is the folder's base name; kohya keys `ss_dataset_dirs` and `ss_tag_frequency` by it.
-    `captions` and `augment` are the subset's own options: from its dataset-config tables, or from the
-    command-line flags for plain folders.
+    `options` are the folder's caption and augmentation settings: from its dataset-config tables, or
+    from the command-line flags for plain folders.
     """
 
     dir: Path
@@ -33,8 +32,7 @@ class Subset:
     num_repeats: int
     is_reg: bool
     records: tuple[ImageRecord, ...]
-    captions: CaptionOptions = CaptionOptions()
-    augment: AugmentOptions = AugmentOptions()
+    options: SubsetOptions = SubsetOptions()
 
     @property
     def name(self) -> str:

@@ -7,17 +7,20 @@ order, so the same folder always gives the same dataset. Hidden files (macOS `._
 and anything without an image extension (caption files, `.npz` caches) are not images. Only headers
 are read here, never pixels: `image_check` decodes the images before training. Problems a user can
 ignore come back as warning lines for the caller to print; problems that would make the run
-meaningless raise `UserError`.
+meaningless raise `UserError`. Images whose header cannot be read come back as `BadImage`s, so the
+run can refuse (or, with `--skip_bad_images`, skip) every bad image of every folder at once, together
+with the ones that fail to decode.
 """
 
 import os
 import re
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 from loracraft.data.cache_names import shared_stem_paths
 from loracraft.data.caption_files import FALLBACK_EXTENSION, CaptionSource, find_caption
-from loracraft.data.image_check import BadImage, skipped_image_warning
+from loracraft.data.image_check import BadImage, bad_images_message
 from loracraft.data.images import ImageFileError, open_image, upright_size
 from loracraft.data.records import ImageRecord, Subset
 from loracraft.errors import UserError
@@ -25,6 +28,53 @@ from loracraft.errors import UserError
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 _SUBSET_DIR_NAME = re.compile(r"^(\d+)_(.+)$")
 _MAX_LISTED = 5
+
+
+@dataclass(frozen=True)
+class FolderScan:
+    """One image folder as scanned: a subset of its readable images, and what else was found."""
+
+    subset: Subset
+    # Images whose header cannot be read; left out of `subset`.
+    bad: tuple[BadImage, ...]
+    # How each readable image got its caption.
+    caption_sources: Counter[CaptionSource]
+    # Missing, empty and `.txt`-fallback captions, counted (the dataset doctor shows these counts itself).
+    caption_warnings: tuple[str, ...]
+    # Files kohya would read otherwise: guessed encodings, blank first lines, shared stems.
+    notes: tuple[str, ...]
+
+    @property
+    def image_count(self) -> int:
+        return len(self.subset.records) + len(self.bad)
+
+    @property
+    def warnings(self) -> list[str]:
+        if not self.image_count:
+            return [f"{self.subset.dir} has no images ({' '.join(IMAGE_EXTENSIONS)}); skipped"]
+        return [*self.caption_warnings, *self.notes]
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    """Several folders scanned: the subsets that have readable images, warnings, and unreadable images."""
+
+    subsets: tuple[Subset, ...] = ()
+    warnings: tuple[str, ...] = ()
+    bad: tuple[BadImage, ...] = ()
+
+    def __add__(self, other: "ScanResult") -> "ScanResult":
+        return ScanResult(self.subsets + other.subsets, self.warnings + other.warnings, self.bad + other.bad)
+
+
+@dataclass(frozen=True)
+class SubsetDirs:
+    """The folders of a `--train_data_dir`: `(path, repeats, concept)` of each `N_concept/` folder, the
+    folders not named so, and the number of images lying in the root itself. Hidden entries are left out."""
+
+    folders: tuple[tuple[Path, int, str], ...]
+    misnamed: tuple[Path, ...]
+    loose_images: int
 
 
 def parse_subset_dir_name(name: str) -> tuple[int, str] | None:
@@ -99,7 +149,9 @@ def _caption_warnings(
     return warnings
 
 
-def _folder_notes(folder: Path, paths: list[Path], guessed: list[tuple[Path, str]]) -> list[str]:
+def _folder_notes(
+    folder: Path, paths: list[Path], guessed: list[tuple[Path, str]], blank_first: list[Path]
+) -> list[str]:
     """Warnings about names and encodings that kohya would mishandle and we handle."""
     warnings = []
     if guessed:
@@ -107,6 +159,12 @@ def _folder_notes(folder: Path, paths: list[Path], guessed: list[tuple[Path, str
         warnings.append(
             f"{folder}: {len(guessed)} caption file(s) are not UTF-8 and were read with a guessed encoding: "
             f"{_listed(names)}; if their words look wrong in the tag list, re-save them as UTF-8"
+        )
+    if blank_first:
+        warnings.append(
+            f"{folder}: {len(blank_first)} caption file(s) start with an empty line: "
+            f"{_listed([path.name for path in blank_first])}; they train on their first non-empty line, where "
+            "kohya (without --enable_wildcard) would train on an empty caption; delete the empty line"
         )
     shared = sorted(path.name for path in shared_stem_paths(paths))
     if shared:
@@ -117,67 +175,41 @@ def _folder_notes(folder: Path, paths: list[Path], guessed: list[tuple[Path, str
     return warnings
 
 
-def _unreadable(folder: Path, bad: list[BadImage], skip_bad_images: bool) -> list[str]:
-    """Warnings for skipped unreadable images, or the error that stops the run."""
-    if skip_bad_images:
-        return [skipped_image_warning(item) for item in bad]
-    first = bad[0]
-    raise UserError(
-        f"{len(bad)} unreadable image(s) in {folder}: {_listed([item.path.name for item in bad])}; re-save "
-        f"them as PNG/JPEG, remove them or pass --skip_bad_images ({first.path.name}: {first.reason})"
-    )
-
-
 def scan_subset_dir(
-    image_dir: Path,
-    *,
-    num_repeats: int,
-    class_tokens: str,
-    is_reg: bool,
-    caption_extension: str,
-    skip_bad_images: bool = False,
-) -> tuple[Subset, list[str]]:
-    """Read one image folder into a subset; an empty folder gives an empty subset and a warning.
-
-    Images whose header cannot be read stop the scan with one error per folder, or are skipped with a
-    warning each when `skip_bad_images`.
-    """
+    image_dir: Path, *, num_repeats: int, class_tokens: str, is_reg: bool, caption_extension: str
+) -> FolderScan:
+    """Read one image folder's headers and captions; images whose header is unreadable are returned
+    apart, for the caller to refuse or skip with every other bad image of the run."""
     if not image_dir.is_dir():
         raise UserError(f"image folder {image_dir} does not exist; fix the path or create it")
-    records, bad, guessed, sources = [], [], [], Counter()
+    records, bad, guessed, blank_first, sources = [], [], [], [], Counter()
     paths, file_names = list_folder(image_dir)
     for path in paths:
         try:
             width, height = read_image_size(path)
         except ImageFileError as err:
-            bad.append(BadImage(path, err.reason))
+            bad.append(BadImage(path, err.reason, err.fix))
             continue
         found = find_caption(path, caption_extension, file_names)
         sources[found.source] += 1
         if found.guessed_encoding:
             guessed.append((found.path, found.guessed_encoding))
+        if found.blank_first_line:
+            blank_first.append(found.path)
         records.append(
             ImageRecord(path, found.text or class_tokens, width, height, is_reg=is_reg, subset=image_dir.name)
         )
-    warnings = _unreadable(image_dir, bad, skip_bad_images) if bad else []
     subset = Subset(image_dir, class_tokens, num_repeats, is_reg, tuple(records))
-    if not records:
-        return subset, [*warnings, f"{image_dir} has no images ({' '.join(IMAGE_EXTENSIONS)}); skipped"]
-    return subset, [
-        *warnings,
-        *_caption_warnings(image_dir, sources, len(records), caption_extension, class_tokens, is_reg),
-        *_folder_notes(image_dir, [record.path for record in records], guessed),
-    ]
+    caption_warnings = _caption_warnings(
+        image_dir, sources, len(records), caption_extension, class_tokens, is_reg
+    )
+    notes = _folder_notes(image_dir, [record.path for record in records], guessed, blank_first)
+    return FolderScan(subset, tuple(bad), sources, tuple(caption_warnings), tuple(notes))
 
 
-def scan_dreambooth_dir(
-    root: Path, *, is_reg: bool, caption_extension: str, skip_bad_images: bool = False
-) -> tuple[list[Subset], list[str]]:
-    """All `N_concept/` subsets under `--train_data_dir` (or `--reg_data_dir` when `is_reg`), with warnings."""
-    flag = "--reg_data_dir" if is_reg else "--train_data_dir"
-    if not root.is_dir():
-        raise UserError(f"{flag} {root} does not exist or is not a folder")
-    subsets, warnings, misnamed, loose_images = [], [], [], 0
+def find_subset_dirs(root: Path) -> SubsetDirs:
+    """Sort the entries of an existing `--train_data_dir` (or `--reg_data_dir`) folder, in name order."""
+    folders, misnamed, loose_images = [], [], 0
     for entry in sorted(root.iterdir(), key=lambda p: p.name):
         if entry.name.startswith("."):
             continue
@@ -186,31 +218,61 @@ def scan_dreambooth_dir(
             continue
         parsed = parse_subset_dir_name(entry.name)
         if parsed is None:
-            misnamed.append(f"'{entry.name}'")
-            continue
-        subset, subset_warnings = scan_subset_dir(
-            entry,
-            num_repeats=parsed[0],
-            class_tokens=parsed[1],
-            is_reg=is_reg,
-            caption_extension=caption_extension,
-            skip_bad_images=skip_bad_images,
-        )
-        warnings += subset_warnings
-        if subset.records:
-            subsets.append(subset)
-    if misnamed:
+            misnamed.append(entry)
+        else:
+            folders.append((entry, *parsed))
+    return SubsetDirs(tuple(folders), tuple(misnamed), loose_images)
+
+
+def _layout_warnings(flag: str, root: Path, dirs: SubsetDirs) -> list[str]:
+    warnings = []
+    if dirs.misnamed:
+        names = [f"'{path.name}'" for path in dirs.misnamed]
         warnings.append(
-            f"{flag} {root}: skipped folder(s) {_listed(misnamed)}: not named N_concept "
+            f"{flag} {root}: skipped folder(s) {_listed(names)}: not named N_concept "
             "(N = repeats >= 1, e.g. 10_mychar)"
         )
-    if loose_images:
+    if dirs.loose_images:
         warnings.append(
-            f"{flag} {root}: ignored {loose_images} image(s) lying directly in it; images go in N_concept/ subfolders"
+            f"{flag} {root}: ignored {dirs.loose_images} image(s) lying directly in it; images go in N_concept/ "
+            "subfolders"
         )
-    if not subsets:
+    return warnings
+
+
+def scan_dreambooth_root(root: Path, *, is_reg: bool, caption_extension: str) -> ScanResult:
+    """All `N_concept/` subsets under `--train_data_dir` (or `--reg_data_dir` when `is_reg`), with the
+    warnings and the images whose header cannot be read."""
+    flag = "--reg_data_dir" if is_reg else "--train_data_dir"
+    if not root.is_dir():
+        raise UserError(f"{flag} {root} does not exist or is not a folder")
+    dirs = find_subset_dirs(root)
+    result = ScanResult()
+    for folder, num_repeats, class_tokens in dirs.folders:
+        scan = scan_subset_dir(
+            folder,
+            num_repeats=num_repeats,
+            class_tokens=class_tokens,
+            is_reg=is_reg,
+            caption_extension=caption_extension,
+        )
+        kept = (scan.subset,) if scan.subset.records else ()
+        result += ScanResult(kept, tuple(scan.warnings), scan.bad)
+    # Unreadable images are reported by the caller, which lists them all; "no images" would mislead then.
+    if not result.subsets and not result.bad:
         raise UserError(
             f"{flag} {root} has no images in N_concept/ subfolders; "
             f"expected e.g. {root / '10_mychar' / 'image.png'} (+ image.txt), N = repeats per epoch"
         )
-    return subsets, warnings
+    return result + ScanResult(warnings=tuple(_layout_warnings(flag, root, dirs)))
+
+
+def scan_dreambooth_dir(
+    root: Path, *, is_reg: bool, caption_extension: str
+) -> tuple[list[Subset], list[str]]:
+    """`scan_dreambooth_root` for a caller that checks nothing else: an unreadable image stops it here.
+    A run instead refuses every bad image of all its folders at once (`training.dataset_setup`)."""
+    result = scan_dreambooth_root(root, is_reg=is_reg, caption_extension=caption_extension)
+    if result.bad:
+        raise UserError(bad_images_message(result.bad))
+    return list(result.subsets), list(result.warnings)

@@ -26,20 +26,19 @@ from typing import NoReturn
 from PIL import Image
 
 from loracraft.config.cli_args import add_config_flags, parse_train_flags
-from loracraft.config.dataset_config import (
-    DatasetBlueprint,
-    SubsetBlueprint,
-    augment_options,
-    caption_options,
-    load_dataset_config,
-)
+from loracraft.config.dataset_config import DatasetBlueprint, SubsetBlueprint, load_dataset_config
+from loracraft.config.dataset_options import DatasetOptions
+from loracraft.config.fields import options_of
 from loracraft.config.load import build_config
 from loracraft.config.schema import TrainConfig
-from loracraft.data.caption_files import CaptionSource, FoundCaption, find_caption
-from loracraft.data.images import decode_upright, open_image, upright_size
-from loracraft.data.plan import BucketSettings, DatasetSpec, build_run_plan
+from loracraft.config.subset_options import SubsetOptions
+from loracraft.data.caption_files import CaptionSource
+from loracraft.data.image_check import BadImage
+from loracraft.data.images import ImageFileError, decode_upright, open_image
+from loracraft.data.metadata import folder_tag_counts
+from loracraft.data.plan import DatasetSpec, build_run_plan
 from loracraft.data.records import ImageRecord, Subset
-from loracraft.data.scan import is_image_file, list_images, parse_subset_dir_name
+from loracraft.data.scan import find_subset_dirs, parse_subset_dir_name, scan_subset_dir
 from loracraft.data.summary import format_plan
 from loracraft.errors import UserError
 
@@ -98,17 +97,23 @@ def _listed(names: Sequence[str]) -> str:
     return shown if len(names) <= _MAX_LISTED else f"{shown} and {len(names) - _MAX_LISTED} more"
 
 
-def _decode(path: Path) -> CheckedImage:
-    """Decode the whole file (a truncated one fails here) and hash it; the size is the upright original."""
-    with open_image(path) as img:
-        width, height = upright_size(img)
-        rgb, _ = decode_upright(img, path, at_least=_DECODE_AT_LEAST)
-    return CheckedImage(path, width, height, difference_hash(rgb))
+def _decode(record: ImageRecord) -> CheckedImage | BadImage:
+    """Decode the whole file (a truncated one fails here) and hash it, or say why it cannot be used."""
+    try:
+        with open_image(record.path) as img:
+            rgb, _ = decode_upright(img, record.path, at_least=_DECODE_AT_LEAST)
+    except ImageFileError as err:
+        return BadImage(record.path, err.reason, err.fix)
+    return CheckedImage(record.path, record.width, record.height, difference_hash(rgb))
+
+
+def _bad_image_error(label: str, item: BadImage) -> str:
+    return f"{label}: {ImageFileError(item.path, item.reason, item.fix)}"
 
 
 def _caption_line(sources: Counter, total: int, subset: SubsetBlueprint) -> str:
     own = sources[CaptionSource.FILE]
-    parts = [f"{own} of {total} captioned ({subset.caption_extension})"]
+    parts = [f"{own} of {total} captioned ({subset.options.caption_extension})"]
     if sources[CaptionSource.TXT_FALLBACK]:
         parts.append(f"{sources[CaptionSource.TXT_FALLBACK]} by a .txt fallback")
     uncaptioned = sources[CaptionSource.MISSING] + sources[CaptionSource.EMPTY]
@@ -117,49 +122,39 @@ def _caption_line(sources: Counter, total: int, subset: SubsetBlueprint) -> str:
     return ", ".join(parts)
 
 
-def _inspect(path: Path, caption_extension: str) -> tuple[CheckedImage, FoundCaption] | str:
-    """The decoded image and its caption, or the one-line reason it cannot be used."""
-    try:
-        return _decode(path), find_caption(path, caption_extension)
-    except UserError as err:
-        return str(err)
-
-
 def check_subset(subset: SubsetBlueprint, report: Report) -> tuple[Subset | None, list[CheckedImage]]:
-    """Decode every image of one subset and read its captions; None when the folder is missing or empty."""
+    """Scan one subset as training does, then decode every image; None when the folder is missing,
+    empty or holds no usable image."""
     if not subset.image_dir.is_dir():
         report.errors.append(f"{subset.label}: image folder {subset.image_dir} does not exist")
         return None, []
-    paths = list_images(subset.image_dir)
-    if not paths:
+    scan = scan_subset_dir(
+        subset.image_dir,
+        num_repeats=subset.num_repeats,
+        class_tokens=subset.class_tokens or "",
+        is_reg=subset.is_reg,
+        caption_extension=subset.options.caption_extension,
+    )
+    if not scan.image_count:
         report.errors.append(f"{subset.label}: no images in {subset.image_dir}")
         return None, []
     # Pillow decodes with the GIL released, so threads use every core.
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        results = list(pool.map(lambda path: _inspect(path, subset.caption_extension), paths))
-    checked, records, sources = [], [], Counter()
-    for path, result in zip(paths, results, strict=True):
-        if isinstance(result, str):
-            report.errors.append(f"{subset.label}: {result}")
-            continue
-        image, found = result
-        checked.append(image)
-        sources[found.source] += 1
-        records.append(
-            ImageRecord(path, found.text or subset.class_tokens or "", image.width, image.height,
-                        is_reg=subset.is_reg, subset=subset.image_dir.name)
-        )  # fmt: skip
+        results = list(pool.map(_decode, scan.subset.records))
+    checked = [result for result in results if isinstance(result, CheckedImage)]
+    bad = [*scan.bad, *(result for result in results if isinstance(result, BadImage))]
+    report.errors += [_bad_image_error(subset.label, item) for item in bad]
+    report.warnings += scan.notes
     kind = "reg  " if subset.is_reg else "train"
     report.sections.append(
-        f"  {kind}  {subset.label}: {len(paths)} images, repeats {subset.num_repeats}; "
-        + _caption_line(sources, len(records), subset)
+        f"  {kind}  {subset.label}: {scan.image_count} images, repeats {subset.num_repeats}; "
+        + _caption_line(scan.caption_sources, len(scan.subset.records), subset)
     )
+    decoded = {image.path for image in checked}
+    records = tuple(record for record in scan.subset.records if record.path in decoded)
     if not records:
         return None, checked
-    built = Subset(
-        subset.image_dir, subset.class_tokens or "", subset.num_repeats, subset.is_reg, tuple(records)
-    )
-    return replace(built, captions=subset.captions, augment=subset.augment), checked
+    return replace(scan.subset, records=records, options=subset.options), checked
 
 
 def _small_images(
@@ -176,35 +171,32 @@ def _small_images(
 
 
 def _tag_lines(subsets: Sequence[Subset]) -> list[str]:
+    """The tags the LoRA file's `ss_tag_frequency` will record, summed over the training folders."""
     counts: Counter = Counter()
     for subset in subsets:
-        if subset.is_reg:
-            continue
-        for record in subset.records:
-            tags = {t.strip().lower() for t in record.caption.split(subset.captions.caption_separator)}
-            counts.update(tag for tag in tags if tag)
+        if not subset.is_reg:
+            counts.update(folder_tag_counts(subset))
     if not counts:
         return []
     top = ", ".join(f"{tag} {count}" for tag, count in counts.most_common(TOP_TAGS))
-    return ["Most frequent tags (captions holding each, training images only)", f"  {top}"]
+    return [
+        "Most frequent tags (as the LoRA file's ss_tag_frequency counts them, training images only)",
+        f"  {top}",
+    ]
 
 
-def check_datasets(blueprints: Sequence[DatasetBlueprint], config: TrainConfig, report: Report) -> None:
+def check_datasets(datasets: Sequence[DatasetBlueprint], config: TrainConfig, report: Report) -> None:
     specs, all_images = [], []
     report.sections.append("Subsets")
-    for blueprint in blueprints:
+    for dataset in datasets:
         subsets = []
-        for planned in blueprint.subsets:
+        for planned in dataset.subsets:
             subset, images = check_subset(planned, report)
             all_images += images
-            _small_images(images, blueprint.resolution, planned.label, report)
+            _small_images(images, dataset.options.resolution, planned.label, report)
             if subset is not None:
                 subsets.append(subset)
-        specs.append(
-            DatasetSpec(
-                tuple(subsets), blueprint.resolution, blueprint.batch_size, blueprint.buckets, blueprint.label
-            )
-        )
+        specs.append(DatasetSpec(tuple(subsets), dataset.options, dataset.label))
     for a, b, distance in near_duplicates(all_images):
         report.warnings.append(f"near-duplicate images (dHash distance {distance}): {a.path} ~ {b.path}")
     report.sections += _tag_lines([s for spec in specs for s in spec.subsets])
@@ -223,50 +215,31 @@ def check_datasets(blueprints: Sequence[DatasetBlueprint], config: TrainConfig, 
     report.sections.append(format_plan(plan))
 
 
-def _folder_subset(folder: Path, is_reg: bool, config: TrainConfig) -> SubsetBlueprint | None:
-    parsed = parse_subset_dir_name(folder.name)
-    if parsed is None:
-        return None
-    return SubsetBlueprint(
-        image_dir=folder,
-        num_repeats=parsed[0],
-        is_reg=is_reg,
-        class_tokens=parsed[1],
-        caption_extension=config.caption_extension,
-        captions=caption_options((), config),
-        augment=augment_options((), config),
-        label=f"{folder.parent.name}/{folder.name}",
-    )
-
-
 def folder_subsets(root: Path, is_reg: bool, config: TrainConfig, report: Report) -> list[SubsetBlueprint]:
     """The `N_concept/` subsets of a kohya image folder; misnamed folders and loose images are errors."""
     if not root.is_dir():
         report.errors.append(f"{root} does not exist or is not a folder")
         return []
-    subsets, loose = [], 0
-    for entry in sorted(root.iterdir(), key=lambda p: p.name):
-        if entry.name.startswith("."):
-            continue
-        if not entry.is_dir():
-            loose += is_image_file(entry)
-            continue
-        subset = _folder_subset(entry, is_reg, config)
-        if subset is None:
-            report.errors.append(
-                f"{entry}: folder name is not N_concept (N = repeats >= 1, e.g. 10_mychar); training skips it"
-            )
-        else:
-            subsets.append(subset)
-    if loose:
+    dirs = find_subset_dirs(root)
+    for folder in dirs.misnamed:
         report.errors.append(
-            f"{root}: {loose} image(s) lie directly in it; kohya reads images only from N_concept/ subfolders "
-            f"(e.g. {root / '10_mychar'})"
+            f"{folder}: folder name is not N_concept (N = repeats >= 1, e.g. 10_mychar); training skips it"
         )
-    return subsets
+    if dirs.loose_images:
+        report.errors.append(
+            f"{root}: {dirs.loose_images} image(s) lie directly in it; kohya reads images only from N_concept/ "
+            f"subfolders (e.g. {root / '10_mychar'})"
+        )
+    options = options_of(SubsetOptions, config)
+    return [
+        SubsetBlueprint(
+            folder, num_repeats, is_reg, class_tokens, options, label=f"{folder.parent.name}/{folder.name}"
+        )
+        for folder, num_repeats, class_tokens in dirs.folders
+    ]
 
 
-def folder_blueprint(root: Path, config: TrainConfig, report: Report) -> DatasetBlueprint:
+def folder_dataset(root: Path, config: TrainConfig, report: Report) -> DatasetBlueprint:
     """A `--train_data_dir` (with `--reg_data_dir`), or a `dataset prepare` tree holding img/ and reg/."""
     reg_root = Path(config.reg_data_dir) if config.reg_data_dir else None
     if (root / "img").is_dir() and parse_subset_dir_name(root.name) is None:
@@ -279,27 +252,23 @@ def folder_blueprint(root: Path, config: TrainConfig, report: Report) -> Dataset
         report.errors.append(
             f"{root}: no N_concept/ folders with images (e.g. {root / '10_mychar' / 'a.png'})"
         )
-    buckets = BucketSettings(
-        config.enable_bucket, config.min_bucket_reso, config.max_bucket_reso, config.bucket_reso_steps,
-        config.bucket_no_upscale,
-    )  # fmt: skip
-    return DatasetBlueprint(tuple(subsets), config.resolution, config.train_batch_size, buckets, label="")
+    return DatasetBlueprint(tuple(subsets), options_of(DatasetOptions, config), label="")
 
 
 def run_check(target: Path, config: TrainConfig) -> Report:
     report = Report()
     if target.is_file():
         try:
-            blueprints = load_dataset_config(target, config)
+            datasets = load_dataset_config(target, config)
         except UserError as err:
             report.errors.append(str(err))
             return report
     elif target.is_dir():
-        blueprints = [folder_blueprint(target, config, report)]
+        datasets = [folder_dataset(target, config, report)]
     else:
         report.errors.append(f"{target} does not exist; give a --train_data_dir folder or a dataset TOML")
         return report
-    check_datasets(blueprints, config, report)
+    check_datasets(datasets, config, report)
     return report
 
 

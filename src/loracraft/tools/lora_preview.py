@@ -28,12 +28,14 @@ class LoRAPreview:
     @classmethod
     def from_files(cls, base: Path, tokenizer_dir: Path | None, lora_file: Path) -> LoRAPreview:
         bundle = load_model_bundle(base, tokenizer_path=tokenizer_dir)
-        tensors, metadata = read_lora_file(lora_file)
+        tensors, _ = read_lora_file(lora_file)
+        # The rank and every module's alpha come from the tensors (loading sets each module's scale);
+        # metadata may say "None" for a rank left at its default, as kohya writes it.
         network = build_lora_network(
             bundle.unet,
             bundle.text_encoder,
-            rank=int(metadata.get("ss_network_dim", 0)) or _rank_of(tensors),
-            alpha=float(metadata.get("ss_network_alpha", 0)) or None,
+            rank=_rank_of(tensors),
+            alpha=None,
             train_unet=any(k.startswith("lora_unet_") for k in tensors),
             train_text_encoder=any(k.startswith("lora_te") for k in tensors),
         )

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
+from torch.utils.data import DataLoader
 
 from loracraft.config.schema import TrainConfig
 from loracraft.data.dataset import BucketBatchDataset, batch_loader
@@ -15,19 +16,7 @@ from loracraft.models.bundle import ModelBundle
 from loracraft.training.caching import latent_job
 
 
-class BatchSource:
-    """Iterates one epoch's batches at a time through a DataLoader."""
-
-    def __init__(self, dataset: BucketBatchDataset, num_workers: int, persistent_workers: bool):
-        self.dataset = dataset
-        self.loader = batch_loader(dataset, num_workers=num_workers, persistent_workers=persistent_workers)
-
-    def epoch(self, epoch: int) -> Iterator[dict]:
-        self.dataset.set_epoch(epoch)
-        return iter(self.loader)
-
-
-def make_batch_source(
+def make_batch_loader(
     config: TrainConfig,
     plan: DatasetPlan,
     bundle: ModelBundle,
@@ -36,9 +25,9 @@ def make_batch_source(
     *,
     text_states: Sequence[torch.Tensor] | None = None,
     text_state_files: Sequence[Path] | None = None,
-) -> BatchSource:
-    """The loader of the run; `text_states`/`text_state_files` are cached text-encoder outputs, if any."""
-
+) -> DataLoader:
+    """The loader of the run (one item per batch); `text_states`/`text_state_files` are cached
+    text-encoder outputs, if any. With a latent cache the VAE encodes every image here, on `device`."""
     job = latent_job(config, plan, bundle, device)
     latents = latent_files = None
     if config.cache_latents_to_disk:
@@ -47,6 +36,7 @@ def make_batch_source(
             encode=job.encode,
             vae_identity=job.vae_identity,
             vae_batch_size=job.vae_batch_size,
+            latent_sampling=job.latent_sampling,
             flip_aug=job.flip_aug,
             alpha_mask=job.alpha_mask,
         )
@@ -69,4 +59,8 @@ def make_batch_source(
         text_states=text_states,
         text_state_files=text_state_files,
     )
-    return BatchSource(dataset, config.max_data_loader_n_workers, config.persistent_data_loader_workers)
+    return batch_loader(
+        dataset,
+        num_workers=config.data_loader_workers,
+        persistent_workers=config.persistent_data_loader_workers,
+    )

@@ -17,7 +17,7 @@ from loracraft.data.plan import DatasetPlan
 from loracraft.data.text_cache import cache_text_states, text_cache_file_paths
 from loracraft.models.bundle import ModelBundle
 from loracraft.models.text_encoding import encode_captions, encode_weighted_captions
-from loracraft.training.step import encode_images
+from loracraft.training.vae_encoding import encode_images
 
 TextInputs = tuple[list[torch.Tensor] | None, list[Path] | None]
 
@@ -35,7 +35,7 @@ def static_captions(plan: DatasetPlan) -> list[str]:
     """Each planned image's final caption. Only for static caption options (the config enforces it),
     where the random source and the epoch cannot change the result."""
     return [
-        process_caption(image.record.caption, plan.subsets[image.subset_index].captions, random.Random(0), 1)
+        process_caption(image.record.caption, plan.subsets[image.subset_index].options, random.Random(0), 1)
         for image in plan.images
     ]
 
@@ -49,13 +49,13 @@ def text_encoder_job(config: TrainConfig, bundle: ModelBundle, device: torch.dev
                 bundle.tokenizer,
                 bundle.text_encoder.to(device),
                 captions,
-                config.max_token_length,
+                config.token_length,
                 config.clip_skip,
             )
         return states.float().cpu()
 
     identity = weights_fingerprint(
-        bundle.text_encoder, config.clip_skip, config.max_token_length, config.weighted_captions
+        bundle.text_encoder, config.clip_skip, config.token_length, config.weighted_captions
     )
     return TextCacheJob(captions=(), encode=encode, identity=identity, batch_size=config.vae_batch_size)
 
@@ -91,15 +91,18 @@ def latent_job(
     config: TrainConfig, plan: DatasetPlan, bundle: ModelBundle, device: torch.device
 ) -> LatentCacheJob:
     def encode(pixels: torch.Tensor) -> torch.Tensor:
-        return encode_images(bundle.vae, pixels.to(device), config.vae_batch_size).cpu()
+        # The VAE goes to the device at the first image to encode: a current disk cache needs none.
+        vae = bundle.vae.to(device)
+        return encode_images(vae, pixels, config.vae_batch_size, config.latent_sampling).cpu()
 
     # One subset that flips or masks makes every cache entry hold the mirrored latents or the mask.
     return LatentCacheJob(
         encode=encode,
         vae_identity=weights_fingerprint(bundle.vae),
         vae_batch_size=config.vae_batch_size,
-        flip_aug=any(subset.augment.flip_aug for subset in plan.subsets),
-        alpha_mask=any(subset.augment.alpha_mask for subset in plan.subsets),
+        latent_sampling=config.latent_sampling,
+        flip_aug=any(subset.options.flip_aug for subset in plan.subsets),
+        alpha_mask=any(subset.options.alpha_mask for subset in plan.subsets),
     )
 
 

@@ -6,49 +6,29 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-from transformers import CLIPTextModel
+from diffusers import DDPMScheduler
+from torch import nn
 
-from loracraft.models.text_encoding import encode_captions, encode_weighted_captions
+from loracraft.data.latent_cache import Encoder
 
 
-@dataclass
+@dataclass(frozen=True)
 class StepModels:
-    """What a step needs: the frozen base (with LoRA patched in) and how to read captions."""
+    """What a step needs.
 
-    unet: UNet2DConditionModel
-    text_encoder: CLIPTextModel
-    tokenizer: object
-    vae: AutoencoderKL
+    `model` is the prepared `LoRADiffusionModel` (the U-Net, the text encoder and the LoRA, run under the
+    run's precision context). `encode_images` turns a batch's pixels into unscaled latents with the VAE;
+    it is None when the latents are cached, so the step holds no VAE.
+    """
+
+    model: nn.Module
     noise_scheduler: DDPMScheduler
     vae_scaling_factor: float
-    weight_dtype: torch.dtype
-    train_text_encoder: bool
-    max_token_length: int
-    clip_skip: int | None
-    weighted_captions: bool = False
-
-    def encode_text(self, captions: list[str]) -> torch.Tensor:
-        encode = encode_weighted_captions if self.weighted_captions else encode_captions
-        return encode(self.tokenizer, self.text_encoder, captions, self.max_token_length, self.clip_skip)
+    encode_images: Encoder | None
 
 
-def encode_images(vae: AutoencoderKL, pixels: torch.Tensor, vae_batch_size: int) -> torch.Tensor:
-    """Unscaled latents of images in [-1, 1]; a random draw from the VAE posterior, as kohya caches."""
-    with torch.no_grad():
-        parts = [
-            vae.encode(chunk.to(vae.device, vae.dtype)).latent_dist.sample()
-            for chunk in pixels.split(vae_batch_size)
-        ]
-    return torch.cat(parts).float()
-
-
-def training_target(
-    noise_scheduler: DDPMScheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
-) -> torch.Tensor:
-    """What the U-Net learns to predict: the added noise (epsilon prediction, SD1's parameterization).
-
-    It takes what a v-prediction target needs too (the scheduler, clean latents, timesteps)."""
+def training_target(noise: torch.Tensor) -> torch.Tensor:
+    """What the U-Net learns to predict: the added noise (epsilon prediction, SD1's parameterization)."""
     return noise
 
 
@@ -66,20 +46,12 @@ def masked_mean(loss: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
 
 def diffusion_loss(models: StepModels, batch: dict, device: torch.device) -> torch.Tensor:
     """Epsilon-prediction MSE of one batch, each sample weighted by its loss weight."""
-    # Latents come from the cache when it is on; otherwise encode the images now.
+    # Latents come from the cache when it is on; otherwise the VAE encodes the images now.
     if "latents" in batch:
         latents = batch["latents"].to(device)
     else:
-        latents = encode_images(models.vae, batch["pixels"].to(device), vae_batch_size=len(batch["pixels"]))
+        latents = models.encode_images(batch["pixels"].to(device))
     latents = latents * models.vae_scaling_factor
-
-    # Text conditioning from the cache, or encoded now; gradients reach the text encoder only when its
-    # LoRA is trained.
-    if "text_states" in batch:
-        encoder_hidden_states = batch["text_states"].to(device)
-    else:
-        with torch.set_grad_enabled(models.train_text_encoder):
-            encoder_hidden_states = models.encode_text(batch["captions"])
 
     # Sample the noise to add and a random timestep for each image.
     noise = torch.randn_like(latents)
@@ -89,13 +61,13 @@ def diffusion_loss(models: StepModels, batch: dict, device: torch.device) -> tor
     # Forward diffusion: noisy latents at each image's timestep.
     noisy_latents = models.noise_scheduler.add_noise(latents, noise, timesteps)
 
-    # The U-Net predicts the noise that was added.
-    model_pred = models.unet(
-        noisy_latents.to(models.weight_dtype), timesteps, encoder_hidden_states.to(models.weight_dtype)
-    ).sample
+    # The U-Net predicts the noise that was added, conditioned on the captions (encoded inside the
+    # model, through the text encoder's LoRA) or on the cached text-encoder outputs.
+    text_states = batch["text_states"].to(device) if "text_states" in batch else None
+    model_pred = models.model(noisy_latents, timesteps, batch["captions"], text_states)
 
     # Per-sample MSE against the target, weighted (prior_loss_weight for reg images), then averaged.
-    target = training_target(models.noise_scheduler, latents, noise, timesteps)
+    target = training_target(noise)
     loss = F.mse_loss(model_pred.float(), target.float(), reduction="none")
     if "masks" in batch:
         loss = masked_mean(loss, batch["masks"].to(device))

@@ -1,0 +1,108 @@
+"""How a setting is declared once: `flag(...)` carries everything the rest of loracraft derives from it.
+
+A field of `TrainConfig` (or of the subset and dataset options it is made of) is one kohya flag. Its
+declaration holds the name (the attribute), the type and sd-scripts' default (the annotation and the
+first argument), the description (`--help`, the web UI's tooltip), the `--help` group, and where kohya
+records or reads it elsewhere:
+
+- `ss_key`: the `ss_*` metadata key kohya writes the value under in a LoRA file; with
+  `ss_folders_only`, kohya writes it only for plain-folder runs (with a dataset config, the per-dataset
+  records of `ss_datasets` hold it);
+- `in_subset_record`: kohya writes the value, under the field's name, in each subset's record of
+  `ss_datasets` (runs with a dataset config);
+- `toml_key`: the dataset-TOML key when it is not the flag's name (`train_batch_size` -> `batch_size`);
+- `gui_default`: the kohya_ss GUI's default where it differs from sd-scripts' (for the web UI's forms).
+
+Where a setting may be given (run, dataset or subset) is the class that declares it: see
+`subset_options.py`, `dataset_options.py` and `schema.py`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, Field
+
+MODEL = "Model"
+DATASET = "Dataset"
+CAPTIONS = "Captions and text encoder"
+BUCKETS = "Aspect-ratio buckets"
+CACHING = "Caching and data loading"
+NETWORK = "Network"
+OPTIMIZER = "Optimizer and learning rate"
+TRAINING = "Training length and precision"
+OUTPUT = "Output and logging"
+AUGMENT = "Augmentation"
+# The order of the groups in `--help` and, later, in the web UI.
+GROUPS = (MODEL, DATASET, CAPTIONS, AUGMENT, BUCKETS, CACHING, NETWORK, OPTIMIZER, TRAINING, OUTPUT)
+
+_NOT_GIVEN = object()
+OptionsModel = TypeVar("OptionsModel", bound=BaseModel)
+
+
+def flag(
+    default: Any,
+    group: str,
+    doc: str,
+    *,
+    ss_key: str | None = None,
+    ss_folders_only: bool = False,
+    in_subset_record: bool = False,
+    toml_key: str | None = None,
+    gui_default: Any = _NOT_GIVEN,
+    **constraints: Any,
+) -> Any:
+    """A pydantic Field for one setting; `constraints` are pydantic's (ge=0, le=1, ...)."""
+    extra: dict[str, Any] = {"group": group}
+    if ss_key is not None:
+        extra["ss_key"] = ss_key
+        extra["ss_folders_only"] = ss_folders_only
+    if in_subset_record:
+        extra["in_subset_record"] = True
+    if toml_key is not None:
+        extra["toml_key"] = toml_key
+    if gui_default is not _NOT_GIVEN:
+        extra["gui_default"] = gui_default
+    return Field(default, description=doc, json_schema_extra=extra, **constraints)
+
+
+@dataclass(frozen=True)
+class FlagInfo:
+    """A field's declaration, read back: what `--help`, the TOML tables and the metadata use."""
+
+    name: str
+    group: str
+    description: str
+    default: Any
+    ss_key: str | None
+    ss_folders_only: bool
+    in_subset_record: bool
+    toml_key: str
+    has_gui_default: bool
+    gui_default: Any
+
+
+def flag_infos(model: type[BaseModel]) -> dict[str, FlagInfo]:
+    """Every field of `model` (in declaration order) with its declaration."""
+    infos = {}
+    for name, field in model.model_fields.items():
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        infos[name] = FlagInfo(
+            name=name,
+            group=str(extra.get("group", "Other")),
+            description=field.description or "",
+            default=field.default,
+            ss_key=extra.get("ss_key"),
+            ss_folders_only=bool(extra.get("ss_folders_only")),
+            in_subset_record=bool(extra.get("in_subset_record")),
+            toml_key=str(extra.get("toml_key", name)),
+            has_gui_default="gui_default" in extra,
+            gui_default=extra.get("gui_default"),
+        )
+    return infos
+
+
+def options_of(model: type[OptionsModel], values: BaseModel) -> OptionsModel:
+    """`model`'s fields taken from `values` (e.g. a TrainConfig's subset options), validated again."""
+    return model.model_validate({name: getattr(values, name) for name in model.model_fields})
