@@ -79,8 +79,11 @@ def config_for(model: Path, data: Path, out: Path, steps: int) -> TrainConfig:
         caption_extension=".txt",
         resolution=(64, 64),
         enable_bucket=False,
+        cache_latents=True,
+        max_data_loader_n_workers=0,  # cached latents: loading in the training process is fastest
         train_batch_size=4,
         max_train_steps=steps,
+        learning_rate=1e-4,
         network_dim=8,
         network_alpha=8,
         lr_scheduler="cosine",

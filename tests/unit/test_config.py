@@ -59,6 +59,7 @@ def test_kohya_flags_parse_with_their_types():
     assert (config.network_dim, config.network_alpha) == (32, 16.0)
     assert config.resolution == (768, 512)
     assert config.optimizer_args == ["weight_decay=0.01", "betas=0.9,0.99"]
+    assert config.optimizer_kwargs == {"weight_decay": 0.01, "betas": (0.9, 0.99)}  # parsed in one place
     assert config.warmup_steps(1000) == 100
     assert config.network_train_unet_only and not config.train_text_encoder
     assert config.clip_skip == 2 and config.max_token_length == 225

@@ -81,6 +81,7 @@ def demo_config(data_dir: Path, output_dir: Path, seed: int, epochs: int) -> Tra
         resolution=(64, 64),
         enable_bucket=False,
         cache_latents=True,
+        max_data_loader_n_workers=0,  # the latents are cached: loading in the training process is fastest
         train_batch_size=4,
         max_train_epochs=epochs,
         save_every_n_epochs=max(1, epochs // 3),

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from loracraft.config.schema import TrainConfig, parse_optimizer_args
+from loracraft.config.schema import TrainConfig
 
 
 def build_optimizer(config: TrainConfig, param_groups: list[dict]) -> torch.optim.Optimizer:
     """AdamW with the user's optimizer_args; each group keeps its own learning rate."""
-    kwargs = parse_optimizer_args(config.optimizer_args)
-    if isinstance(kwargs.get("betas"), list):
-        kwargs["betas"] = tuple(kwargs["betas"])
-    return torch.optim.AdamW(param_groups, lr=config.learning_rate, **kwargs)
+    return torch.optim.AdamW(param_groups, lr=config.learning_rate, **config.optimizer_kwargs)
 
 
 def describe_optimizer(config: TrainConfig) -> str:
