@@ -38,9 +38,10 @@ from loracraft.data.images import ImageFileError, decode_upright, open_image
 from loracraft.data.metadata import folder_tag_counts
 from loracraft.data.plan import DatasetSpec, build_run_plan
 from loracraft.data.records import ImageRecord, Subset
-from loracraft.data.scan import find_subset_dirs, parse_subset_dir_name, scan_subset_dir
+from loracraft.data.scan import find_subset_dirs, parse_subset_dir_name
 from loracraft.data.summary import format_plan
 from loracraft.errors import UserError
+from loracraft.training.dataset_setup import scan_planned_subset
 
 # Out of 64 bits: re-saved, resized or lightly edited copies land within it, different pictures far outside.
 DUPLICATE_DISTANCE = 4
@@ -128,13 +129,7 @@ def check_subset(subset: SubsetBlueprint, report: Report) -> tuple[Subset | None
     if not subset.image_dir.is_dir():
         report.errors.append(f"{subset.label}: image folder {subset.image_dir} does not exist")
         return None, []
-    scan = scan_subset_dir(
-        subset.image_dir,
-        num_repeats=subset.num_repeats,
-        class_tokens=subset.class_tokens or "",
-        is_reg=subset.is_reg,
-        caption_extension=subset.options.caption_extension,
-    )
+    scan = scan_planned_subset(subset)
     if not scan.image_count:
         report.errors.append(f"{subset.label}: no images in {subset.image_dir}")
         return None, []
@@ -154,7 +149,7 @@ def check_subset(subset: SubsetBlueprint, report: Report) -> tuple[Subset | None
     records = tuple(record for record in scan.subset.records if record.path in decoded)
     if not records:
         return None, checked
-    return replace(scan.subset, records=records, options=subset.options), checked
+    return replace(scan.subset, records=records), checked
 
 
 def _small_images(

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from loracraft.config.dataset_config import DatasetBlueprint, load_dataset_config
+from loracraft.config.dataset_config import DatasetBlueprint, SubsetBlueprint, load_dataset_config
 from loracraft.config.dataset_options import DatasetOptions
 from loracraft.config.fields import options_of
 from loracraft.config.schema import TrainConfig
@@ -21,8 +21,20 @@ from loracraft.data.image_check import (
     skipped_image_warning,
 )
 from loracraft.data.plan import DatasetPlan, DatasetSpec, build_run_plan
-from loracraft.data.scan import ScanResult, scan_dreambooth_root, scan_subset_dir
+from loracraft.data.scan import FolderScan, ScanResult, scan_dreambooth_root, scan_subset_dir
 from loracraft.errors import UserError
+
+
+def scan_planned_subset(planned: SubsetBlueprint) -> FolderScan:
+    """Scan a dataset-config subset's folder; its records carry the subset's resolved options."""
+    scan = scan_subset_dir(
+        planned.image_dir,
+        num_repeats=planned.num_repeats,
+        class_tokens=planned.class_tokens or "",
+        is_reg=planned.is_reg,
+        caption_extension=planned.options.caption_extension,
+    )
+    return replace(scan, subset=replace(scan.subset, options=planned.options))
 
 
 def scan_blueprint(blueprint: DatasetBlueprint) -> tuple[DatasetSpec, ScanResult]:
@@ -35,14 +47,8 @@ def scan_blueprint(blueprint: DatasetBlueprint) -> tuple[DatasetSpec, ScanResult
                 f"{planned.label}: image_dir {planned.image_dir} does not exist or is not a folder "
                 f"(relative paths are read from the current folder {Path.cwd()}, as in kohya)"
             )
-        scan = scan_subset_dir(
-            planned.image_dir,
-            num_repeats=planned.num_repeats,
-            class_tokens=planned.class_tokens or "",
-            is_reg=planned.is_reg,
-            caption_extension=planned.options.caption_extension,
-        )
-        subset = replace(scan.subset, options=planned.options)
+        scan = scan_planned_subset(planned)
+        subset = scan.subset
         result += ScanResult((subset,) if subset.records else (), tuple(scan.warnings), scan.bad)
     if not result.subsets and not result.bad:
         result += ScanResult(
