@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from loracraft.config.fields import GROUPS, flag_infos
 from loracraft.config.files import read_table_file
 from loracraft.config.schema import TrainConfig
 from loracraft.config.suggest import did_you_mean
@@ -59,10 +60,11 @@ def effective_config_toml(config: TrainConfig) -> str:
     import tomli_w
 
     values = config.model_dump(exclude_none=True)
-    # Pairs (resolution, face_crop_aug_range) are written the way kohya's flags spell them: "512,512".
+    groups = {name: GROUPS.index(info.group) for name, info in flag_infos(TrainConfig).items()}
+    # In --help's group order; pairs (resolution, face_crop_aug_range) spelt as kohya's flags: "512,512".
     return tomli_w.dumps(
         {
             key: ",".join(map(str, value)) if isinstance(value, tuple) else value
-            for key, value in values.items()
+            for key, value in sorted(values.items(), key=lambda item: groups[item[0]])
         }
     )

@@ -1,7 +1,9 @@
 """Parsers for kohya's value spellings: '512,768', '10%', 'true'."""
 
 import re
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator
 
 
 def parse_resolution(value: Any) -> tuple[int, int]:
@@ -53,3 +55,11 @@ def parse_bool(text: str) -> bool:
     if lowered in FALSE_WORDS:
         return False
     raise ValueError(f"{text!r} is not true or false")
+
+
+def _empty_is_none(value: Any) -> Any:
+    # kohya_ss GUI and TOML files write "" for "not set".
+    return None if value == "" else value
+
+
+OptionalPath = Annotated[str | None, BeforeValidator(_empty_is_none)]

@@ -1,0 +1,37 @@
+"""Run settings: the base model, its parts and how they are loaded."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+from loracraft.config.fields import MODEL, flag
+from loracraft.config.values import OptionalPath
+
+
+class ModelOptions(BaseModel):
+    """The base model: checkpoint, VAE, tokenizer, attention."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    pretrained_model_name_or_path: OptionalPath = flag(
+        None,
+        MODEL,
+        "Base model: a single-file checkpoint (.safetensors, .ckpt, .pt) in the original SD layout, or a "
+        "diffusers folder. Required.",
+        gui_default="runwayml/stable-diffusion-v1-5",
+    )
+    vae: OptionalPath = flag(
+        None, MODEL, "Replacement VAE: a single file or a diffusers VAE folder. Default: the model's own VAE."
+    )
+    tokenizer_path: OptionalPath = flag(
+        None,
+        MODEL,
+        "Folder with the CLIP tokenizer files (vocab.json, merges.txt). Needed offline when the model is a "
+        "single file with no tokenizer beside it (loracraft's own option).",
+    )
+    sdpa: bool = flag(
+        True,
+        MODEL,
+        "Use PyTorch scaled-dot-product attention. On by default (kohya needs the flag; diffusers already "
+        "uses SDPA), kept so kohya command lines work.",
+    )

@@ -1,0 +1,56 @@
+"""Run settings: what the run writes and where."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from loracraft.config.fields import OUTPUT, flag
+from loracraft.config.values import OptionalPath
+
+
+class OutputOptions(BaseModel):
+    """The LoRA files, their metadata and the logs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    output_dir: OptionalPath = flag(
+        None, OUTPUT, "Folder for the LoRA files, the state and the effective config."
+    )
+    output_name: str | None = flag(
+        None,
+        OUTPUT,
+        "File name stem of the LoRA: NAME.safetensors, NAME-000001.safetensors; empty = last.",
+        ss_key="ss_output_name",
+        gui_default="last",
+    )
+    save_model_as: Literal["safetensors", "ckpt", "pt"] = flag(
+        "safetensors", OUTPUT, "File format. safetensors is the safe, standard choice."
+    )
+    save_precision: Literal["float", "fp16", "bf16"] | None = flag(
+        None,
+        OUTPUT,
+        "Precision of the saved weights; empty = the precision they trained in (float32).",
+        gui_default="fp16",
+    )
+    save_every_n_epochs: int | None = flag(
+        None, OUTPUT, "Also save NAME-00000E.safetensors every N epochs.", ge=1, gui_default=1
+    )
+    training_comment: str | None = flag(
+        None, OUTPUT, "Free text stored in the file's ss_training_comment.", ss_key="ss_training_comment"
+    )
+    no_metadata: bool = flag(False, OUTPUT, "Write only the minimum metadata (no dataset, tags or settings).")
+    logging_dir: OptionalPath = flag(
+        None, OUTPUT, "Write TensorBoard logs under logging_dir/{log_prefix}{timestamp}."
+    )
+    log_prefix: str | None = flag(None, OUTPUT, "Prefix of the TensorBoard run folder name.")
+
+    @property
+    def output_stem(self) -> str:
+        """The LoRA file's name stem: --output_name, or kohya's "last" when it is not given."""
+        return self.output_name or "last"
+
+    def output_path(self, suffix: str = "") -> Path:
+        return Path(self.output_dir or ".") / f"{self.output_stem}{suffix}.{self.save_model_as}"
