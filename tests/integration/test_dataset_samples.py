@@ -231,3 +231,24 @@ def test_two_workers_build_the_same_augmented_batches(tmp_path):
     for epoch in (0, 1):
         dataset.set_epoch(epoch)
         assert comparable(list(loader)) == reference[epoch]
+
+
+def test_token_warmup_follows_each_batchs_step_in_every_worker(tmp_path):
+    """Captions grow from 1 tag to all by step 4, counted from each batch's place in the run; loader
+    workers give the same captions (kohya's shared counter lags by their prefetch)."""
+    plan = make_plan(tmp_path, SubsetOptions(token_warmup_min=1, token_warmup_step=4))
+    per_epoch = plan.steps.steps_per_epoch
+    dataset = BucketBatchDataset(plan)
+    for epoch in (0, 1):
+        for index, item in enumerate(epoch_items(dataset, epoch)):
+            step = epoch * per_epoch + index
+            for caption, path in zip(item["captions"], item["paths"], strict=True):
+                full = next(image.record.caption for image in plan.images if str(image.record.path) == path)
+                tags = full.split(", ")
+                expected = tags if step >= 4 else tags[: (step * (len(tags) - 1)) // 4 + 1]
+                assert caption == ", ".join(expected)
+    loader = batch_loader(dataset, num_workers=2, persistent_workers=False)
+    for epoch in (0, 1):
+        dataset.set_epoch(epoch)
+        in_workers = [item["captions"] for item in loader]
+        assert in_workers == [item["captions"] for item in epoch_items(BucketBatchDataset(plan), epoch)]

@@ -8,7 +8,7 @@ import pytest
 from data_helpers import write_test_image
 from loracraft.config.subset_options import SubsetOptions
 from loracraft.data.caption_files import CaptionSource, find_caption, starts_with_blank_line
-from loracraft.data.captions import process_caption
+from loracraft.data.captions import CaptionMoment, process_caption
 from loracraft.data.metadata import caption_tags
 from loracraft.data.scan import scan_subset_dir
 
@@ -44,7 +44,7 @@ def test_a_leading_blank_line_trains_the_first_non_empty_line(folder):
     found = find_caption(folder / "a.png", ".txt")
     assert (found.text, found.source, found.blank_first_line) == ("zxq, cat", CaptionSource.FILE, True)
     # kohya (lines[0].strip() without --enable_wildcard) would train this image on "".
-    assert process_caption(found.text, SubsetOptions(), random.Random(0), 1) == "zxq, cat"
+    assert process_caption(found.text, SubsetOptions(), random.Random(0), CaptionMoment()) == "zxq, cat"
     assert caption_tags(found.text) == ["zxq", "cat"]
     assert not find_caption(folder / "b.png", ".txt").blank_first_line
 

@@ -7,6 +7,7 @@ from pydantic import ValidationError
 
 from loracraft.config.subset_options import SubsetOptions
 from loracraft.data.captions import (
+    CaptionMoment,
     add_prefix_suffix,
     drop_tags,
     drops_whole_caption,
@@ -17,6 +18,8 @@ from loracraft.data.captions import (
     random_line,
     shuffle_tags,
     split_tags,
+    warmed_up_tags,
+    warmup_end_step,
 )
 
 TAGS = "sks, red hair, smiling, outdoors, blue sky, looking at viewer"
@@ -184,12 +187,12 @@ def test_shuffle_and_drop_return_new_lists():
 
 
 def test_no_options_leave_the_first_line_untouched():
-    assert process_caption("  a,b ,,c  \nignored", SubsetOptions(), rng(), 1) == "  a,b ,,c  "
+    assert process_caption("  a,b ,,c  \nignored", SubsetOptions(), rng(), CaptionMoment()) == "  a,b ,,c  "
 
 
 def test_shuffle_keeps_fixed_tags_first_and_permutes_the_rest():
     options = SubsetOptions(shuffle_caption=True, keep_tokens=1)
-    outputs = {process_caption(TAGS, options, rng(seed), 1) for seed in range(50)}
+    outputs = {process_caption(TAGS, options, rng(seed), CaptionMoment()) for seed in range(50)}
     assert len(outputs) > 10
     for output in outputs:
         tags = output.split(", ")
@@ -200,89 +203,99 @@ def test_shuffle_keeps_fixed_tags_first_and_permutes_the_rest():
 def test_fixed_suffix_tags_stay_last():
     options = SubsetOptions(shuffle_caption=True, keep_tokens_separator="|||")
     for seed in range(20):
-        tags = process_caption("sks ||| a, b, c, d ||| masterpiece, 4k", options, rng(seed), 1).split(", ")
+        tags = process_caption(
+            "sks ||| a, b, c, d ||| masterpiece, 4k", options, rng(seed), CaptionMoment()
+        ).split(", ")
         assert tags[0] == "sks" and tags[-2:] == ["masterpiece", "4k"]
         assert sorted(tags[1:-2]) == ["a", "b", "c", "d"]
 
 
 def test_keep_tokens_separator_never_reaches_the_text_encoder():
     options = SubsetOptions(keep_tokens_separator="|||")
-    assert process_caption("sks, girl ||| red, blue", options, rng(), 1) == "sks, girl, red, blue"
+    assert (
+        process_caption("sks, girl ||| red, blue", options, rng(), CaptionMoment()) == "sks, girl, red, blue"
+    )
 
 
 @pytest.mark.parametrize("rate", [0.0, 1.0])
 def test_tag_dropout_rate_extremes(rate):
     options = SubsetOptions(caption_tag_dropout_rate=rate, keep_tokens=2)
     expected = TAGS if rate == 0.0 else "sks, red hair"
-    assert process_caption(TAGS, options, rng(), 1) == expected
+    assert process_caption(TAGS, options, rng(), CaptionMoment()) == expected
 
 
 def test_tag_dropout_only_touches_flexible_tags():
     options = SubsetOptions(caption_tag_dropout_rate=0.5, keep_tokens=1)
-    lengths = {len(process_caption(TAGS, options, rng(seed), 1).split(", ")) for seed in range(100)}
+    lengths = {
+        len(process_caption(TAGS, options, rng(seed), CaptionMoment()).split(", ")) for seed in range(100)
+    }
     assert min(lengths) == 1 and max(lengths) == 6 and len(lengths) > 3
 
 
 @pytest.mark.parametrize("caption", ["", "   ", "\n", ",", " , ,, "])
 def test_empty_captions_stay_empty(caption):
     options = SubsetOptions(shuffle_caption=True, keep_tokens=2, caption_tag_dropout_rate=0.5)
-    assert process_caption(caption, options, rng(), 1) == ""
+    assert process_caption(caption, options, rng(), CaptionMoment()) == ""
 
 
 def test_only_kept_tokens():
     options = SubsetOptions(shuffle_caption=True, keep_tokens=3, caption_tag_dropout_rate=1.0)
-    assert process_caption("b, a ,c", options, rng(), 1) == "b, a, c"
+    assert process_caption("b, a ,c", options, rng(), CaptionMoment()) == "b, a, c"
 
 
 def test_whole_caption_dropout_wins_over_everything():
     options = SubsetOptions(caption_dropout_rate=1.0, caption_prefix="sks", secondary_separator=";")
-    assert process_caption(TAGS, options, rng(), 1) == ""
+    assert process_caption(TAGS, options, rng(), CaptionMoment()) == ""
     every_other = SubsetOptions(caption_dropout_every_n_epochs=2, caption_prefix="sks")
-    assert [process_caption("cat", every_other, rng(), e) for e in (1, 2, 3)] == ["sks cat", "", "sks cat"]
+    assert [process_caption("cat", every_other, rng(), CaptionMoment(e)) for e in (1, 2, 3)] == [
+        "sks cat",
+        "",
+        "sks cat",
+    ]
 
 
 def test_tags_are_joined_with_comma_space_then_secondary_separator_becomes_the_separator():
     options = SubsetOptions(
         caption_separator=";", shuffle_caption=True, keep_tokens=3, secondary_separator="&"
     )
-    assert process_caption("a;b;c&d", options, rng(), 1) == "a, b, c;d"
+    assert process_caption("a;b;c&d", options, rng(), CaptionMoment()) == "a, b, c;d"
     grouped = SubsetOptions(shuffle_caption=True, secondary_separator=";;;")
     for seed in range(10):
         assert "red hair,blue eyes" in process_caption(
-            "girl, red hair;;;blue eyes, sky", grouped, rng(seed), 1
+            "girl, red hair;;;blue eyes, sky", grouped, rng(seed), CaptionMoment()
         )
 
 
 def test_secondary_separator_applies_without_shuffle():
     options = SubsetOptions(secondary_separator=";;;")
-    assert process_caption("a;;;b, c", options, rng(), 1) == "a,b, c"
+    assert process_caption("a;;;b, c", options, rng(), CaptionMoment()) == "a,b, c"
 
 
 def test_prefix_and_suffix_go_around_the_chosen_line_and_join_the_tags():
     options = SubsetOptions(enable_wildcard=True, caption_prefix="sks,", caption_suffix=", 4k")
-    outputs = {process_caption("red\n\nblue\n", options, rng(seed), 1) for seed in range(50)}
+    outputs = {process_caption("red\n\nblue\n", options, rng(seed), CaptionMoment()) for seed in range(50)}
     assert outputs == {"sks, red , 4k", "sks, blue , 4k"}
     shuffled = SubsetOptions(
         shuffle_caption=True, keep_tokens=1, caption_prefix="sks,", caption_suffix=", 4k"
     )
-    tags = process_caption("a, b", shuffled, rng(), 1).split(", ")
+    tags = process_caption("a, b", shuffled, rng(), CaptionMoment()).split(", ")
     assert tags[0] == "sks" and sorted(tags[1:]) == ["4k", "a", "b"]
 
 
 def test_without_wildcards_braces_and_other_lines_stay_as_written():
-    assert process_caption("{a|b}\nsecond", SubsetOptions(), rng(), 1) == "{a|b}"
+    assert process_caption("{a|b}\nsecond", SubsetOptions(), rng(), CaptionMoment()) == "{a|b}"
 
 
 def test_wildcards_expand_before_tags_are_split():
     options = SubsetOptions(enable_wildcard=True, shuffle_caption=True, keep_tokens=1)
     for seed in range(20):
-        tags = process_caption("sks, {red, blue|green}", options, rng(seed), 1).split(", ")
+        tags = process_caption("sks, {red, blue|green}", options, rng(seed), CaptionMoment()).split(", ")
         assert tags[0] == "sks" and sorted(tags[1:]) in (["blue", "red"], ["green"])
 
 
 def test_unicode_tags_survive():
     options = SubsetOptions(shuffle_caption=True, keep_tokens=1, caption_separator="、")
-    output = process_caption("初音ミク、青い髪、ツインテール、笑顔 😊", options, rng(), 1)
+    output = process_caption("初音ミク、青い髪、ツインテール、笑顔 😊", options, rng(), CaptionMoment())
     assert output.split(", ")[0] == "初音ミク"
     assert sorted(output.split(", ")) == sorted(["初音ミク", "青い髪", "ツインテール", "笑顔 😊"])
 
@@ -290,7 +303,7 @@ def test_unicode_tags_survive():
 def test_very_long_caption_keeps_every_tag():
     tags = [f"tag{i}" for i in range(20_000)]
     options = SubsetOptions(shuffle_caption=True, keep_tokens=5)
-    output = process_caption(", ".join(tags), options, rng(), 1).split(", ")
+    output = process_caption(", ".join(tags), options, rng(), CaptionMoment()).split(", ")
     assert output[:5] == tags[:5] and output != tags and sorted(output) == sorted(tags)
 
 
@@ -307,7 +320,11 @@ def test_same_seed_same_caption(changes):
     options = SubsetOptions(**changes)
     caption = "sks ||| {red|blue|green} hair, smiling, outdoors, day, sky\nsks ||| night, moon, stars, city"
     runs = [
-        [process_caption(caption, options, rng(seed), epoch) for seed in range(30) for epoch in (1, 2)]
+        [
+            process_caption(caption, options, rng(seed), CaptionMoment(epoch))
+            for seed in range(30)
+            for epoch in (1, 2)
+        ]
         for _ in range(2)
     ]
     assert runs[0] == runs[1]
@@ -317,8 +334,34 @@ def test_same_seed_same_caption(changes):
 def test_multi_line_caption_file_trains_first_line_or_a_random_line_with_wildcards():
     # A caption file's lines reach process_caption joined by newlines (data/caption_files.py).
     caption = "a photo of sks\na drawing of sks\na painting of sks"
-    assert process_caption(caption, SubsetOptions(), random.Random(0), 1) == "a photo of sks"
+    assert process_caption(caption, SubsetOptions(), random.Random(0), CaptionMoment()) == "a photo of sks"
     drawn = {
-        process_caption(caption, SubsetOptions(enable_wildcard=True), random.Random(s), 1) for s in range(40)
+        process_caption(caption, SubsetOptions(enable_wildcard=True), random.Random(s), CaptionMoment())
+        for s in range(40)
     }
     assert drawn == set(caption.splitlines())
+
+
+@pytest.mark.parametrize(
+    ("ratio_or_steps", "total", "end"),
+    [(0, 100, 0), (10, 100, 10), (0.5, 100, 50), (0.25, 10, 2), (3.0, 5, 3)],
+)
+def test_token_warmup_end_is_steps_or_a_share_of_all_steps(ratio_or_steps, total, end):
+    assert warmup_end_step(ratio_or_steps, total) == end
+
+
+# 9 flexible tags, warm-up from 1 tag to all by step 10: kohya's floor(step * (9 - 1) / 10) + 1.
+@pytest.mark.parametrize(("step", "count"), [(0, 1), (1, 1), (2, 2), (5, 5), (9, 8), (10, 9), (50, 9)])
+def test_token_warmup_grows_the_tags_linearly(step, count):
+    tags = [f"t{i}" for i in range(9)]
+    assert warmed_up_tags(tags, 1, 10, step) == tags[:count]
+
+
+def test_token_warmup_keeps_the_kept_tags_and_follows_the_run():
+    options = SubsetOptions(keep_tokens=1, token_warmup_min=2, token_warmup_step=0.5)
+    caption = "sks, a, b, c, d, e"
+    # 100 steps: the warm-up ends at step 50; at step 25, floor(25 * (5 - 2) / 50) + 2 = 3 flexible tags.
+    assert process_caption(caption, options, rng(), CaptionMoment(1, 25, 100)) == "sks, a, b, c"
+    assert process_caption(caption, options, rng(), CaptionMoment(1, 0, 100)) == "sks, a, b"
+    assert process_caption(caption, options, rng(), CaptionMoment(2, 50, 100)) == caption
+    assert not options.is_static

@@ -154,3 +154,15 @@ def test_help_lists_groups_and_docs(capsys):
     for group in ("Model:", "Dataset:", "Network:", "Optimizer and learning rate:", "Output and logging:"):
         assert group in out
     assert "LoRA rank" in out and "[kohya_ss GUI: 8]" in " ".join(out.split())
+
+
+def test_kohyas_misspelt_caption_extention_is_read_with_a_note(tmp_path, capsys):
+    _, config = parse(["--caption_extention", ".txt"])
+    assert config.caption_extension == ".txt"
+    assert (
+        "note: --caption_extention is kohya's old spelling of --caption_extension" in capsys.readouterr().err
+    )
+    toml = tmp_path / "run.toml"
+    toml.write_text('caption_extension = ".caption"\ncaption_extention = ".tags"\n')
+    assert read_config_file(toml)["caption_extension"] == ".tags"  # as in kohya, the old spelling wins
+    assert "caption_extention is kohya's old spelling" in capsys.readouterr().err

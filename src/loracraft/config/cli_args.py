@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import types
 import typing
 from typing import Any
 
 from pydantic.fields import FieldInfo
 
-from loracraft.config.fields import GROUPS, FlagInfo, flag_infos
+from loracraft.config.fields import GROUPS, FlagInfo, alias_names, alias_note, flag_infos
 from loracraft.config.schema import TrainConfig
 from loracraft.config.suggest import did_you_mean
 from loracraft.config.values import parse_bool
@@ -82,7 +83,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             kwargs.update(metavar="{" + ",".join(map(str, choices)) + "}" if choices else name.upper())
             if choices and all(isinstance(v, int) for v in choices):
                 kwargs.update(type=_int_or_text)
-        group.add_argument(f"--{name}", **kwargs)
+        aliases = [f"--{alias}" for alias in declared[name].aliases]
+        group.add_argument(f"--{name}", *aliases, **kwargs)
 
 
 def make_train_parser(prog: str = "loracraft train") -> argparse.ArgumentParser:
@@ -111,6 +113,9 @@ def parse_train_flags(parser: argparse.ArgumentParser, argv: list[str]) -> tuple
             raise UserError(f"unknown flag --{name}{did_you_mean(name, FIELDS, prefix='--')}")
     if unknown:
         raise UserError(f"unexpected argument {unknown[0]!r}; flags look like --network_dim 32")
+    for alias, name in alias_names(TrainConfig).items():
+        if any(token.split("=", 1)[0] == f"--{alias}" for token in argv):
+            print(alias_note(alias, name, "--"), file=sys.stderr)
     values = vars(namespace)
     config_file = values.pop("config_file", None)
     return config_file, values

@@ -36,7 +36,7 @@ from loracraft.errors import UserError
 # kohya keys loracraft does not implement: named as such instead of "unknown", so a kohya user knows why.
 UNSUPPORTED_KOHYA_KEYS = frozenset({
     "metadata_file", "conditioning_data_dir", "cache_info", "custom_attributes", "validation_split",
-    "validation_seed", "network_multiplier", "resize_interpolation", "token_warmup_min", "token_warmup_step",
+    "validation_seed", "network_multiplier", "resize_interpolation",
 })  # fmt: skip
 
 

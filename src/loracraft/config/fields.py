@@ -11,7 +11,8 @@ records or reads it elsewhere:
 - `in_subset_record`: kohya writes the value, under the field's name, in each subset's record of
   `ss_datasets` (runs with a dataset config);
 - `toml_key`: the dataset-TOML key when it is not the flag's name (`train_batch_size` -> `batch_size`);
-- `gui_default`: the kohya_ss GUI's default where it differs from sd-scripts' (for the web UI's forms).
+- `gui_default`: the kohya_ss GUI's default where it differs from sd-scripts' (for the web UI's forms);
+- `aliases`: other names kohya accepts for the flag (its old misspellings), read with a note.
 
 Where a setting may be given (run, dataset or subset) is the class that declares it: see
 `subset_options.py`, `dataset_options.py` and `schema.py`.
@@ -51,6 +52,7 @@ def flag(
     in_subset_record: bool = False,
     toml_key: str | None = None,
     gui_default: Any = _NOT_GIVEN,
+    aliases: tuple[str, ...] = (),
     **constraints: Any,
 ) -> Any:
     """A pydantic Field for one setting; `constraints` are pydantic's (ge=0, le=1, ...)."""
@@ -64,6 +66,8 @@ def flag(
         extra["toml_key"] = toml_key
     if gui_default is not _NOT_GIVEN:
         extra["gui_default"] = gui_default
+    if aliases:
+        extra["aliases"] = list(aliases)
     return Field(default, description=doc, json_schema_extra=extra, **constraints)
 
 
@@ -81,6 +85,7 @@ class FlagInfo:
     toml_key: str
     has_gui_default: bool
     gui_default: Any
+    aliases: tuple[str, ...]
 
 
 def flag_infos(model: type[BaseModel]) -> dict[str, FlagInfo]:
@@ -99,8 +104,18 @@ def flag_infos(model: type[BaseModel]) -> dict[str, FlagInfo]:
             toml_key=str(extra.get("toml_key", name)),
             has_gui_default="gui_default" in extra,
             gui_default=extra.get("gui_default"),
+            aliases=tuple(extra.get("aliases", ())),
         )
     return infos
+
+
+def alias_names(model: type[BaseModel]) -> dict[str, str]:
+    """alias -> field name, for every field of `model` that kohya also reads under another name."""
+    return {alias: name for name, info in flag_infos(model).items() for alias in info.aliases}
+
+
+def alias_note(alias: str, name: str, prefix: str = "") -> str:
+    return f"note: {prefix}{alias} is kohya's old spelling of {prefix}{name}; read as {prefix}{name}"
 
 
 def options_of(model: type[OptionsModel], values: BaseModel) -> OptionsModel:

@@ -5,12 +5,13 @@ Precedence: schema defaults < --config_file < command-line flags.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from loracraft.config.fields import GROUPS, flag_infos
+from loracraft.config.fields import GROUPS, alias_names, alias_note, flag_infos
 from loracraft.config.files import read_table_file
 from loracraft.config.schema import TrainConfig
 from loracraft.config.suggest import did_you_mean
@@ -28,8 +29,12 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
             flat.update(value)
         else:
             flat[key] = value
-    for key in flat:
-        if key not in FIELDS:
+    aliases = alias_names(TrainConfig)
+    for key in list(flat):
+        if key in aliases:  # kohya: the old spelling wins when both are given
+            print(f"{path}: {alias_note(key, aliases[key])}", file=sys.stderr)
+            flat[aliases[key]] = flat.pop(key)
+        elif key not in FIELDS:
             raise UserError(f"{path}: unknown key {key!r}{did_you_mean(key, FIELDS)}")
     return flat
 

@@ -42,6 +42,7 @@ class SubsetOptions(BaseModel):
         "Extension of the caption file beside each image. If it is missing but a .txt with the same stem "
         "exists, the .txt is used and a warning says so. No caption file: the concept name of the folder.",
         gui_default=".txt",
+        aliases=("caption_extention",),
     )
     shuffle_caption: bool = flag(
         False,
@@ -97,6 +98,21 @@ class SubsetOptions(BaseModel):
         ss_key="ss_caption_tag_dropout_rate",
         ge=0,
         le=1,
+    )
+    token_warmup_min: int = flag(
+        1,
+        CAPTIONS,
+        "Caption token warm-up: the number of (not kept) tags a caption starts with at step 0.",
+        ge=0,
+    )
+    token_warmup_step: float = flag(
+        0,
+        CAPTIONS,
+        "Caption token warm-up: the optimizer step (or, below 1, the share of all steps) by which captions "
+        "have all their tags; 0 = no warm-up. In between, the tags kept grow linearly from "
+        "token_warmup_min. kohya counts steps as data-loader workers happen to see them; loracraft from "
+        "each batch's place in the run, so runs are reproducible.",
+        ge=0,
     )
     enable_wildcard: bool = flag(
         False,
@@ -160,6 +176,7 @@ class SubsetOptions(BaseModel):
             ("caption_dropout_every_n_epochs", self.caption_dropout_every_n_epochs > 0),
             ("caption_tag_dropout_rate", self.caption_tag_dropout_rate > 0),
             ("enable_wildcard", self.enable_wildcard),
+            ("token_warmup_step", self.token_warmup_step > 0),
         ):
             if on:
                 return name

@@ -14,13 +14,17 @@ Where kohya has a trap we keep its options and fix the result:
   tags even without shuffle or tag dropout (kohya then leaves "|||" in the text), and a third or later
   marker separates suffix tags instead of staying inside one.
 - Prefix, caption and suffix are joined with one space and no space is added next to an empty part.
-kohya's token warmup (`token_warmup_min/step`) is not part of these options.
+- Token warm-up (`token_warmup_min/step`) counts a sample's step from its batch's place in the run
+  (`CaptionMoment`); kohya reads a shared counter that data-loader workers see late by their prefetch,
+  so its captions depend on the number of workers.
 """
 
 from __future__ import annotations
 
+import math
 import random
 import re
+from dataclasses import dataclass
 
 from loracraft.config.subset_options import SubsetOptions
 
@@ -107,17 +111,49 @@ def drop_tags(tags: list[str], rate: float, rng: random.Random) -> list[str]:
     return [tag for tag in tags if rng.random() >= rate]
 
 
-def process_caption(caption: str, options: SubsetOptions, rng: random.Random, epoch: int) -> str:
-    """The caption a sample is trained on in `epoch` (counted from 1, as kohya's `current_epoch`)."""
-    if drops_whole_caption(options, rng, epoch):
+def warmup_end_step(token_warmup_step: float, max_train_steps: int) -> int:
+    """The step by which captions have all their tags: whole steps, or below 1 a share of all steps."""
+    return (
+        math.floor(token_warmup_step * max_train_steps) if token_warmup_step < 1 else int(token_warmup_step)
+    )
+
+
+def warmed_up_tags(tags: list[str], warmup_min: int, end_step: int, step: int) -> list[str]:
+    """kohya's token warm-up: before `end_step`, the first floor(step * (n - min) / end) + min of the n
+    flexible tags; all of them from `end_step` on (and without a warm-up, end_step 0)."""
+    if not end_step or step >= end_step:
+        return tags
+    return tags[: math.floor(step * (len(tags) - warmup_min) / end_step) + warmup_min]
+
+
+@dataclass(frozen=True)
+class CaptionMoment:
+    """Where in the run a sample is drawn: its epoch (from 1, as kohya's `current_epoch`), the optimizer
+    steps done before its batch, and the run's total (token warm-up's ratio is a share of it)."""
+
+    epoch: int = 1
+    step: int = 0
+    max_train_steps: int = 0
+
+
+def process_caption(caption: str, options: SubsetOptions, rng: random.Random, moment: CaptionMoment) -> str:
+    """The caption a sample is trained on at `moment`."""
+    if drops_whole_caption(options, rng, moment.epoch):
         return ""
     line = random_line(caption, rng) if options.enable_wildcard else first_line(caption)
     caption = add_prefix_suffix(line, options.caption_prefix, options.caption_suffix)
     if options.enable_wildcard:
         caption = expand_wildcards(caption, rng)
     marker = options.keep_tokens_separator
-    if options.shuffle_caption or options.caption_tag_dropout_rate > 0 or (marker and marker in caption):
+    warmup_end = warmup_end_step(options.token_warmup_step, moment.max_train_steps)
+    if (
+        options.shuffle_caption
+        or options.caption_tag_dropout_rate > 0
+        or warmup_end > 0
+        or (marker and marker in caption)
+    ):
         fixed, flexible, fixed_suffix = partition_tags(caption, options)
+        flexible = warmed_up_tags(flexible, options.token_warmup_min, warmup_end, moment.step)
         if options.shuffle_caption:
             flexible = shuffle_tags(flexible, rng)
         flexible = drop_tags(flexible, options.caption_tag_dropout_rate, rng)

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from loracraft.data.augment import FLIP_PROBABILITY, load_training_image
 from loracraft.data.buckets import center_crop_box
-from loracraft.data.captions import process_caption
+from loracraft.data.captions import CaptionMoment, process_caption
 from loracraft.data.images import Box
 from loracraft.data.latent_cache import CachedLatents, read_latent_file
 from loracraft.data.plan import DatasetPlan, epoch_batches
@@ -132,8 +132,7 @@ class BucketBatchDataset(Dataset):
         subset = self.plan.subsets[image.subset_index]
         # A str seed is hashed with SHA-512, the same in every process (unlike hash() of a tuple).
         rng = random.Random(f"{self.plan.seed}:{epoch}:{batch_index}:{position}")
-        # Captions count epochs from 1, as kohya's current_epoch does (caption_dropout_every_n_epochs).
-        caption = process_caption(image.record.caption, subset.options, rng, epoch + 1)
+        caption = process_caption(image.record.caption, subset.options, rng, self._moment(epoch, batch_index))
         if self.caches_latents:
             return self._cached_sample(index, subset, caption, rng)
         choice = image.choice
@@ -144,6 +143,13 @@ class BucketBatchDataset(Dataset):
             loaded.pixels, loaded.mask, caption,
             _crop_top_left(loaded.crop_ltrb, loaded.resized_size[0], loaded.flipped),
         )  # fmt: skip
+
+    def _moment(self, epoch: int, batch_index: int) -> CaptionMoment:
+        """Captions count epochs from 1, as kohya's current_epoch does (caption_dropout_every_n_epochs);
+        the step is the optimizer steps done before this batch's, from its place in the run."""
+        steps = self.plan.steps
+        step = epoch * steps.steps_per_epoch + batch_index // self.plan.gradient_accumulation_steps
+        return CaptionMoment(epoch + 1, step, steps.max_train_steps)
 
     def _masks(self, samples: Sequence[_Sample]) -> torch.Tensor:
         # Samples of subsets without alpha_mask train on every pixel.

@@ -12,7 +12,7 @@ import torch
 
 from loracraft.config.schema import TrainConfig
 from loracraft.data.cache_fill import LatentCacheJob, TextCacheJob, fill_disk_caches
-from loracraft.data.captions import process_caption
+from loracraft.data.captions import CaptionMoment, process_caption
 from loracraft.data.plan import DatasetPlan
 from loracraft.data.text_cache import cache_text_states, text_cache_file_paths
 from loracraft.models.bundle import ModelBundle
@@ -35,7 +35,9 @@ def static_captions(plan: DatasetPlan) -> list[str]:
     """Each planned image's final caption. Only for static caption options (the config enforces it),
     where the random source and the epoch cannot change the result."""
     return [
-        process_caption(image.record.caption, plan.subsets[image.subset_index].options, random.Random(0), 1)
+        process_caption(
+            image.record.caption, plan.subsets[image.subset_index].options, random.Random(0), CaptionMoment()
+        )
         for image in plan.images
     ]
 
