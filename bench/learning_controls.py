@@ -2,7 +2,7 @@
 a broken target (the U-Net asked to predict fresh noise, unrelated to the noise that was added) and
 with a zero learning rate, and measure each with the learning test's probe.
 
-    python bench/learning_controls.py [--epochs 5]
+    python bench/learning_controls.py [--epochs 5] [--optimizers]
 """
 
 from __future__ import annotations
@@ -17,9 +17,20 @@ from loracraft.tools.demo import DemoConcept, probe_lora, train_demo_lora
 from loracraft.training import step
 
 
-def unrelated_noise_target(noise: torch.Tensor) -> torch.Tensor:
+def unrelated_noise_target(
+    latents: torch.Tensor, noise: torch.Tensor, alphas_cumprod_t: torch.Tensor, v_parameterization: bool
+) -> torch.Tensor:
     """A deliberately broken target: noise the image was never given, so nothing can be learned from it."""
     return torch.randn_like(noise)
+
+
+# The learning test's optimizer variants (tests/integration/test_learning.py), each with one learning rate
+# for every part; --optimizers measures them with a constant rate and with cosine_with_restarts.
+OPTIMIZERS = {
+    name: {"optimizer_type": name, **dict.fromkeys(("learning_rate", "unet_lr", "text_encoder_lr"), lr)}
+    for name, lr in (("Prodigy", 1.0), ("Lion", 5e-4), ("AdamW8bit", 2e-3))
+}
+RESTARTS = {"lr_scheduler": "cosine_with_restarts", "lr_scheduler_num_cycles": 2}
 
 
 def run(name: str, root: Path, epochs: int, **overrides) -> str:
@@ -36,6 +47,9 @@ def run(name: str, root: Path, epochs: int, **overrides) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument(
+        "--optimizers", action="store_true", help="measure the learning test's optimizer variants instead"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     print("| run | train time | trigger prompts in magenta | prompts without trigger in magenta | "
@@ -43,6 +57,12 @@ def main() -> None:
     print("|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
+        if args.optimizers:
+            for name, overrides in OPTIMIZERS.items():
+                print(run(name, root, args.epochs, **overrides), flush=True)
+                restarts = run(f"{name} cosine_with_restarts", root, args.epochs, **overrides, **RESTARTS)
+                print(restarts, flush=True)
+            return
         print(run("working trainer", root, args.epochs), flush=True)
         original = step.training_target
         step.training_target = unrelated_noise_target

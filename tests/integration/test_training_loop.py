@@ -25,7 +25,7 @@ from loracraft.training.optimizer import build_optimizer
 from loracraft.training.progress import TrainingLog
 from loracraft.training.schedule import build_lr_scheduler
 from loracraft.training.step import StepModels, diffusion_loss
-from loracraft.training.trainer import WEIGHT_DTYPES, build_model, setup_training, start_run
+from loracraft.training.trainer import build_model, setup_training, start_run
 from model_helpers import tiny_text_encoder, tiny_unet
 
 pytestmark = pytest.mark.slow
@@ -93,7 +93,7 @@ class CountingOptimizerSteps:
 
 
 def prepared(config: TrainConfig, bundle: ModelBundle, plan: DatasetPlan, loader, accelerator):
-    model = build_model(config, bundle, WEIGHT_DTYPES[config.mixed_precision])
+    model = build_model(config, bundle)
     groups = model.network.param_groups(config.effective_unet_lr, config.effective_text_encoder_lr)
     optimizer = build_optimizer(config, groups)
     steps = CountingOptimizerSteps(optimizer)

@@ -129,11 +129,12 @@ def test_before_first_save_there_are_no_save_time_keys() -> None:
     [
         (False, False, "sd_v1", "stable-diffusion-v1/lora", "epsilon"),
         (True, False, "sd_v2", "stable-diffusion-v2-512/lora", "epsilon"),
+        (False, True, "sd_v1_v", "stable-diffusion-v1/lora", "v"),
         (True, True, "sd_v2_v", "stable-diffusion-v2-768-v/lora", "v"),
     ],
 )
 def test_model_version(v2: bool, v_pred: bool, version: str, architecture: str, prediction: str) -> None:
-    metadata = kohya_metadata(config(), run_info(v2=v2, v_parameterization=v_pred))
+    metadata = kohya_metadata(config(v_parameterization=v_pred), run_info(v2=v2))
     assert metadata["ss_v2"] == str(v2)
     assert metadata["ss_base_model_version"] == version
     assert metadata["modelspec.architecture"] == architecture

@@ -31,6 +31,13 @@ COMPANIONS: dict[str, dict] = {
     "cache_text_encoder_outputs_to_disk": {"network_train_unet_only": True},
     "network_train_text_encoder_only": {},
     "min_bucket_reso": {"max_bucket_reso": 2048},
+    "full_fp16": {"mixed_precision": "fp16"},
+    "full_bf16": {"mixed_precision": "bf16"},
+    "fp8_base": {"mixed_precision": "bf16"},
+    "fp8_base_unet": {"mixed_precision": "bf16"},
+    "adaptive_noise_scale": {"noise_offset": 0.1},
+    "scale_v_pred_loss_like_noise_pred": {"v_parameterization": True},
+    "conditioning_data_dir": {"masked_loss": True},
 }
 # Values the type alone cannot suggest.
 CHANGED: dict[str, object] = {
@@ -43,6 +50,8 @@ CHANGED: dict[str, object] = {
     "clip_skip": 2,
     "min_bucket_reso": 320,
     "lr_warmup_steps": 0.1,
+    "lr_scheduler_type": "CosineAnnealingLR",
+    "lr_scheduler_args": ["T_max=100"],
 }
 
 

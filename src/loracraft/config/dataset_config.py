@@ -35,7 +35,7 @@ from loracraft.errors import UserError
 
 # kohya keys loracraft does not implement: named as such instead of "unknown", so a kohya user knows why.
 UNSUPPORTED_KOHYA_KEYS = frozenset({
-    "metadata_file", "conditioning_data_dir", "cache_info", "custom_attributes", "validation_split",
+    "metadata_file", "cache_info", "custom_attributes", "validation_split",
     "validation_seed", "network_multiplier", "resize_interpolation",
 })  # fmt: skip
 

@@ -35,8 +35,11 @@ OPTIMIZER = "Optimizer and learning rate"
 TRAINING = "Training length and precision"
 OUTPUT = "Output and logging"
 AUGMENT = "Augmentation"
+NOISE_AND_LOSS = "Noise, timesteps and loss"
 # The order of the groups in `--help` and, later, in the web UI.
-GROUPS = (MODEL, DATASET, CAPTIONS, AUGMENT, BUCKETS, CACHING, NETWORK, OPTIMIZER, TRAINING, OUTPUT)
+GROUPS = (
+    MODEL, DATASET, CAPTIONS, AUGMENT, BUCKETS, CACHING, NETWORK, OPTIMIZER, NOISE_AND_LOSS, TRAINING, OUTPUT,
+)  # fmt: skip
 
 _NOT_GIVEN = object()
 OptionsModel = TypeVar("OptionsModel", bound=BaseModel)

@@ -29,9 +29,31 @@ class ModelOptions(BaseModel):
         "Folder with the CLIP tokenizer files (vocab.json, merges.txt). Needed offline when the model is a "
         "single file with no tokenizer beside it (loracraft's own option).",
     )
+    lowram: bool = flag(
+        False,
+        MODEL,
+        "For machines with less RAM than VRAM: the U-Net, text encoder and VAE move to the GPU as soon as "
+        "they are loaded and stay there (encoders whose outputs are cached are not moved back to the CPU). "
+        "On the CPU it changes nothing.",
+        ss_key="ss_lowram",
+    )
     sdpa: bool = flag(
         True,
         MODEL,
         "Use PyTorch scaled-dot-product attention. On by default (kohya needs the flag; diffusers already "
-        "uses SDPA), kept so kohya command lines work.",
+        "uses SDPA), kept so kohya command lines work. false: the classic attention (kohya without any "
+        "attention flag).",
+    )
+    xformers: bool = flag(
+        False,
+        MODEL,
+        "xformers attention in the U-Net and VAE. When xformers is not installed, one line says so and "
+        "SDPA is used.",
+        gui_default=True,
+    )
+    mem_eff_attn: bool = flag(
+        False,
+        MODEL,
+        "Memory-efficient attention: SDPA restricted to PyTorch's memory-efficient kernel (CUDA GPUs; "
+        "elsewhere one line says so and plain SDPA is used). Wins over --xformers, as in kohya.",
     )

@@ -3,24 +3,26 @@
 from __future__ import annotations
 
 import ast
-import inspect
+import re
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from loracraft.config.fields import OPTIMIZER, flag
+from loracraft.config.rules import RuleViolation
+from loracraft.config.suggest import did_you_mean
 
-# kohya accepts these optimizer names; only AdamW is built so far, the rest get a clear "not yet".
+# kohya's optimizer names (get_optimizer matches them in lower case); DAdaptation is DAdaptAdamPreprint.
 # fmt: off
-KNOWN_OPTIMIZERS = (
+KOHYA_OPTIMIZERS = (
     "AdamW", "AdamW8bit", "PagedAdamW", "PagedAdamW8bit", "PagedAdamW32bit", "Lion", "Lion8bit",
-    "PagedLion8bit", "SGDNesterov", "SGDNesterov8bit", "DAdaptation", "DAdaptAdaGrad", "DAdaptAdam",
-    "DAdaptAdan", "DAdaptAdanIP", "DAdaptLion", "DAdaptSGD", "Prodigy", "AdaFactor",
+    "PagedLion8bit", "SGDNesterov", "SGDNesterov8bit", "DAdaptation", "DAdaptAdamPreprint", "DAdaptAdaGrad",
+    "DAdaptAdam", "DAdaptAdan", "DAdaptAdanIP", "DAdaptLion", "DAdaptSGD", "Prodigy", "AdaFactor",
     "RAdamScheduleFree", "AdamWScheduleFree", "SGDScheduleFree",
 )
 # fmt: on
-SUPPORTED_OPTIMIZERS = ("AdamW",)
+_DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
 
 
 class OptimizerOptions(BaseModel):
@@ -31,17 +33,28 @@ class OptimizerOptions(BaseModel):
     optimizer_type: str = flag(
         "AdamW",
         OPTIMIZER,
-        "Optimizer. AdamW for now; kohya's other names give a clear 'not yet'.",
+        "Optimizer: AdamW, AdamW8bit, PagedAdamW, PagedAdamW8bit, PagedAdamW32bit, Lion, Lion8bit, "
+        "PagedLion8bit, SGDNesterov, SGDNesterov8bit, DAdaptation (= DAdaptAdamPreprint), DAdaptAdaGrad, "
+        "DAdaptAdam, DAdaptAdan, DAdaptAdanIP, DAdaptLion, DAdaptSGD, Prodigy, AdaFactor, AdamWScheduleFree, "
+        "SGDScheduleFree, RAdamScheduleFree (any case), a torch.optim class name, or any importable "
+        "package.module.Class (e.g. prodigyplus.ProdigyPlusScheduleFree). All but AdamW, SGDNesterov and "
+        'AdaFactor need their package: pip install "loracraft[optimizers]".',
         gui_default="AdamW8bit",
     )
+    use_8bit_adam: bool = flag(False, OPTIMIZER, "Legacy spelling of --optimizer_type AdamW8bit.")
+    use_lion_optimizer: bool = flag(False, OPTIMIZER, "Legacy spelling of --optimizer_type Lion.")
     optimizer_args: list[str] = flag(
-        [], OPTIMIZER, "Extra optimizer arguments as key=value, e.g. weight_decay=0.01 betas=0.9,0.99."
+        [],
+        OPTIMIZER,
+        "Extra keyword arguments of the optimizer as key=value, values read as Python literals: "
+        "weight_decay=0.01 betas=0.9,0.999 (a tuple) decouple=True d_coef=2 beta3=None.",
     )
     learning_rate: float = flag(
         2e-6,
         OPTIMIZER,
         "Learning rate for every part without its own (--unet_lr, --text_encoder_lr). The default is "
-        "kohya's, meant for full fine-tuning; LoRA usually trains at 1e-4.",
+        "kohya's, meant for full fine-tuning; LoRA usually trains at 1e-4, and D-Adaptation and Prodigy at "
+        "1.0 (they scale it by the step size d they estimate).",
         ss_key="ss_learning_rate",
         ge=0,
         gui_default=1e-4,
@@ -73,22 +86,36 @@ class OptimizerOptions(BaseModel):
     @field_validator("optimizer_type")
     @classmethod
     def _known_optimizer(cls, value: str) -> str:
-        name = value or "AdamW"
-        by_lower = {n.lower(): n for n in KNOWN_OPTIMIZERS}
-        canonical = by_lower.get(name.lower())
-        if canonical is None:
-            raise ValueError(
-                f"unknown optimizer {value!r}; loracraft builds {', '.join(SUPPORTED_OPTIMIZERS)}"
-            )
-        if canonical not in SUPPORTED_OPTIMIZERS:
-            raise ValueError(f"{canonical} is not built into loracraft yet; use AdamW for now")
-        return canonical
+        return canonical_optimizer_name(value)
 
     @field_validator("optimizer_args")
     @classmethod
     def _optimizer_args_parse(cls, value: list[str]) -> list[str]:
-        parse_optimizer_args(value)
+        parse_key_values(value, "optimizer_args")
         return value
+
+    @model_validator(mode="after")
+    def _legacy_flags(self) -> OptimizerOptions:
+        if self.use_8bit_adam and self.use_lion_optimizer:
+            raise RuleViolation(
+                "`use_8bit_adam` and `use_lion_optimizer` choose two optimizers; keep one (or use `optimizer_type`)"
+            )
+        for legacy, meant in (("use_8bit_adam", "AdamW8bit"), ("use_lion_optimizer", "Lion")):
+            if getattr(self, legacy) and self.optimizer_type not in ("AdamW", meant):
+                raise RuleViolation(
+                    f"`{legacy}` means `optimizer_type` {meant}, but `optimizer_type` is {self.optimizer_type}; "
+                    "keep one of the two"
+                )
+        return self
+
+    @property
+    def optimizer_name(self) -> str:
+        """The optimizer this run builds: `optimizer_type`, or what a legacy flag stands for."""
+        if self.use_8bit_adam:
+            return "AdamW8bit"
+        if self.use_lion_optimizer:
+            return "Lion"
+        return self.optimizer_type
 
     @property
     def effective_unet_lr(self) -> float:
@@ -101,23 +128,51 @@ class OptimizerOptions(BaseModel):
     @property
     def optimizer_kwargs(self) -> dict[str, Any]:
         """`optimizer_args` as the optimizer's keyword arguments."""
-        return parse_optimizer_args(self.optimizer_args)
+        return parse_key_values(self.optimizer_args, "optimizer_args")
+
+    @property
+    def is_schedule_free(self) -> bool:
+        """kohya's test: a schedule-free optimizer's name ends in ScheduleFree (ProdigyPlusScheduleFree too)."""
+        return self.optimizer_name.lower().endswith("schedulefree")
+
+    @property
+    def adafactor_relative_step(self) -> bool:
+        """AdaFactor computing its own step sizes: relative_step=True, its default, or forced by
+        warmup_init=True, as kohya does."""
+        if self.optimizer_name != "AdaFactor":
+            return False
+        kwargs = self.optimizer_kwargs
+        return bool(kwargs.get("relative_step", True) or kwargs.get("warmup_init", False))
 
 
-def parse_optimizer_args(items: list[str]) -> dict[str, Any]:
-    """kohya's `key=value` optimizer arguments; values are Python literals, `a,b` is a tuple."""
+def canonical_optimizer_name(value: str) -> str:
+    """kohya's spelling of an optimizer name ('' is AdamW), a torch.optim class, or a dotted class path."""
+    name = value.strip() or "AdamW"
+    by_lower = {known.lower(): known for known in KOHYA_OPTIMIZERS}
+    if name.lower() in by_lower:
+        return by_lower[name.lower()]
+    if _DOTTED.match(name):
+        return name
+    if isinstance(getattr(torch.optim, name, None), type):
+        return name  # kohya: a bare name is looked up in torch.optim, case-sensitive
+    suggestion = did_you_mean(name.lower(), by_lower)  # kohya matches names in any case
+    raise ValueError(
+        f"unknown optimizer {value!r}{suggestion}; use one of kohya's names (see --help), a torch.optim "
+        "class, or package.module.Class"
+    )
+
+
+def parse_key_values(items: list[str], flag_name: str) -> dict[str, Any]:
+    """kohya's `key=value` arguments: values are Python literals (`0.9,0.999` is a tuple, `True`, `None`);
+    a value that is not a literal stays text (kohya stops with a SyntaxError there)."""
     parsed: dict[str, Any] = {}
-    allowed = set(inspect.signature(torch.optim.AdamW).parameters) - {"params", "lr"}
     for item in items:
         key, sep, raw = item.partition("=")
         key = key.strip()
-        if not sep or not key:
-            raise ValueError(f"optimizer argument {item!r} is not key=value")
-        if key not in allowed:
-            raise ValueError(f"AdamW has no argument {key!r}; it takes {', '.join(sorted(allowed))}")
+        if not sep or not key.isidentifier():
+            raise ValueError(f"{flag_name} {item!r} is not key=value")
         try:
-            value = ast.literal_eval(raw.strip())
+            parsed[key] = ast.literal_eval(raw.strip())
         except (ValueError, SyntaxError):
-            value = raw.strip()
-        parsed[key] = tuple(value) if isinstance(value, list) else value
+            parsed[key] = raw.strip()
     return parsed

@@ -45,4 +45,8 @@ def run_conflict_with_subset(run: TrainConfig, subset: SubsetOptions) -> RuleVio
             f"`cache_text_encoder_outputs` needs captions that never change, but `{changing}` changes them "
             "each epoch; drop one of the two"
         )
+    if subset.conditioning_data_dir and not run.masked_loss:
+        return RuleViolation(
+            "`conditioning_data_dir` holds loss masks, which only `masked_loss` applies: add `masked_loss`"
+        )
     return None

@@ -17,12 +17,13 @@ from pydantic import ConfigDict, model_validator
 
 from loracraft.config.data_options import DataOptions
 from loracraft.config.dataset_options import DatasetOptions
+from loracraft.config.loss_options import LossOptions
 from loracraft.config.model_options import ModelOptions
 from loracraft.config.network_options import NetworkOptions
 from loracraft.config.optimizer_options import OptimizerOptions
 from loracraft.config.output_options import OutputOptions
 from loracraft.config.rules import RuleViolation, run_conflict_with_subset
-from loracraft.config.schedule_options import ScheduleOptions
+from loracraft.config.schedule_options import ScheduleOptions, optimizer_schedule_conflict
 from loracraft.config.subset_options import SubsetOptions
 from loracraft.config.training_options import TrainingOptions
 
@@ -30,6 +31,7 @@ from loracraft.config.training_options import TrainingOptions
 class TrainConfig(
     OutputOptions,
     TrainingOptions,
+    LossOptions,
     ScheduleOptions,
     OptimizerOptions,
     NetworkOptions,
@@ -49,7 +51,7 @@ class TrainConfig(
                 "`network_train_unet_only` and `network_train_text_encoder_only` exclude each other; pick one"
             )
         # As flags, the subset options apply to every folder: the same rules as for a TOML subset.
-        conflict = run_conflict_with_subset(self, self)
+        conflict = run_conflict_with_subset(self, self) or optimizer_schedule_conflict(self)
         if conflict is not None:
             raise conflict
         if self.cache_text_encoder_outputs and self.train_text_encoder:

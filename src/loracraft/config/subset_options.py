@@ -12,6 +12,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict
 
 from loracraft.config.fields import AUGMENT, CAPTIONS, DATASET, flag
+from loracraft.config.values import OptionalPath
 
 
 def parse_face_crop_range(value: Any) -> tuple[float, float] | None:
@@ -157,6 +158,13 @@ class SubsetOptions(BaseModel):
         AUGMENT,
         "Use each image's alpha channel as a loss mask (transparent pixels do not train).",
         in_subset_record=True,
+    )
+    conditioning_data_dir: OptionalPath = flag(
+        None,
+        AUGMENT,
+        "With masked_loss: a folder holding, for each image of the folder, a mask image of the same file stem "
+        "and size; its red channel is the loss mask (white trains, black does not). It overrides alpha_mask. "
+        "Every image needs a mask and every mask an image, as in kohya.",
     )
 
     @property

@@ -25,22 +25,25 @@ def parse_resolution(value: Any) -> tuple[int, int]:
     return (sides[0], sides[1])
 
 
-def parse_warmup(value: Any) -> int | float:
+def parse_steps_or_ratio(value: Any) -> int | float:
     """kohya's int_or_float: whole steps, a ratio below 1, or a percentage string like '10%'."""
     if isinstance(value, bool):
-        raise ValueError("lr_warmup_steps is a number of steps or a ratio")
+        raise ValueError("expected a number of steps or a ratio below 1")
     if isinstance(value, str):
         text = value.strip()
         if text.endswith("%"):
-            return float(text[:-1]) / 100
+            value = float(text[:-1]) / 100
+            if not 0 <= value < 1:
+                raise ValueError(f"{text} is not a percentage from 0% to below 100%")
+            return value
         number = float(text)
         value = int(number) if number.is_integer() and number >= 1 else number
     if isinstance(value, float) and value >= 1:
         if not value.is_integer():
-            raise ValueError(f"lr_warmup_steps {value} is neither whole steps nor a ratio below 1")
+            raise ValueError(f"{value} is neither whole steps nor a ratio below 1")
         return int(value)
     if value < 0:
-        raise ValueError("lr_warmup_steps cannot be negative")
+        raise ValueError("cannot be negative")
     return value
 
 

@@ -15,7 +15,8 @@ randomness comes from the `random.Random` passed in, so a seeded generator gives
   the gamma to values scaled to [0, 1], the adjustment kohya's comment intends.
 - `flip_aug`: a horizontal flip with probability 0.5, of the pixels and the mask alike.
 - `alpha_mask`: the alpha channel / 255 (all ones without alpha), resized and cropped with the image.
-  The RGB pixels stay composited on white.
+  The RGB pixels stay composited on white. A mask image from `conditioning_data_dir` (`masks.py`)
+  replaces it, resized, cropped and flipped the same way.
 """
 
 import random
@@ -37,6 +38,7 @@ from loracraft.data.images import (
     to_tensor,
     upright_size,
 )
+from loracraft.data.masks import load_mask
 
 COLOR_AUG_PROBABILITY = 0.33
 HUE_SHIFT_DEGREES = 16.0  # kohya's 8 in OpenCV's half-degree hue units
@@ -155,18 +157,27 @@ def _crop_plan(
 
 
 def load_training_image(
-    path: Path, resized_size: Size, bucket: Size, options: SubsetOptions, rng: random.Random
+    path: Path,
+    resized_size: Size,
+    bucket: Size,
+    options: SubsetOptions,
+    rng: random.Random,
+    mask_path: Path | None = None,
 ) -> TrainingImage:
-    """Decode `path` and apply the augmentations in `options` (see the module docstring)."""
+    """Decode `path` and apply the augmentations in `options` (see the module docstring); `mask_path` is
+    the image's mask image from its folder's conditioning_data_dir, which overrides alpha_mask."""
     with open_image(path) as img:
-        resized_size, box = _crop_plan(path, upright_size(img), resized_size, bucket, options, rng)
+        original = upright_size(img)
+        resized_size, box = _crop_plan(path, original, resized_size, bucket, options, rng)
         rgb, alpha = decode_upright(img, path, at_least=resized_size)
     rgb = resize_and_crop(rgb, resized_size, box)
     if options.color_aug:
         rgb = color_augment(rgb, rng)
     pixels = to_tensor(rgb)
     mask = None
-    if options.alpha_mask:
+    if mask_path is not None:
+        mask = load_mask(mask_path, original, resized_size, box)
+    elif options.alpha_mask:
         mask = (
             mask_to_tensor(resize_and_crop(alpha, resized_size, box))
             if alpha is not None

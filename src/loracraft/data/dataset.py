@@ -18,11 +18,12 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from loracraft.data.augment import FLIP_PROBABILITY, load_training_image
+from loracraft.data.augment import FLIP_PROBABILITY, load_training_image, mask_to_latent_size
 from loracraft.data.buckets import center_crop_box
 from loracraft.data.captions import CaptionMoment, process_caption
 from loracraft.data.images import Box
 from loracraft.data.latent_cache import CachedLatents, read_latent_file
+from loracraft.data.masks import load_mask, mask_files
 from loracraft.data.plan import DatasetPlan, epoch_batches
 from loracraft.data.records import Subset
 from loracraft.data.text_cache import load_cached_text_states
@@ -51,8 +52,8 @@ class BucketBatchDataset(Dataset):
     - `loss_weights` (B,) float32: `prior_loss_weight` for reg samples, 1.0 otherwise; `is_reg` (B,) bool;
     - `original_sizes_hw`, `crop_top_lefts`, `target_sizes_hw` (B, 2) int64: SDXL's size conditioning
       (the image size before resizing, the crop offset in the resized image, the bucket size);
-    - `masks` (B, 1, H, W) float32 in [0, 1] when any subset has `alpha_mask` (ones for the samples of
-      subsets without it): at pixel size with `pixels`, at latent size with cached `latents`
+    - `masks` (B, 1, H, W) float32 in [0, 1] when any subset has `alpha_mask` or a
+      `conditioning_data_dir` of mask images (ones for the samples of subsets without either): at pixel size with `pixels`, at latent size with cached `latents`
       (`augment.mask_to_latent_size` brings either to the latent size);
     - `text_states` (B, tokens, width) when text-encoder outputs are cached (in memory or in files).
 
@@ -84,7 +85,10 @@ class BucketBatchDataset(Dataset):
         self.latent_files = latent_files
         self.text_states = text_states
         self.text_state_files = text_state_files
-        self.with_masks = any(subset.options.alpha_mask for subset in plan.subsets)
+        self.mask_files = mask_files(plan)
+        self.with_masks = any(
+            subset.options.alpha_mask or subset.options.conditioning_data_dir for subset in plan.subsets
+        )
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         # Each process computes an epoch's order once, on its first item of that epoch.
         self._order_epoch: int | None = None
@@ -125,6 +129,12 @@ class BucketBatchDataset(Dataset):
             raise ValueError(f"latents of {image.record.path} were cached without alpha_mask")
         crop = center_crop_box(image.choice.resized_size, image.choice.bucket)
         mask = mask if subset.options.alpha_mask else None
+        mask_file = self.mask_files[index]
+        if mask_file is not None:
+            # Mask images are read at every step, as kohya reads them, so an edited mask is never stale.
+            size = (image.record.width, image.record.height)
+            mask = load_mask(mask_file, size, image.choice.resized_size, crop)
+            mask = mask_to_latent_size((mask.flip(-1) if flipped else mask)[None], latents.shape[-2:])[0]
         return _Sample(latents, mask, caption, _crop_top_left(crop, image.choice.resized_size[0], flipped))
 
     def _sample(self, epoch: int, batch_index: int, position: int, index: int) -> _Sample:
@@ -137,7 +147,7 @@ class BucketBatchDataset(Dataset):
             return self._cached_sample(index, subset, caption, rng)
         choice = image.choice
         loaded = load_training_image(
-            image.record.path, choice.resized_size, choice.bucket, subset.options, rng
+            image.record.path, choice.resized_size, choice.bucket, subset.options, rng, self.mask_files[index]
         )
         return _Sample(
             loaded.pixels, loaded.mask, caption,

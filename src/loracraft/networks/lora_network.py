@@ -61,6 +61,14 @@ class LoRANetwork(nn.Module):
         for adapter in self.children():
             adapter.multiplier = multiplier
 
+    def freeze_text_encoder(self) -> None:
+        """Stop training the text encoder's adapters (--stop_text_encoder_training): no gradient is computed
+        for them from now on, so the optimizer leaves them as they are; eval mode turns off their dropout."""
+        for name in self.text_encoder_names:
+            adapter = self.adapter(name)
+            adapter.requires_grad_(False)
+            adapter.eval()
+
     def param_groups(self, unet_lr: float, text_encoder_lr: float) -> list[dict]:
         """Optimizer parameter groups `{"params", "lr", "name"}`, named "unet" and "text_encoder".
 

@@ -76,7 +76,6 @@ class RunSummary:
     network_dropout: float | None = None
     network_args: dict[str, str] | None = None
     v2: bool = False
-    v_parameterization: bool = False
     dataset_dirs: dict = field(default_factory=dict)
     """{folder name: {"n_repeats": n, "img_count": n}} for training folders."""
     reg_dataset_dirs: dict = field(default_factory=dict)
@@ -97,7 +96,7 @@ class RunSummary:
 def kohya_metadata(config: TrainConfig, info: RunSummary) -> dict[str, str]:
     """All metadata for a LoRA file, or with `--no_metadata` only the minimum keys consumers need to
     recognise it; modelspec is written in both cases, as kohya does."""
-    ss = {**_settings_metadata(config), **_ss_metadata(info)}
+    ss = {**_settings_metadata(config), **_ss_metadata(info, config.v_parameterization)}
     if config.no_metadata:
         ss = {key: ss[key] for key in _MINIMUM_KEYS if key in ss}
     return {key: str(value) for key, value in {**ss, **_modelspec(config, info)}.items()}
@@ -113,12 +112,12 @@ def _settings_metadata(config: TrainConfig) -> dict[str, object]:
     }
 
 
-def base_model_version(info: RunSummary) -> str:
+def base_model_version(v2: bool, v_parameterization: bool) -> str:
     """kohya `ss_base_model_version` for SD1/SD2: sd_v1 / sd_v2, with `_v` for v-prediction."""
-    return ("sd_v2" if info.v2 else "sd_v1") + ("_v" if info.v_parameterization else "")
+    return ("sd_v2" if v2 else "sd_v1") + ("_v" if v_parameterization else "")
 
 
-def _ss_metadata(info: RunSummary) -> dict[str, object]:
+def _ss_metadata(info: RunSummary, v_parameterization: bool) -> dict[str, object]:
     values: dict[str, object] = {
         "ss_session_id": info.session_id,
         "ss_training_started_at": info.training_started_at,
@@ -130,7 +129,7 @@ def _ss_metadata(info: RunSummary) -> dict[str, object]:
         "ss_network_module": info.network_module,
         "ss_network_dropout": info.network_dropout,
         "ss_v2": info.v2,
-        "ss_base_model_version": base_model_version(info),
+        "ss_base_model_version": base_model_version(info.v2, v_parameterization),
         "ss_seed": info.seed,
         "ss_optimizer": info.optimizer,
         "ss_dataset_dirs": json.dumps(info.dataset_dirs),
@@ -161,7 +160,7 @@ def _ss_metadata(info: RunSummary) -> dict[str, object]:
 
 def _modelspec(config: TrainConfig, info: RunSummary) -> dict[str, str]:
     if info.v2:
-        architecture = "stable-diffusion-v2-768-v" if info.v_parameterization else "stable-diffusion-v2-512"
+        architecture = "stable-diffusion-v2-768-v" if config.v_parameterization else "stable-diffusion-v2-512"
     else:
         architecture = "stable-diffusion-v1"
     timestamp = (
@@ -175,7 +174,7 @@ def _modelspec(config: TrainConfig, info: RunSummary) -> dict[str, str]:
         "modelspec.title": config.output_stem,
         "modelspec.resolution": f"{width}x{height}",
         "modelspec.date": datetime.datetime.fromtimestamp(int(timestamp)).isoformat(),
-        "modelspec.prediction_type": "v" if info.v_parameterization else "epsilon",
+        "modelspec.prediction_type": "v" if config.v_parameterization else "epsilon",
     }
     if config.clip_skip is not None:
         spec["modelspec.encoder_layer"] = str(config.clip_skip)

@@ -16,11 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from diffusers import DDIMScheduler
 
 from loracraft.atomic import write_atomic, write_text_atomic
 from loracraft.config.schema import TrainConfig
 from loracraft.errors import UserError
 from loracraft.models.tiny import shipped
+from loracraft.models.tiny.architecture import VPRED_SCHEDULER_CONFIG
 from loracraft.models.tiny.palette import BACKGROUNDS, SHAPES
 from loracraft.models.tiny.shapes import caption_for, render_shape
 from loracraft.tools.concept_probe import ConceptProbe, ProbeResult, render_grid
@@ -119,9 +121,15 @@ def train_demo_lora(
     return result, time.monotonic() - started
 
 
-def probe_lora(concept: DemoConcept, lora_file: Path, *multipliers: float) -> list[ProbeResult]:
-    """The concept probe's rates for the shipped tiny model with `lora_file` at each multiplier."""
-    preview = LoRAPreview.from_files(shipped.CHECKPOINT, shipped.TOKENIZER_DIR, lora_file)
+def probe_lora(
+    concept: DemoConcept, lora_file: Path, *multipliers: float, v_prediction: bool = False
+) -> list[ProbeResult]:
+    """The concept probe's rates for the shipped tiny model (its v-prediction variant with `v_prediction`)
+    with `lora_file` at each multiplier."""
+    base = shipped.VPRED_CHECKPOINT if v_prediction else shipped.CHECKPOINT
+    preview = LoRAPreview.from_files(base, shipped.TOKENIZER_DIR, lora_file)
+    if v_prediction:
+        preview.pipeline.scheduler = DDIMScheduler.from_config(VPRED_SCHEDULER_CONFIG)
     probe = ConceptProbe.for_colour(concept.trigger, concept.colour)
     return [probe.measure(preview, multiplier) for multiplier in multipliers]
 

@@ -17,6 +17,7 @@ from loracraft.data.plan import DatasetPlan
 from loracraft.data.text_cache import cache_text_states, text_cache_file_paths
 from loracraft.models.bundle import ModelBundle
 from loracraft.models.text_encoding import encode_captions, encode_weighted_captions
+from loracraft.training.accelerator import release_cached_memory
 from loracraft.training.vae_encoding import encode_images
 
 TextInputs = tuple[list[torch.Tensor] | None, list[Path] | None]
@@ -95,7 +96,12 @@ def latent_job(
     def encode(pixels: torch.Tensor) -> torch.Tensor:
         # The VAE goes to the device at the first image to encode: a current disk cache needs none.
         vae = bundle.vae.to(device)
-        return encode_images(vae, pixels, config.vae_batch_size, config.latent_sampling).cpu()
+        latents = encode_images(vae, pixels, config.vae_batch_size, config.latent_sampling).cpu()
+        # kohya frees the GPU's cached memory after every cached batch, so a small GPU does not fill up
+        # across bucket shapes; --highvram keeps it.
+        if not config.highvram:
+            release_cached_memory(device)
+        return latents
 
     # One subset that flips or masks makes every cache entry hold the mirrored latents or the mask.
     return LatentCacheJob(

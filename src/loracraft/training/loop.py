@@ -4,10 +4,15 @@ The model, the loader, the optimizer and the schedule go through `accelerator.pr
 prepared loader tells accelerate where each epoch ends, so an accumulation window never spans two
 epochs: the last window of an epoch steps with what it has, as in kohya, whose step count
 (`plan.steps`) assumes exactly that.
+
+A NaN or inf loss stops the run (`NonFiniteLoss`) where the log reads the losses back (every few steps
+and at each epoch's end, so the loop never waits for the device to check), before any later file is
+written: the epoch files saved before it stay as they were.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -17,6 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from loracraft.data.plan import StepCount
+from loracraft.training.optimizer import learning_rates
 from loracraft.training.progress import TrainingLog
 
 
@@ -40,6 +46,19 @@ def prepare_training(
     return TrainingParts(*accelerator.prepare(model, loader, optimizer, lr_scheduler))
 
 
+class NonFiniteLoss(Exception):
+    """The loss of optimizer step `step` (in `epoch`) was NaN or inf; the loop stopped."""
+
+    def __init__(self, step: int, epoch: int, value: float):
+        super().__init__(f"loss {value} at step {step} (epoch {epoch})")
+        self.step, self.epoch, self.value = step, epoch, value
+
+
+def _stop_if_non_finite(log: TrainingLog) -> None:
+    if log.non_finite is not None:
+        raise NonFiniteLoss(*log.non_finite)
+
+
 @dataclass(frozen=True)
 class LoopResult:
     steps: int
@@ -55,17 +74,21 @@ def run_epochs(
     max_grad_norm: float,
     log: TrainingLog,
     epoch_end: Callable[[int, int], None],
+    before_batch: Callable[[int], None] | None = None,
 ) -> LoopResult:
     """Train `steps.max_train_steps` optimizer steps; `loss_of(batch)` runs the prepared model.
-    `epoch_end(epoch, steps so far)` is called after every epoch but the last (to save epoch files)."""
+    `epoch_end(epoch, steps so far)` is called after every epoch but the last (to save epoch files),
+    `before_batch(steps so far)` before each batch (to stop training a part at a step).
+    Raises NonFiniteLoss when a loss is NaN or inf."""
     trainable = [p for group in parts.optimizer.param_groups for p in group["params"]]
-    group_names = [group.get("name", f"group{i}") for i, group in enumerate(parts.optimizer.param_groups)]
     parts.model.train()
     done = 0
     for epoch in range(1, steps.num_epochs + 1):
         parts.loader.set_epoch(epoch - 1)
         epoch_losses = []
         for batch in parts.loader:
+            if before_batch is not None:
+                before_batch(done)
             with accelerator.accumulate(parts.model):
                 loss = loss_of(batch)
                 accelerator.backward(loss)
@@ -78,12 +101,19 @@ def run_epochs(
             epoch_losses.append(loss.detach())
             if accelerator.sync_gradients:
                 done += 1
-                lrs = dict(zip(group_names, parts.lr_scheduler.get_last_lr(), strict=True))
-                log.step(done, epoch, loss.detach(), lrs)
+                log.step(done, epoch, loss.detach(), learning_rates(parts.optimizer, parts.lr_scheduler))
+                _stop_if_non_finite(log)
                 if done >= steps.max_train_steps:
                     break
-        log.epoch_end(epoch, torch.stack(epoch_losses).mean().item())
+        epoch_average = torch.stack(epoch_losses).mean().item()
+        log.epoch_end(epoch, epoch_average)
+        _stop_if_non_finite(log)
+        if not math.isfinite(epoch_average):
+            # A batch inside an accumulation window, whose loss is not logged, went non-finite.
+            raise NonFiniteLoss(done, epoch, epoch_average)
         if done >= steps.max_train_steps:
             break
         epoch_end(epoch, done)
-    return LoopResult(done, log.flush())
+    average = log.flush()
+    _stop_if_non_finite(log)
+    return LoopResult(done, average)

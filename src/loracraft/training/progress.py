@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from pathlib import Path
@@ -42,6 +43,8 @@ class TrainingLog:
         self.sync_every = sync_every
         self.pending: list[tuple[int, int, torch.Tensor, dict[str, float]]] = []
         self.last_average = float("nan")
+        self.non_finite: tuple[int, int, float] | None = None
+        """(step, epoch, loss) of the first NaN or inf loss read back, for the loop to stop at."""
         self.writer = None
         self.run_dir: Path | None = None
         if logging_dir:
@@ -61,18 +64,25 @@ class TrainingLog:
         if not self.pending:
             return self.last_average
         values = torch.stack([loss for _, _, loss, _ in self.pending]).float().cpu().tolist()
-        for (step, _, _, lrs), value in zip(self.pending, values, strict=True):
+        for (step, epoch, _, lrs), value in zip(self.pending, values, strict=True):
             self.last_average = self.average.add(value)
             if self.writer is not None:
                 self.writer.add_scalar("loss/current", value, step)
                 self.writer.add_scalar("loss/average", self.last_average, step)
                 for name, lr in lrs.items():
                     self.writer.add_scalar(f"lr/{name}", lr, step)
-        _, epoch, _, lrs = self.pending[-1]
+            if not math.isfinite(value):
+                # The steps after it trained on broken weights: they are not logged.
+                self.non_finite = (step, epoch, value)
+                break
         first_lr = next(iter(lrs.values()), 0.0)
-        self.bar.set_postfix(
-            epoch=epoch, loss=f"{values[-1]:.4f}", avr_loss=f"{self.last_average:.4f}", lr=f"{first_lr:.2e}"
-        )
+        shown = {"epoch": epoch, "loss": f"{value:.4f}", "avr_loss": f"{self.last_average:.4f}"}
+        shown["lr"] = f"{first_lr:.2e}"
+        # D-Adaptation and Prodigy step by d * lr, which the bar shows beside the scheduled lr.
+        effective_lr = next((lr for name, lr in lrs.items() if name.startswith("d*lr/")), None)
+        if effective_lr is not None:
+            shown["d*lr"] = f"{effective_lr:.2e}"
+        self.bar.set_postfix(shown)
         self.pending.clear()
         return self.last_average
 

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from torch import nn
 
+from loracraft.config.loss_options import LossOptions
 from loracraft.data.latent_cache import Encoder
+from loracraft.training.losses import (
+    elementwise_loss,
+    huber_threshold,
+    masked_mean,
+    snr_weighted,
+    training_target,
+)
+from loracraft.training.noise import perturbed_noise, sample_noise
+from loracraft.training.timesteps import sample_timesteps, snr
 
 
 @dataclass(frozen=True)
@@ -17,35 +26,21 @@ class StepModels:
     """What a step needs.
 
     `model` is the prepared `LoRADiffusionModel` (the U-Net, the text encoder and the LoRA, run under the
-    run's precision context). `encode_images` turns a batch's pixels into unscaled latents with the VAE;
-    it is None when the latents are cached, so the step holds no VAE.
+    run's precision context). `noise_scheduler` is the training schedule (`timesteps.training_noise_scheduler`).
+    `encode_images` turns a batch's pixels into unscaled latents with the VAE; it is None when the latents
+    are cached, so the step holds no VAE. `options` are the run's noise, timestep and loss settings.
     """
 
     model: nn.Module
     noise_scheduler: DDPMScheduler
     vae_scaling_factor: float
     encode_images: Encoder | None
-
-
-def training_target(noise: torch.Tensor) -> torch.Tensor:
-    """What the U-Net learns to predict: the added noise (epsilon prediction, SD1's parameterization)."""
-    return noise
-
-
-def masked_mean(loss: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """Per-sample mean of the loss over the masked area (alpha_mask).
-
-    The pixel mask is shrunk to latent size by area averaging. kohya divides by every element, so a
-    half-transparent image trains at half strength; dividing by the mask's own area keeps the strength.
-    """
-    mask = F.interpolate(masks.float(), size=loss.shape[-2:], mode="area")
-    weighted = (loss * mask).sum(dim=(1, 2, 3))
-    area = mask.sum(dim=(1, 2, 3)) * loss.shape[1]
-    return weighted / area.clamp(min=1e-6)
+    options: LossOptions = field(default_factory=LossOptions)
 
 
 def diffusion_loss(models: StepModels, batch: dict, device: torch.device) -> torch.Tensor:
-    """Epsilon-prediction MSE of one batch, each sample weighted by its loss weight."""
+    """The batch's diffusion loss: noise or v prediction, each sample weighted, then averaged."""
+    options, scheduler = models.options, models.noise_scheduler
     # Latents come from the cache when it is on; otherwise the VAE encodes the images now.
     if "latents" in batch:
         latents = batch["latents"].to(device)
@@ -53,25 +48,40 @@ def diffusion_loss(models: StepModels, batch: dict, device: torch.device) -> tor
         latents = models.encode_images(batch["pixels"].to(device))
     latents = latents * models.vae_scaling_factor
 
-    # Sample the noise to add and a random timestep for each image.
-    noise = torch.randn_like(latents)
-    num_timesteps = models.noise_scheduler.config.num_train_timesteps
-    timesteps = torch.randint(0, num_timesteps, (latents.shape[0],), device=device).long()
+    # Sample the noise to add (with offset and multires noise when on) and a random timestep for each image.
+    noise = sample_noise(latents, options)
+    timesteps = sample_timesteps(*options.timestep_range, latents.shape[0], device)
 
-    # Forward diffusion: noisy latents at each image's timestep.
-    noisy_latents = models.noise_scheduler.add_noise(latents, noise, timesteps)
+    # Forward diffusion: noisy latents at each image's timestep. Input perturbation noises them a little
+    # more than the target says.
+    noisy_latents = scheduler.add_noise(latents, perturbed_noise(noise, options), timesteps)
 
-    # The U-Net predicts the noise that was added, conditioned on the captions (encoded inside the
-    # model, through the text encoder's LoRA) or on the cached text-encoder outputs.
+    # The U-Net predicts the noise (or v), conditioned on the captions (encoded inside the model, through
+    # the text encoder's LoRA) or on the cached text-encoder outputs.
     text_states = batch["text_states"].to(device) if "text_states" in batch else None
     model_pred = models.model(noisy_latents, timesteps, batch["captions"], text_states)
 
-    # Per-sample MSE against the target, weighted (prior_loss_weight for reg images), then averaged.
-    target = training_target(noise)
-    loss = F.mse_loss(model_pred.float(), target.float(), reduction="none")
+    # The loss of every element against the target, in float32.
+    alphas_cumprod_t = scheduler.alphas_cumprod.to(device)[timesteps]
+    target = training_target(latents, noise, alphas_cumprod_t, options.v_parameterization)
+    huber_c = None
+    if options.loss_type in ("huber", "smooth_l1"):
+        huber_c = huber_threshold(
+            options.huber_schedule,
+            options.huber_c,
+            options.huber_scale,
+            timesteps,
+            alphas_cumprod_t,
+            scheduler.config.num_train_timesteps,
+        )
+    loss = elementwise_loss(model_pred.float(), target.float(), options.loss_type, huber_c)
+
+    # Per-sample mean (over the mask's area when the batch has masks), weighted (prior_loss_weight for reg
+    # images), weighted by the SNR options, then averaged over the batch.
     if "masks" in batch:
         loss = masked_mean(loss, batch["masks"].to(device))
     else:
         loss = loss.mean(dim=(1, 2, 3))
     loss = loss * batch["loss_weights"].to(device)
+    loss = snr_weighted(loss, snr(alphas_cumprod_t), options)
     return loss.mean()

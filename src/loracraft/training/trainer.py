@@ -18,32 +18,40 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from diffusers import DDPMScheduler
 
 from loracraft.atomic import write_text_atomic
+from loracraft.config.fields import options_of
 from loracraft.config.load import effective_config_toml
+from loracraft.config.loss_options import LossOptions
 from loracraft.config.schema import TrainConfig
 from loracraft.data.latent_cache import Encoder
+from loracraft.data.masks import mask_files
 from loracraft.data.plan import DatasetPlan
 from loracraft.data.summary import format_plan
 from loracraft.errors import UserError
+from loracraft.models.attention import attention_for, set_attention
 from loracraft.models.bundle import ModelBundle
 from loracraft.models.loading import load_model_bundle
 from loracraft.networks.lora_network import build_lora_network
-from loracraft.training.accelerator import make_accelerator
+from loracraft.training.accelerator import make_accelerator, release_cached_memory
 from loracraft.training.batches import make_batch_loader
 from loracraft.training.caching import cached_text_inputs, fill_caches_only
 from loracraft.training.dataset_setup import plan_dataset
 from loracraft.training.diffusion_model import LoRADiffusionModel
-from loracraft.training.loop import TrainingParts, prepare_training, run_epochs
-from loracraft.training.optimizer import build_optimizer
+from loracraft.training.loop import NonFiniteLoss, TrainingParts, prepare_training, run_epochs
+from loracraft.training.optimizer import build_optimizer, check_optimizer, evaluation_weights
+from loracraft.training.precision import (
+    cast_frozen_model,
+    check_float8,
+    config_precision,
+    describe_precision,
+)
 from loracraft.training.progress import TrainingLog
 from loracraft.training.saving import RunFacts, now, save_lora
-from loracraft.training.schedule import build_lr_scheduler
+from loracraft.training.schedule import build_lr_scheduler, check_lr_scheduler, text_encoder_stop
 from loracraft.training.step import StepModels, diffusion_loss
-from loracraft.training.vae_encoding import encode_images
-
-WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+from loracraft.training.timesteps import training_noise_scheduler
+from loracraft.training.vae_encoding import encode_images, vae_upcast_note
 
 
 @dataclass
@@ -71,7 +79,9 @@ def train(
     writes = accelerator.is_main_process
 
     def save(path: Path, epoch: int, step: int) -> Path:
-        return save_lora(network, path, config, plan, facts, epoch=epoch, step=step)
+        # A schedule-free optimizer's evaluation weights are the ones to keep.
+        with evaluation_weights(setup.parts.optimizer):
+            return save_lora(network, path, config, plan, facts, epoch=epoch, step=step)
 
     epoch_files: list[Path] = []
 
@@ -91,9 +101,19 @@ def train(
     )
     loss_of = partial(diffusion_loss, setup.step_models, device=accelerator.device)
     try:
+        stop_text_encoder = text_encoder_stop(config, network, plan.steps.max_train_steps, echo)
         result = run_epochs(
-            accelerator, setup.parts, loss_of, plan.steps, config.max_grad_norm, log, epoch_end
+            accelerator,
+            setup.parts,
+            loss_of,
+            plan.steps,
+            config.max_grad_norm,
+            log,
+            epoch_end,
+            before_batch=stop_text_encoder,
         )
+    except NonFiniteLoss as stop:
+        raise UserError(non_finite_message(stop, epoch_files, config.mixed_precision)) from None
     finally:
         log.close()
     final = config.output_path()
@@ -107,6 +127,20 @@ def train(
         epochs=plan.steps.num_epochs,
         final_average_loss=result.final_average_loss,
         log_dir=log.run_dir,
+    )
+
+
+def non_finite_message(stop: NonFiniteLoss, epoch_files: list[Path], mixed_precision: str) -> str:
+    """The one line a run stopped by a NaN or inf loss ends with."""
+    kept = "no LoRA file was written"
+    if epoch_files:
+        kept = f"the last epoch file, {epoch_files[-1].name}, is intact"
+    overflow = "an fp16 overflow (try --mixed_precision bf16, and --no_half_vae)"
+    learning_rate = "a learning rate too high (lower --learning_rate / --unet_lr / --text_encoder_lr)"
+    causes = [overflow, learning_rate] if mixed_precision == "fp16" else [learning_rate, overflow]
+    return (
+        f"the loss became {stop.value} at step {stop.step} (epoch {stop.epoch}), so training stopped there; "
+        f"{kept}. Likely causes: {causes[0]}, or {causes[1]}"
     )
 
 
@@ -134,17 +168,47 @@ class RunStart:
 
 def start_run(config: TrainConfig, echo: Callable[[str], None]) -> RunStart:
     check_required(config)
-    accelerator = make_accelerator(config.mixed_precision, config.gradient_accumulation_steps)
+    accelerator = make_accelerator(
+        config.mixed_precision,
+        config.gradient_accumulation_steps,
+        dynamo_backend=config.dynamo_backend if config.torch_compile else "no",
+        full_fp16=config.full_fp16,
+    )
+    if config.fp8_base or config.fp8_base_unet:
+        check_float8(accelerator.device)
+    check_optimizer(config, accelerator.device, echo)
+    check_lr_scheduler(config, echo)
     seed = config.seed if config.seed is not None else random.SystemRandom().randrange(2**31)
     set_seed(seed)
     started_at = now()
     # The dataset is scanned and planned before the model is loaded: its errors are cheaper to find.
     plan = plan_dataset(config, seed, accelerator.num_processes, echo)
     echo(format_plan(plan))
+    for note in config.loss_notes:
+        echo(f"note: {note}")
+    mask_files(plan)  # a missing or unpaired mask image stops the run here, before any model loads
     bundle = load_model_bundle(
         config.pretrained_model_name_or_path, vae=config.vae, tokenizer_path=config.tokenizer_path
     )
+    prepare_base_model(config, bundle, accelerator.device, echo)
     return RunStart(accelerator, seed, started_at, plan, bundle)
+
+
+def prepare_base_model(
+    config: TrainConfig, bundle: ModelBundle, device: torch.device, echo: Callable[[str], None]
+) -> None:
+    """The loaded model as every later use needs it: its attention, the VAE's dtype (the caches encode
+    with it), and with --lowram on the device at once."""
+    attention, note = attention_for(
+        mem_eff_attn=config.mem_eff_attn, xformers=config.xformers, sdpa=config.sdpa
+    )
+    if note:
+        echo(f"note: {note}")
+    set_attention(bundle.unet, bundle.vae, attention)
+    torch.nn.Module.to(bundle.vae, dtype=config_precision(config).vae)
+    if config.lowram:
+        for model in (bundle.unet, bundle.text_encoder, bundle.vae):
+            model.to(device)
 
 
 def cache_only(config: TrainConfig, echo: Callable[[str], None] = print) -> str:
@@ -175,11 +239,15 @@ def setup_training(
         loader = make_batch_loader(
             config, plan, bundle, device, echo, text_states=text_states, text_state_files=text_state_files
         )
+    precision = config_precision(config)
+    if bundle.vae.dtype != precision.vae:
+        echo(f"note: {vae_upcast_note(precision.vae)}")
     encode = release_cached_encoders(config, bundle, device, echo)
 
     # Rebuilding the LoRA modules draws their init from the seeded RNG: the same seed gives the same file.
     set_seed(seed)
-    model = build_model(config, bundle, WEIGHT_DTYPES[config.mixed_precision])
+    model = build_model(config, bundle)
+    echo(describe_precision(precision, text_encoder_runs=model.text_encoder is not None))
     network = model.network
     echo(
         f"LoRA: {network.num_unet_modules} U-Net modules, {network.num_text_encoder_modules} text-encoder "
@@ -193,9 +261,10 @@ def setup_training(
     parts = prepare_training(accelerator, model, loader, optimizer, lr_scheduler)
     step_models = StepModels(
         model=parts.model,
-        noise_scheduler=DDPMScheduler.from_config(bundle.scheduler_config),
+        noise_scheduler=training_noise_scheduler(config.zero_terminal_snr),
         vae_scaling_factor=bundle.vae.config.scaling_factor,
         encode_images=encode,
+        options=options_of(LossOptions, config),
     )
     return TrainingSetup(step_models, parts)
 
@@ -203,31 +272,41 @@ def setup_training(
 def release_cached_encoders(
     config: TrainConfig, bundle: ModelBundle, device: torch.device, echo: Callable[[str], None]
 ) -> Encoder | None:
-    """After caching, the encoders whose outputs are cached leave the device (kohya frees them too).
-    Returns how the step encodes images: None when the latents are cached."""
+    """After caching, the encoders whose outputs are cached leave the device (kohya frees them too),
+    except with --lowram, where RAM is the scarcer memory. Returns how the step encodes images: None
+    when the latents are cached."""
+    parked, place = (device, f"on {device} (--lowram)") if config.lowram else ("cpu", "on the CPU")
     if config.cache_text_encoder_outputs:
-        bundle.text_encoder.to("cpu")
-        echo("text encoder: its outputs are cached, so it stays on the CPU during training")
+        bundle.text_encoder.to(parked)
+        echo(f"text encoder: its outputs are cached, so it stays {place} during training")
     if config.cache_latents:
-        bundle.vae.to("cpu")
-        echo("VAE: latents are cached, so the VAE stays on the CPU during training")
+        bundle.vae.to(parked)
+        echo(f"VAE: latents are cached, so the VAE stays {place} during training")
+    # What the caches used on the GPU goes back to the driver before training (kohya cleans here too).
+    release_cached_memory(device)
+    if config.cache_latents:
         return None
     echo(f"VAE: encodes every batch's images on {device} during training (latents are not cached)")
-    # The VAE stays fp32 and outside the precision context: it encodes without gradients, one call a batch.
+    # The VAE runs in its own dtype (float32 with --no_half_vae), outside the precision context: it
+    # encodes without gradients, one call a batch.
     vae = bundle.vae.to(device)
-    return lambda pixels: encode_images(vae, pixels, len(pixels), config.latent_sampling)
+
+    def upcast(note: str) -> None:
+        echo(f"note: {note}")
+
+    return lambda pixels: encode_images(vae, pixels, len(pixels), config.latent_sampling, on_upcast=upcast)
 
 
-def build_model(config: TrainConfig, bundle: ModelBundle, weight_dtype: torch.dtype) -> LoRADiffusionModel:
-    """The frozen base in `weight_dtype` with the LoRA patched in; the LoRA's own weights stay float32.
+def build_model(config: TrainConfig, bundle: ModelBundle) -> LoRADiffusionModel:
+    """The frozen base in the run's dtypes (`precision.py`: the --mixed_precision dtype, float8 storage
+    with --fp8_base) with the LoRA patched in; the LoRA's own weights are float32 unless full_fp16/bf16.
 
     The text encoder is left out when its outputs are cached (the step never calls it)."""
+    precision = config_precision(config)
     text_encoder = None if config.cache_text_encoder_outputs else bundle.text_encoder
-    # torch's own `to`: diffusers' override warns about fp32-only modules on every dtype cast, even
-    # when a model has none (SD's U-Net), which would put a false alarm in every run's output.
-    torch.nn.Module.to(bundle.unet, dtype=weight_dtype)
+    cast_frozen_model(bundle.unet, precision.compute, precision.unet_storage)
     if text_encoder is not None:
-        torch.nn.Module.to(text_encoder, dtype=weight_dtype)
+        cast_frozen_model(text_encoder, precision.compute, precision.text_encoder_storage)
     network = build_lora_network(
         bundle.unet,
         text_encoder,
@@ -237,6 +316,7 @@ def build_model(config: TrainConfig, bundle: ModelBundle, weight_dtype: torch.dt
         train_text_encoder=config.train_text_encoder,
     )
     network.apply()
+    network.to(precision.adapters)
     model = LoRADiffusionModel(
         bundle.unet,
         text_encoder,

@@ -62,6 +62,15 @@ SD15_SCHEDULER_CONFIG: dict[str, Any] = {
     "prediction_type": "epsilon",
 }
 
+# How loracraft-tiny-vpred samples: v-prediction under the schedule rescaled to zero terminal SNR, with
+# trailing timesteps so that the first sampling step is the pure-noise timestep 999.
+VPRED_SCHEDULER_CONFIG: dict[str, Any] = {
+    **SD15_SCHEDULER_CONFIG,
+    "prediction_type": "v_prediction",
+    "rescale_betas_zero_snr": True,
+    "timestep_spacing": "trailing",
+}
+
 
 def build_vae(scaling_factor: float = 1.0) -> AutoencoderKL:
     return AutoencoderKL(**VAE_CONFIG, scaling_factor=scaling_factor)
