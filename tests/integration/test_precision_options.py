@@ -255,6 +255,7 @@ def test_attention_flags_set_the_unets_attention(tiny_sd1, tmp_path, settings, p
     assert (notes == []) if note is None else (len(notes) == 1 and notes[0].startswith(note))
 
 
+@pytest.mark.slow  # dynamo traces the whole step: about 40 s on two cores
 def test_torch_compile_compiles_the_prepared_model_with_the_backend(tiny_sd1, tmp_path):
     config = run_config(tiny_sd1, tmp_path, torch_compile=True, dynamo_backend="eager", max_train_steps=1)
     start, setup, _ = set_up(config)

@@ -313,3 +313,24 @@ def test_adafactor_schedule_needs_adafactor():
     with pytest.raises(UserError, match="--lr_scheduler adafactor"):
         build_config({}, {"lr_scheduler": "adafactor", "optimizer_type": "AdaFactor",
                           "optimizer_args": ["relative_step=False"]})  # fmt: skip
+
+
+def test_full_fp16_adamw_uses_the_fused_kernel_that_keeps_fp16_weights_finite():
+    # kohya's trap: plain AdamW computes in fp16, where its eps is 0, and a LoRA down weight's first
+    # gradient is exactly zero (its up weight starts at zero): 0/0 at the first step.
+    def first_step(optimizer_class_kwargs: dict) -> torch.Tensor:
+        weight = torch.nn.Parameter(torch.randn(4, 4).half())
+        weight.grad = torch.zeros_like(weight)
+        torch.optim.AdamW([weight], lr=1e-3, **optimizer_class_kwargs).step()
+        return weight
+
+    assert not torch.isfinite(first_step({})).all()
+    config = TrainConfig(mixed_precision="fp16", full_fp16=True)
+    choice = choose_optimizer(config)
+    assert choice.kwargs == {"fused": True}
+    assert torch.isfinite(first_step(choice.kwargs)).all()
+    assert any("fused=True" in note for note in optimizer_notes(config, choice))
+    # An explicit choice is kept, and without full_fp16 nothing is added.
+    explicit = TrainConfig(mixed_precision="fp16", full_fp16=True, optimizer_args=["fused=False"])
+    assert choose_optimizer(explicit).kwargs == {"fused": False}
+    assert choose_optimizer(TrainConfig(mixed_precision="fp16")).kwargs == {}

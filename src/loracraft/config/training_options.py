@@ -45,9 +45,9 @@ class TrainingOptions(BaseModel):
         False,
         TRAINING,
         "Keep the LoRA weights and their gradients in fp16 too (needs --mixed_precision fp16; the loss "
-        "scaler then unscales fp16 gradients). Less memory, less stable. Pair it with an optimizer that "
-        "computes in 32 bits (AdamW8bit, or AdamW with --optimizer_args fused=True): fp16 cannot hold plain "
-        "AdamW's eps, so its first step gives NaN.",
+        "scaler then unscales fp16 gradients). Less memory, less stable. AdamW then runs with fused=True, "
+        "which computes in float32: kohya's plain AdamW computes in fp16, which cannot hold its eps, and "
+        "gives NaN at the first step.",
         ss_key="ss_full_fp16",
     )
     full_bf16: bool = flag(

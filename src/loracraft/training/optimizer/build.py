@@ -24,6 +24,12 @@ from loracraft.training.optimizer.registry import OptimizerKind, kind_of, load_c
 _EIGHT_BIT_PROBE_SIZE = 4096
 
 
+# kohya's full_fp16 trap: torch's plain AdamW computes in the weights' dtype, fp16 cannot hold its eps
+# (1e-8), and the LoRA down weights' first gradients are exactly zero (the up weights start at zero), so
+# their first update is 0/0 = NaN. The fused kernel computes in float32 and is made for fp16 weights.
+FUSED_FOR_FULL_FP16 = ("AdamW",)
+
+
 @dataclass(frozen=True)
 class OptimizerChoice:
     """The class a run's optimizer flags name and the arguments kohya passes it."""
@@ -42,9 +48,14 @@ class OptimizerChoice:
         return f"{name}({args})" if args else name
 
 
-def kohya_kwargs(name: str, kind: OptimizerKind, given: dict[str, Any]) -> dict[str, Any]:
-    """The arguments kohya's get_optimizer passes: the user's, then its defaults for those left out."""
+def kohya_kwargs(
+    name: str, kind: OptimizerKind, given: dict[str, Any], full_fp16: bool = False
+) -> dict[str, Any]:
+    """The arguments kohya's get_optimizer passes: the user's, then its defaults for those left out;
+    with full_fp16, AdamW's fused kernel (see `FUSED_FOR_FULL_FP16`)."""
     kwargs = dict(given)
+    if full_fp16 and name in FUSED_FOR_FULL_FP16:
+        kwargs.setdefault("fused", True)
     for key, value in kind.filled.items():
         kwargs.setdefault(key, value)
     if name == "AdaFactor":
@@ -59,7 +70,7 @@ def choose_optimizer(config: TrainConfig) -> OptimizerChoice:
     name = config.optimizer_name
     kind = kind_of(name)
     cls = load_class(name)
-    kwargs = kohya_kwargs(name, kind, config.optimizer_kwargs)
+    kwargs = kohya_kwargs(name, kind, config.optimizer_kwargs, config.full_fp16)
     for key in kwargs:
         if key in ("lr", "params"):
             raise UserError(
@@ -105,6 +116,11 @@ def optimizer_notes(config: TrainConfig, choice: OptimizerChoice) -> list[str]:
     for key, value in choice.kind.filled.items():
         if key not in config.optimizer_kwargs:
             notes.append(f"{choice.name}: {key}={value}, kohya's value when --optimizer_args gives none")
+    if choice.kwargs.get("fused") and "fused" not in config.optimizer_kwargs:
+        notes.append(
+            f"{choice.name} with --full_fp16: fused=True, the kernel that computes fp16 weights in float32 "
+            "(plain AdamW's eps is 0 in fp16 and its first step gives NaN, as in kohya)"
+        )
     if config.adafactor_relative_step:
         notes.append(
             "AdaFactor with relative_step=True (its default) sets its own step sizes, as in kohya: the learning "
