@@ -1,7 +1,6 @@
 """Precision, memory, attention and compile options on the tiny SD1 model, on the CPU: each test fails when
 its option is ignored. (CUDA-only behaviour: tests/integration/test_train_gpu.py.)"""
 
-from functools import partial
 from pathlib import Path
 
 import pytest
@@ -15,11 +14,9 @@ import loracraft.training.caching as caching
 from data_helpers import load_bucket_tensor, make_kohya_dataset
 from loracraft.cli import main
 from loracraft.config.schema import TrainConfig
-from loracraft.training.loop import run_epochs
 from loracraft.training.precision import FLOAT8
-from loracraft.training.progress import TrainingLog
 from loracraft.training.step import diffusion_loss
-from loracraft.training.trainer import setup_training, start_run
+from run_helpers import set_up, train_steps
 
 pytestmark = pytest.mark.slow
 
@@ -49,15 +46,6 @@ def run_config(tiny_sd1, tmp_path: Path, **settings) -> TrainConfig:
         **settings,
     }
     return TrainConfig(**values)
-
-
-def set_up(config: TrainConfig, adjust_bundle=None):
-    lines: list[str] = []
-    start = start_run(config, lines.append)
-    if adjust_bundle is not None:
-        adjust_bundle(start.bundle)
-    setup = setup_training(config, start.plan, start.bundle, start.accelerator, start.seed, lines.append)
-    return start, setup, lines
 
 
 def first_loss(config: TrainConfig, adjust_bundle=None) -> float:
@@ -113,14 +101,6 @@ def test_fp8_text_encoder_only_with_fp8_base(tiny_sd1, tmp_path, flag, text_enco
     network = start.accelerator.unwrap_model(setup.parts.model).network
     assert result.steps == 2 and any(
         network.adapter(name).lora_up.weight.abs().sum() > 0 for name in network.text_encoder_names
-    )
-
-
-def train_steps(start, setup, config: TrainConfig):
-    log = TrainingLog(start.plan.steps.max_train_steps, None, "", show_bar=False)
-    loss_of = partial(diffusion_loss, setup.step_models, device=start.accelerator.device)
-    return run_epochs(
-        start.accelerator, setup.parts, loss_of, start.plan.steps, config.max_grad_norm, log, lambda *_: None
     )
 
 

@@ -2,7 +2,6 @@
 base weights, SDPA's memory-efficient kernel, xformers when installed, --lowram and torch.compile. Each test
 trains on the tiny SD1 model and checks what the option does on the GPU; all skip without CUDA."""
 
-from functools import partial
 from pathlib import Path
 
 import pytest
@@ -15,11 +14,10 @@ from loracraft.cli import main
 from loracraft.config.schema import TrainConfig
 from loracraft.models.attention import MemoryEfficientSdpaProcessor
 from loracraft.training.batches import make_batch_loader
-from loracraft.training.loop import run_epochs
 from loracraft.training.precision import FLOAT8
-from loracraft.training.progress import TrainingLog
 from loracraft.training.step import diffusion_loss
 from loracraft.training.trainer import setup_training, start_run
+from run_helpers import set_up, train_steps
 
 pytestmark = pytest.mark.gpu
 
@@ -90,21 +88,6 @@ def run_config(tiny_sd1, tmp_path: Path, **settings) -> TrainConfig:
         **settings,
     }
     return TrainConfig(**values)
-
-
-def set_up(config: TrainConfig):
-    lines: list[str] = []
-    start = start_run(config, lines.append)
-    setup = setup_training(config, start.plan, start.bundle, start.accelerator, start.seed, lines.append)
-    return start, setup, lines
-
-
-def train_steps(start, setup, config: TrainConfig):
-    log = TrainingLog(start.plan.steps.max_train_steps, None, "", show_bar=False)
-    loss_of = partial(diffusion_loss, setup.step_models, device=start.accelerator.device)
-    return run_epochs(
-        start.accelerator, setup.parts, loss_of, start.plan.steps, config.max_grad_norm, log, lambda *_: None
-    )
 
 
 def test_fp16_scales_the_loss_and_trains_float32_adapters(tiny_sd1, tmp_path):

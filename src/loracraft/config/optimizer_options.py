@@ -22,7 +22,8 @@ KOHYA_OPTIMIZERS = (
     "RAdamScheduleFree", "AdamWScheduleFree", "SGDScheduleFree",
 )
 # fmt: on
-_DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
+# kohya's escape hatch for optimizers and schedules: any importable `package.module.Class`.
+DOTTED_CLASS_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
 
 
 class OptimizerOptions(BaseModel):
@@ -151,7 +152,7 @@ def canonical_optimizer_name(value: str) -> str:
     by_lower = {known.lower(): known for known in KOHYA_OPTIMIZERS}
     if name.lower() in by_lower:
         return by_lower[name.lower()]
-    if _DOTTED.match(name):
+    if DOTTED_CLASS_PATH.match(name):
         return name
     if isinstance(getattr(torch.optim, name, None), type):
         return name  # kohya: a bare name is looked up in torch.optim, case-sensitive

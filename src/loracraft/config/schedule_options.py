@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 from fractions import Fraction
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -11,7 +10,7 @@ import torch
 from pydantic import BaseModel, BeforeValidator, ConfigDict, field_validator, model_validator
 
 from loracraft.config.fields import OPTIMIZER, flag
-from loracraft.config.optimizer_options import parse_key_values
+from loracraft.config.optimizer_options import DOTTED_CLASS_PATH, parse_key_values
 from loracraft.config.rules import RuleViolation
 from loracraft.config.values import parse_steps_or_ratio
 
@@ -35,7 +34,6 @@ LR_SCHEDULERS = (
 )
 # Schedules without a warm-up (kohya stops with "... does not require `num_warmup_steps`").
 WITHOUT_WARMUP = ("constant", "adafactor")
-_DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
 
 StepsOrRatio = Annotated[int | float, BeforeValidator(parse_steps_or_ratio)]
 
@@ -143,7 +141,7 @@ class ScheduleOptions(BaseModel):
         name = value.strip()
         if (
             name
-            and not _DOTTED.match(name)
+            and not DOTTED_CLASS_PATH.match(name)
             and not isinstance(getattr(torch.optim.lr_scheduler, name, None), type)
         ):
             raise ValueError(

@@ -1,0 +1,33 @@
+"""Setting up and running a training in pieces, for tests that look inside a run (its prepared parts,
+its first loss, its steps) instead of only at the file it writes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+from loracraft.config.schema import TrainConfig
+from loracraft.training.loop import run_epochs
+from loracraft.training.progress import TrainingLog
+from loracraft.training.step import diffusion_loss
+from loracraft.training.trainer import setup_training, start_run
+
+
+def set_up(config: TrainConfig, adjust_bundle: Callable | None = None):
+    """(start, setup, printed lines) of a run, with `adjust_bundle(bundle)` applied to the loaded models
+    before the training parts are built."""
+    lines: list[str] = []
+    start = start_run(config, lines.append)
+    if adjust_bundle is not None:
+        adjust_bundle(start.bundle)
+    setup = setup_training(config, start.plan, start.bundle, start.accelerator, start.seed, lines.append)
+    return start, setup, lines
+
+
+def train_steps(start, setup, config: TrainConfig):
+    """Run the planned steps quietly (no log files, no epoch files); returns the loop's result."""
+    log = TrainingLog(start.plan.steps.max_train_steps, None, "", show_bar=False)
+    loss_of = partial(diffusion_loss, setup.step_models, device=start.accelerator.device)
+    return run_epochs(
+        start.accelerator, setup.parts, loss_of, start.plan.steps, config.max_grad_norm, log, lambda *_: None
+    )
