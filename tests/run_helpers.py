@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 
 from loracraft.config.schema import TrainConfig
 from loracraft.training.loop import run_epochs
@@ -31,3 +32,24 @@ def train_steps(start, setup, config: TrainConfig):
     return run_epochs(
         start.accelerator, setup.parts, loss_of, start.plan.steps, config.max_grad_norm, log, lambda *_: None
     )
+
+
+def train_argv(
+    model_file: Path, train_dir: Path, output_dir: Path, *extra: str, name: str = "toy"
+) -> list[str]:
+    """`loracraft train` on a kohya folder tree's images with .txt captions, writing `NAME.safetensors`
+    to `output_dir`; `extra` adds (or, later on the line, overrides) flags."""
+    return [
+        "train",
+        "--pretrained_model_name_or_path",
+        str(model_file),
+        "--train_data_dir",
+        str(train_dir),
+        "--output_dir",
+        str(output_dir),
+        "--output_name",
+        name,
+        "--caption_extension",
+        ".txt",
+        *extra,
+    ]

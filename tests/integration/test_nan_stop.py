@@ -10,24 +10,17 @@ from safetensors import safe_open
 import loracraft.training.trainer as trainer
 from data_helpers import make_kohya_dataset
 from loracraft.cli import main
+from run_helpers import train_argv
 
 pytestmark = pytest.mark.slow
 
 
 def flags(tiny_sd1, train_dir, out, *extra: str) -> list[str]:
     """4 images x 2 repeats at batch size 2: 4 batches an epoch; an epoch file after every epoch."""
-    return [
-        "train",
-        "--pretrained_model_name_or_path",
-        str(tiny_sd1.single_file),
-        "--train_data_dir",
-        str(train_dir),
-        "--output_dir",
-        str(out),
-        "--output_name",
-        "toy",
-        "--caption_extension",
-        ".txt",
+    return train_argv(
+        tiny_sd1.single_file,
+        train_dir,
+        out,
         "--resolution",
         "64",
         "--enable_bucket",
@@ -45,7 +38,7 @@ def flags(tiny_sd1, train_dir, out, *extra: str) -> list[str]:
         "--seed",
         "5",
         *extra,
-    ]
+    )
 
 
 def poison_batch(monkeypatch, number: int, value: float = math.nan) -> None:

@@ -16,7 +16,7 @@ from loracraft.cli import main
 from loracraft.config.schema import TrainConfig
 from loracraft.training.precision import FLOAT8
 from loracraft.training.step import diffusion_loss
-from run_helpers import set_up, train_steps
+from run_helpers import set_up, train_argv, train_steps
 
 pytestmark = pytest.mark.slow
 
@@ -115,18 +115,10 @@ def test_fp8_base_trains_end_to_end_from_the_command_line(tiny_sd1, tmp_path):
 
 
 def cli_flags(tiny_sd1, tree, out: Path, *extra: str) -> list[str]:
-    return [
-        "train",
-        "--pretrained_model_name_or_path",
-        str(tiny_sd1.single_file),
-        "--train_data_dir",
-        str(tree.train_dir),
-        "--output_dir",
-        str(out),
-        "--output_name",
-        "toy",
-        "--caption_extension",
-        ".txt",
+    return train_argv(
+        tiny_sd1.single_file,
+        tree.train_dir,
+        out,
         "--resolution",
         "64",
         "--enable_bucket",
@@ -140,7 +132,7 @@ def cli_flags(tiny_sd1, tree, out: Path, *extra: str) -> list[str]:
         "--seed",
         "1",
         *extra,
-    ]
+    )
 
 
 def test_full_bf16_trains_bf16_adapters_and_saves_them_as_kohya_does(tiny_sd1, tmp_path):

@@ -17,7 +17,7 @@ from loracraft.training.batches import make_batch_loader
 from loracraft.training.precision import FLOAT8
 from loracraft.training.step import diffusion_loss
 from loracraft.training.trainer import setup_training, start_run
-from run_helpers import set_up, train_steps
+from run_helpers import set_up, train_argv, train_steps
 
 pytestmark = pytest.mark.gpu
 
@@ -26,18 +26,10 @@ F16, BF16 = torch.float16, torch.bfloat16
 
 def cli_flags(tiny_sd1, tmp_path: Path, *extra: str) -> list[str]:
     tree = make_kohya_dataset(tmp_path / "data", reg_count=0)
-    return [
-        "train",
-        "--pretrained_model_name_or_path",
-        str(tiny_sd1.single_file),
-        "--train_data_dir",
-        str(tree.train_dir),
-        "--output_dir",
-        str(tmp_path / "out"),
-        "--output_name",
-        "gpu",
-        "--caption_extension",
-        ".txt",
+    return train_argv(
+        tiny_sd1.single_file,
+        tree.train_dir,
+        tmp_path / "out",
         "--resolution",
         "64",
         "--enable_bucket",
@@ -49,7 +41,8 @@ def cli_flags(tiny_sd1, tmp_path: Path, *extra: str) -> list[str]:
         "--seed",
         "1",
         *extra,
-    ]
+        name="gpu",
+    )
 
 
 def saved_weights(tmp_path: Path) -> dict[str, torch.Tensor]:
