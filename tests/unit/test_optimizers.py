@@ -128,7 +128,7 @@ def test_legacy_flags_choose_their_optimizer(flags, expected):
             {"use_8bit_adam": True, "optimizer_type": "Lion"},
             "--use_8bit_adam means --optimizer_type AdamW8bit",
         ),
-        ({"optimizer_type": "Prodigyy"}, "unknown optimizer 'Prodigyy' (did you mean prodigy?)"),
+        ({"optimizer_type": "Prodigyy"}, "unknown optimizer 'Prodigyy' (did you mean Prodigy?)"),
         ({"optimizer_type": "not a class"}, "unknown optimizer 'not a class'"),
         ({"optimizer_args": ["weight_decay"]}, "optimizer_args 'weight_decay' is not key=value"),
     ],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import difflib
 import re
 from typing import Any
 
@@ -11,7 +12,6 @@ from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from loracraft.config.fields import OPTIMIZER, flag
 from loracraft.config.rules import RuleViolation
-from loracraft.config.suggest import did_you_mean
 
 # kohya's optimizer names (get_optimizer matches them in lower case); DAdaptation is DAdaptAdamPreprint.
 # fmt: off
@@ -156,7 +156,9 @@ def canonical_optimizer_name(value: str) -> str:
         return name
     if isinstance(getattr(torch.optim, name, None), type):
         return name  # kohya: a bare name is looked up in torch.optim, case-sensitive
-    suggestion = did_you_mean(name.lower(), by_lower)  # kohya matches names in any case
+    # kohya matches names in any case; the suggestion is spelt as --help lists it.
+    close = difflib.get_close_matches(name.lower(), list(by_lower), n=1, cutoff=0.6)
+    suggestion = f" (did you mean {by_lower[close[0]]}?)" if close else ""
     raise ValueError(
         f"unknown optimizer {value!r}{suggestion}; use one of kohya's names (see --help), a torch.optim "
         "class, or package.module.Class"
