@@ -110,7 +110,7 @@ def test_effective_config_round_trips(tmp_path):
         (["--resolution", "500,x"], "--resolution: resolution '500,x' is not 'SIZE' or 'WIDTH,HEIGHT'"),
         (["--resolution", "500"], "--resolution sides must be multiples of 8"),
         (["--lr_scheduler", "cosine_annealing"], "--lr_scheduler: Input should be"),
-        (["--optimizer_type", "AdamW9bit"], "unknown optimizer 'AdamW9bit' (did you mean adamw8bit?)"),
+        (["--optimizer_type", "AdamW9bit"], "unknown optimizer 'AdamW9bit' (did you mean AdamW8bit?)"),
         (["--optimizer_args", "momentum"], "optimizer_args 'momentum' is not key=value"),
         (["--min_bucket_reso", "1024", "--max_bucket_reso", "512"], "--min_bucket_reso 1024 is larger than"),
         (["--network_train_unet_only", "--network_train_text_encoder_only"], "exclude each other"),
