@@ -81,7 +81,13 @@ def random_network(
     unet, text_encoder, train_unet: bool = True, train_text_encoder: bool = True
 ) -> LoRANetwork:
     network = build_lora_network(
-        unet, text_encoder, RANK, ALPHA, train_unet=train_unet, train_text_encoder=train_text_encoder
+        unet,
+        [text_encoder] if train_text_encoder else [],
+        "sd1",
+        RANK,
+        ALPHA,
+        train_unet=train_unet,
+        train_text_encoder=train_text_encoder,
     )
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
@@ -143,7 +149,7 @@ def test_fused_weights_are_exactly_the_lora(
 
     targets = {}
     if train_unet:
-        targets |= {f"unet.{t.path}.weight": t.name for t in unet_targets(pipe.unet)}
+        targets |= {f"unet.{t.path}.weight": t.name for t in unet_targets(pipe.unet, "sd1")}
     if train_text_encoder:
         targets |= {f"text_encoder.{t.path}.weight": t.name for t in text_encoder_targets(pipe.text_encoder)}
     before = snapshot(pipe)

@@ -1,4 +1,4 @@
-"""LoRANetwork on a tiny SD1-topology U-Net and CLIP text encoder."""
+"""LoRANetwork on tiny SD1- and SDXL-topology U-Nets and CLIP text encoders."""
 
 import copy
 
@@ -9,7 +9,7 @@ from transformers import CLIPTextModel
 
 from loracraft.errors import UserError
 from loracraft.networks.lora_network import LoRANetwork, build_lora_network
-from model_helpers import tiny_text_encoder, tiny_unet
+from model_helpers import tiny_sdxl_text_encoders, tiny_sdxl_unet, tiny_text_encoder, tiny_unet
 
 RANK = 4
 
@@ -17,6 +17,11 @@ RANK = 4
 @pytest.fixture(scope="module")
 def models() -> tuple[UNet2DConditionModel, CLIPTextModel]:
     return tiny_unet(), tiny_text_encoder()
+
+
+@pytest.fixture(scope="module")
+def sdxl_network() -> LoRANetwork:
+    return build_lora_network(tiny_sdxl_unet(), tiny_sdxl_text_encoders(), "sdxl", rank=RANK, alpha=2.0)
 
 
 def fill_random(network: LoRANetwork, seed: int = 1) -> None:
@@ -35,7 +40,7 @@ def unet_inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 def test_counts_and_default_init(models) -> None:
     unet, text_encoder = models
-    network = build_lora_network(unet, text_encoder, rank=RANK, alpha=2.0)
+    network = build_lora_network(unet, [text_encoder], "sd1", rank=RANK, alpha=2.0)
     assert (network.num_unet_modules, network.num_text_encoder_modules) == (192, 12)
     # kohya's init: zero up, so a fresh LoRA changes nothing; alpha/rank is the scale
     adapter = network.adapter(network.unet_names[0])
@@ -47,7 +52,9 @@ def test_counts_and_default_init(models) -> None:
 @pytest.mark.parametrize("alpha", [None, 0])
 def test_missing_alpha_means_rank(models, alpha) -> None:
     unet, text_encoder = models
-    network = build_lora_network(unet, text_encoder, rank=RANK, alpha=alpha, train_text_encoder=False)
+    network = build_lora_network(
+        unet, [text_encoder], "sd1", rank=RANK, alpha=alpha, train_text_encoder=False
+    )
     state = network.kohya_state_dict()
     assert state[f"{network.unet_names[0]}.alpha"].item() == RANK
     assert network.adapter(network.unet_names[0]).scale == 1.0
@@ -55,21 +62,21 @@ def test_missing_alpha_means_rank(models, alpha) -> None:
 
 def test_partial_networks(models) -> None:
     unet, text_encoder = models
-    unet_only = build_lora_network(unet, None, rank=RANK, alpha=1.0, train_text_encoder=False)
-    te_only = build_lora_network(unet, text_encoder, rank=RANK, alpha=1.0, train_unet=False)
+    unet_only = build_lora_network(unet, [], "sd1", rank=RANK, alpha=1.0, train_text_encoder=False)
+    te_only = build_lora_network(unet, [text_encoder], "sd1", rank=RANK, alpha=1.0, train_unet=False)
     assert (unet_only.num_unet_modules, unet_only.num_text_encoder_modules) == (192, 0)
     assert (te_only.num_unet_modules, te_only.num_text_encoder_modules) == (0, 12)
     assert all(k.startswith("lora_unet_") for k in unet_only.kohya_state_dict())
     assert all(k.startswith("lora_te_") for k in te_only.kohya_state_dict())
     with pytest.raises(UserError, match="--network_train_unet_only"):
         build_lora_network(
-            unet, text_encoder, rank=RANK, alpha=1.0, train_unet=False, train_text_encoder=False
+            unet, [text_encoder], "sd1", rank=RANK, alpha=1.0, train_unet=False, train_text_encoder=False
         )
 
 
 def test_kohya_state_dict_layout(models) -> None:
     unet, text_encoder = models
-    network = build_lora_network(unet, text_encoder, rank=RANK, alpha=2.0)
+    network = build_lora_network(unet, [text_encoder], "sd1", rank=RANK, alpha=2.0)
     state = network.kohya_state_dict()
     assert len(state) == 3 * (192 + 12)
     for name in network.names:
@@ -88,7 +95,7 @@ def test_kohya_state_dict_layout(models) -> None:
 def test_apply_patches_forward_and_multiplier_scales_it(models) -> None:
     unet = copy.deepcopy(models[0])
     base = unet(*unet_inputs()).sample
-    network = build_lora_network(unet, None, rank=RANK, alpha=2.0, train_text_encoder=False)
+    network = build_lora_network(unet, [], "sd1", rank=RANK, alpha=2.0, train_text_encoder=False)
     network.apply()
     with torch.no_grad():
         assert torch.equal(unet(*unet_inputs()).sample, base), "a fresh LoRA must not change the output"
@@ -104,7 +111,7 @@ def test_apply_patches_forward_and_multiplier_scales_it(models) -> None:
 
 def test_gradients_reach_only_the_adapters(models) -> None:
     unet = copy.deepcopy(models[0]).requires_grad_(False)
-    network = build_lora_network(unet, None, rank=RANK, alpha=2.0, train_text_encoder=False)
+    network = build_lora_network(unet, [], "sd1", rank=RANK, alpha=2.0, train_text_encoder=False)
     network.apply()
     unet(*unet_inputs()).sample.square().mean().backward()
     ups = [network.adapter(name).lora_up.weight for name in network.names]
@@ -115,9 +122,9 @@ def test_gradients_reach_only_the_adapters(models) -> None:
 
 def test_param_groups(models) -> None:
     unet, text_encoder = models
-    network = build_lora_network(unet, text_encoder, rank=RANK, alpha=1.0)
+    network = build_lora_network(unet, [text_encoder], "sd1", rank=RANK, alpha=1.0)
     groups = network.param_groups(unet_lr=1e-4, text_encoder_lr=5e-5)
-    assert [(g["name"], g["lr"]) for g in groups] == [("unet", 1e-4), ("text_encoder", 5e-5)]
+    assert [(g["name"], g["lr"]) for g in groups] == [("unet", 1e-4), ("textencoder", 5e-5)]
     assert len(groups[0]["params"]) == 2 * 192 and len(groups[1]["params"]) == 2 * 12
     assert sum(len(g["params"]) for g in groups) == len(list(network.parameters()))
 
@@ -134,13 +141,13 @@ def test_param_groups(models) -> None:
 
 def test_load_kohya_state_dict_round_trip(models) -> None:
     unet, text_encoder = models
-    source = build_lora_network(unet, text_encoder, rank=RANK, alpha=2.0)
+    source = build_lora_network(unet, [text_encoder], "sd1", rank=RANK, alpha=2.0)
     fill_random(source)
     state = source.kohya_state_dict()
     state[f"{source.unet_names[0]}.alpha"] = torch.tensor(1.0)
     del state[f"{source.unet_names[1]}.alpha"]
 
-    target = build_lora_network(unet, text_encoder, rank=RANK, alpha=3.0)
+    target = build_lora_network(unet, [text_encoder], "sd1", rank=RANK, alpha=3.0)
     target.load_kohya_state_dict({k: v.to(torch.float16) for k, v in state.items()})
     loaded = target.kohya_state_dict()
     name0, name1, name2 = source.unet_names[:3]
@@ -155,7 +162,7 @@ def test_load_kohya_state_dict_round_trip(models) -> None:
 
 def test_load_kohya_state_dict_rejects_mismatches(models) -> None:
     unet, text_encoder = models
-    network = build_lora_network(unet, text_encoder, rank=RANK, alpha=1.0)
+    network = build_lora_network(unet, [text_encoder], "sd1", rank=RANK, alpha=1.0)
     state = network.kohya_state_dict()
     unet_only = {k: v for k, v in state.items() if k.startswith("lora_unet_")}
     with pytest.raises(UserError, match=r"my\.safetensors: 12 of this network's module\(s\) missing"):
@@ -165,14 +172,14 @@ def test_load_kohya_state_dict_rejects_mismatches(models) -> None:
     first = network.names[0]
     with pytest.raises(UserError, match="not a plain LoRA"):
         network.load_kohya_state_dict({**state, f"{first}.dora_scale": torch.ones(1)})
-    wider = build_lora_network(unet, text_encoder, rank=RANK * 2, alpha=1.0).kohya_state_dict()
+    wider = build_lora_network(unet, [text_encoder], "sd1", rank=RANK * 2, alpha=1.0).kohya_state_dict()
     with pytest.raises(UserError, match="--network_dim to the file's rank \\(8\\)"):
         network.load_kohya_state_dict(wider)
 
 
 def test_dropout_only_in_training(models) -> None:
     unet = copy.deepcopy(models[0])
-    network = build_lora_network(unet, None, rank=RANK, alpha=1.0, train_text_encoder=False, dropout=0.5)
+    network = build_lora_network(unet, [], "sd1", rank=RANK, alpha=1.0, train_text_encoder=False, dropout=0.5)
     network.apply()
     fill_random(network)
     with torch.no_grad():
@@ -180,3 +187,72 @@ def test_dropout_only_in_training(models) -> None:
         assert torch.equal(unet(*unet_inputs()).sample, unet(*unet_inputs()).sample)
         network.train()
         assert not torch.equal(unet(*unet_inputs()).sample, unet(*unet_inputs()).sample)
+
+
+def test_sdxl_network_has_te1_and_te2_names(sdxl_network: LoRANetwork) -> None:
+    te1, te2 = sdxl_network.per_text_encoder_names
+    assert len(te1) == len(te2) == 12
+    assert all(n.startswith("lora_te1_text_model_encoder_layers_") for n in te1)
+    assert all(n.startswith("lora_te2_text_model_encoder_layers_") for n in te2)
+    assert sdxl_network.text_encoder_names == te1 + te2
+    assert sdxl_network.num_unet_modules == 242
+    assert all(n.startswith(("lora_unet_input_blocks_", "lora_unet_middle_block_1_", "lora_unet_output_blocks_"))
+               for n in sdxl_network.unet_names)  # fmt: skip
+
+
+def test_sd1_network_has_one_text_encoder_name_tuple(models) -> None:
+    unet, text_encoder = models
+    network = build_lora_network(unet, [text_encoder], "sd1", rank=RANK, alpha=1.0)
+    assert network.per_text_encoder_names == (network.text_encoder_names,)
+    unet_only = build_lora_network(unet, [], "sd1", rank=RANK, alpha=1.0, train_text_encoder=False)
+    assert unet_only.per_text_encoder_names == () and unet_only.text_encoder_names == ()
+
+
+def test_text_encoder_count_must_fit_the_family(models) -> None:
+    unet, text_encoder = models
+    with pytest.raises(ValueError, match="needs 2, got 1"):
+        build_lora_network(tiny_sdxl_unet(), [text_encoder], "sdxl", rank=RANK, alpha=1.0)
+    with pytest.raises(ValueError, match="needs 1, got 0"):
+        build_lora_network(unet, [], "sd1", rank=RANK, alpha=1.0)
+    with pytest.raises(ValueError, match="unknown model family"):
+        build_lora_network(unet, [text_encoder], "sd3", rank=RANK, alpha=1.0)
+
+
+def group_summary(groups: list[dict]) -> list[tuple[str, float, int]]:
+    return [(g["name"], g["lr"], len(g["params"])) for g in groups]
+
+
+def test_sdxl_param_groups_one_rate_per_text_encoder(sdxl_network: LoRANetwork) -> None:
+    # kohya's rule: one value is both encoders' rate, two values are TE1's and TE2's
+    both = [("unet", 1e-4, 2 * 242), ("textencoder 1", 5e-5, 24), ("textencoder 2", 5e-5, 24)]
+    assert group_summary(sdxl_network.param_groups(1e-4, 5e-5)) == both
+    assert group_summary(sdxl_network.param_groups(1e-4, [5e-5])) == both
+    assert group_summary(sdxl_network.param_groups(1e-4, (5e-5, 2e-5))) == [
+        ("unet", 1e-4, 2 * 242),
+        ("textencoder 1", 5e-5, 24),
+        ("textencoder 2", 2e-5, 24),
+    ]
+    te1_only = sdxl_network.param_groups(1e-4, (5e-5, 0.0))
+    assert [g["name"] for g in te1_only] == ["unet", "textencoder 1"]
+    te1, te2 = sdxl_network.per_text_encoder_names
+    assert not any(p.requires_grad for name in te2 for p in sdxl_network.adapter(name).parameters())
+    assert all(p.requires_grad for name in te1 for p in sdxl_network.adapter(name).parameters())
+
+
+def test_single_text_encoder_uses_the_first_rate(models) -> None:
+    network = build_lora_network(models[0], [models[1]], "sd1", rank=RANK, alpha=1.0)
+    assert group_summary(network.param_groups(1e-4, (3e-5, 7e-5)))[1] == ("textencoder", 3e-5, 24)
+
+
+def test_load_kohya_state_dict_sdxl_round_trip(sdxl_network: LoRANetwork) -> None:
+    source = build_lora_network(tiny_sdxl_unet(), tiny_sdxl_text_encoders(), "sdxl", rank=RANK, alpha=1.0)
+    fill_random(source, seed=5)
+    state = source.kohya_state_dict()
+    assert {key.split("_")[1] for key in state} == {"unet", "te1", "te2"}
+    sdxl_network.load_kohya_state_dict(state)
+    loaded = sdxl_network.kohya_state_dict()
+    assert loaded.keys() == state.keys()
+    assert all(torch.equal(loaded[key], state[key]) for key in state)
+    te1_only = {k: v for k, v in state.items() if not k.startswith("lora_te2_")}
+    with pytest.raises(UserError, match=r"12 of this network's module\(s\) missing \(e.g. lora_te2_"):
+        sdxl_network.load_kohya_state_dict(te1_only)

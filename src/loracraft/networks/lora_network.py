@@ -15,24 +15,34 @@ from lycoris.modules.locon import LoConModule
 from torch import Tensor, nn
 
 from loracraft.errors import UserError
+from loracraft.networks.kohya_names import text_encoder_prefixes
 from loracraft.networks.targets import LoRATarget, text_encoder_targets, unet_targets
 
 _PARTS = ("lora_down.weight", "lora_up.weight", "alpha")
 
 
 class LoRANetwork(nn.Module):
-    """LoRA adapters for a U-Net and/or a text encoder.
+    """LoRA adapters for a U-Net and/or its text encoders.
 
     Adapters are registered under their kohya names, so `state_dict()` keys are exactly the keys of a
     kohya LoRA file (`{name}.lora_down.weight`, `{name}.lora_up.weight`, `{name}.alpha`).
     """
 
-    def __init__(self, unet_adapters: Sequence[LoConModule], text_encoder_adapters: Sequence[LoConModule]):
+    def __init__(
+        self,
+        unet_adapters: Sequence[LoConModule],
+        text_encoder_adapters: Sequence[Sequence[LoConModule]] = (),
+    ):
+        """`text_encoder_adapters` holds one list per text encoder, in kohya's TE1, TE2 order."""
         super().__init__()
-        for adapter in (*unet_adapters, *text_encoder_adapters):
+        for adapter in (*unet_adapters, *(a for adapters in text_encoder_adapters for a in adapters)):
             self.add_module(adapter.lora_name, adapter)
         self.unet_names = tuple(adapter.lora_name for adapter in unet_adapters)
-        self.text_encoder_names = tuple(adapter.lora_name for adapter in text_encoder_adapters)
+        self.per_text_encoder_names = tuple(
+            tuple(adapter.lora_name for adapter in adapters) for adapters in text_encoder_adapters
+        )
+        """The text-encoder names of each text encoder: one tuple (SD1/SD2) or two (SDXL TE1, TE2)."""
+        self.text_encoder_names = tuple(name for names in self.per_text_encoder_names for name in names)
         self.names = self.unet_names + self.text_encoder_names
         self._applied = False
 
@@ -62,25 +72,25 @@ class LoRANetwork(nn.Module):
             adapter.multiplier = multiplier
 
     def freeze_text_encoder(self) -> None:
-        """Stop training the text encoder's adapters (--stop_text_encoder_training): no gradient is computed
+        """Stop training the text encoders' adapters (--stop_text_encoder_training): no gradient is computed
         for them from now on, so the optimizer leaves them as they are; eval mode turns off their dropout."""
         for name in self.text_encoder_names:
             adapter = self.adapter(name)
             adapter.requires_grad_(False)
             adapter.eval()
 
-    def param_groups(self, unet_lr: float, text_encoder_lr: float) -> list[dict]:
-        """Optimizer parameter groups `{"params", "lr", "name"}`, named "unet" and "text_encoder".
+    def param_groups(self, unet_lr: float, text_encoder_lr: float | Sequence[float]) -> list[dict]:
+        """Optimizer parameter groups `{"params", "lr", "name"}`, named as kohya's learning-rate logs:
+        "unet", then "textencoder" (SD1/SD2) or "textencoder 1" and "textencoder 2" (SDXL).
 
+        `text_encoder_lr` is one rate for every text encoder or one per text encoder, as kohya reads
+        `--text_encoder_lr` (config.effective_text_encoder_lrs): a single-encoder network uses the first.
         Like kohya, a group whose lr is 0 is dropped (`--text_encoder_lr 0` trains only the U-Net
         adapters), as is a group with no adapters. Unlike kohya, the dropped group's parameters are also
         frozen (requires_grad=False), so no gradient is computed for weights that never change.
         """
         groups = []
-        for group_name, names, lr in (
-            ("unet", self.unet_names, unet_lr),
-            ("text_encoder", self.text_encoder_names, text_encoder_lr),
-        ):
+        for group_name, names, lr in self._groups(unet_lr, text_encoder_lr):
             params = [p for name in names for p in self.adapter(name).parameters()]
             trained = bool(params) and lr != 0
             for param in params:
@@ -93,6 +103,21 @@ class LoRANetwork(nn.Module):
                 "(--unet_lr / --text_encoder_lr / --learning_rate); set at least one above 0"
             )
         return groups
+
+    def _groups(
+        self, unet_lr: float, text_encoder_lr: float | Sequence[float]
+    ) -> list[tuple[str, tuple[str, ...], float]]:
+        """(kohya's group name, adapter names, lr) of every part."""
+        rates = [text_encoder_lr] if isinstance(text_encoder_lr, (int, float)) else list(text_encoder_lr)
+        groups = [("unet", self.unet_names, unet_lr)]
+        if len(self.per_text_encoder_names) == 1:
+            return groups + [("textencoder", self.per_text_encoder_names[0], rates[0])]
+        # kohya's rule for two text encoders: one value is both encoders' rate, two are TE1's and TE2's.
+        rates = rates * 2 if len(rates) == 1 else rates
+        return groups + [
+            (f"textencoder {index}", names, lr)
+            for index, (names, lr) in enumerate(zip(self.per_text_encoder_names, rates, strict=True), 1)
+        ]
 
     def kohya_state_dict(self) -> dict[str, Tensor]:
         """The file's tensors, detached, on the network's device: exact kohya keys, alpha 0-dim fp32."""
@@ -183,7 +208,8 @@ def _adapters(
 
 def build_lora_network(
     unet: nn.Module,
-    text_encoder: nn.Module | None,
+    text_encoders: Sequence[nn.Module],
+    family: str,
     rank: int,
     alpha: float | None,
     train_unet: bool = True,
@@ -191,10 +217,13 @@ def build_lora_network(
     multiplier: float = 1.0,
     dropout: float = 0.0,
 ) -> LoRANetwork:
-    """Create (not yet apply) LoRA adapters on kohya's default SD1/SD2 targets.
+    """Create (not yet apply) LoRA adapters on kohya's default targets, under kohya's names for `family`
+    ("sd1", "sd2" or "sdxl").
 
-    `rank` is `--network_dim`, `alpha` is `--network_alpha` (None or 0 means alpha = rank), `dropout` is
-    `--network_dropout` (applied by LyCORIS to each adapter's output during training).
+    `text_encoders` are the base model's text encoders in kohya's TE1, TE2 order (ModelBundle.text_encoders),
+    or empty when the text encoders do not train (their outputs cached). `rank` is `--network_dim`, `alpha`
+    is `--network_alpha` (None or 0 means alpha = rank), `dropout` is `--network_dropout` (applied by
+    LyCORIS to each adapter's output during training).
     """
     if not train_unet and not train_text_encoder:
         raise UserError(
@@ -202,11 +231,19 @@ def build_lora_network(
         )
     if rank < 1:
         raise UserError(f"--network_dim must be at least 1, got {rank}")
-    if train_text_encoder and text_encoder is None:
-        raise ValueError("train_text_encoder=True needs a text encoder")
-    unet_adapters = _adapters(unet_targets(unet), rank, alpha, multiplier, dropout) if train_unet else []
+    prefixes = text_encoder_prefixes(family)
+    if train_text_encoder and len(text_encoders) != len(prefixes):
+        raise ValueError(f"training {family}'s text encoders needs {len(prefixes)}, got {len(text_encoders)}")
+
+    def adapters(targets: list[LoRATarget]) -> list[LoConModule]:
+        return _adapters(targets, rank, alpha, multiplier, dropout)
+
+    unet_adapters = adapters(unet_targets(unet, family)) if train_unet else []
     text_encoder_adapters = (
-        _adapters(text_encoder_targets(text_encoder), rank, alpha, multiplier, dropout)
+        [
+            adapters(text_encoder_targets(model, prefix))
+            for model, prefix in zip(text_encoders, prefixes, strict=True)
+        ]
         if train_text_encoder
         else []
     )

@@ -1,18 +1,18 @@
 """Which modules get a LoRA: kohya's default targets (networks/lora.py without conv_dim).
 
 U-Net: every Linear/Conv2d inside a `Transformer2DModel` (proj_in, proj_out, attn1/attn2 to_q/k/v/to_out.0,
-ff.net.0.proj, ff.net.2): 192 modules on SD1.5. Text encoder: every Linear inside the self-attention and
-MLP of each CLIP encoder layer (q/k/v/out_proj, fc1, fc2): 72 modules on SD1.5.
+ff.net.0.proj, ff.net.2): 192 modules on SD1.5 and SD2, 722 on SDXL. Text encoder: every Linear inside the
+self-attention and MLP of each CLIP encoder layer (q/k/v/out_proj, fc1, fc2): 72 on CLIP ViT-L, 138 on
+SD2's 23-layer OpenCLIP ViT-H, 192 on SDXL's ViT-bigG (whose `text_projection` is not a target).
 """
 
 import re
-from collections.abc import Callable
 from typing import NamedTuple
 
 from diffusers import Transformer2DModel
 from torch import nn
 
-from loracraft.networks.kohya_names import TEXT_ENCODER_PREFIX, text_encoder_lora_name, unet_lora_name
+from loracraft.networks.kohya_names import TEXT_ENCODER_PREFIX, text_encoder_lora_name, unet_namer
 
 # transformers 4.x nests the encoder under `text_model.`; 5.x `CLIPTextModel` does not. Matching the
 # attribute names (self_attn, mlp) instead of class names also covers CLIPSdpaAttention and friends.
@@ -27,8 +27,10 @@ class LoRATarget(NamedTuple):
     module: nn.Module
 
 
-def unet_targets(unet: nn.Module, name: Callable[[str], str] = unet_lora_name) -> list[LoRATarget]:
-    """Linear and Conv2d modules inside the U-Net's Transformer2DModel blocks, in module order."""
+def unet_targets(unet: nn.Module, family: str) -> list[LoRATarget]:
+    """Linear and Conv2d modules inside the U-Net's Transformer2DModel blocks, in module order, named for
+    the model family (`unet` is a diffusers UNet2DConditionModel; SDXL names need its config)."""
+    name = unet_namer(family, unet.config)
     targets = []
     for block_path, block in unet.named_modules():
         if not isinstance(block, Transformer2DModel):

@@ -33,7 +33,8 @@ class LoRAPreview:
         # metadata may say "None" for a rank left at its default, as kohya writes it.
         network = build_lora_network(
             bundle.unet,
-            bundle.text_encoder,
+            bundle.text_encoders,
+            bundle.family,
             rank=_rank_of(tensors),
             alpha=None,
             train_unet=any(k.startswith("lora_unet_") for k in tensors),
