@@ -10,7 +10,7 @@ import pytest
 
 from loracraft.config.schema import TrainConfig
 from loracraft.networks import metadata as metadata_module
-from loracraft.networks.metadata import ModelSource, RunSummary, kohya_metadata
+from loracraft.networks.metadata import SDXL_IMPLEMENTATION, ModelSource, RunSummary, kohya_metadata
 
 STARTED = 1_700_000_000.25
 FINISHED = 1_700_000_600.5
@@ -125,20 +125,73 @@ def test_before_first_save_there_are_no_save_time_keys() -> None:
 
 
 @pytest.mark.parametrize(
-    ("v2", "v_pred", "version", "architecture", "prediction"),
+    ("family", "v_pred", "version", "architecture", "implementation", "prediction"),
     [
-        (False, False, "sd_v1", "stable-diffusion-v1/lora", "epsilon"),
-        (True, False, "sd_v2", "stable-diffusion-v2-512/lora", "epsilon"),
-        (False, True, "sd_v1_v", "stable-diffusion-v1/lora", "v"),
-        (True, True, "sd_v2_v", "stable-diffusion-v2-768-v/lora", "v"),
+        ("sd1", False, "sd_v1", "stable-diffusion-v1/lora", "diffusers", "epsilon"),
+        ("sd2", False, "sd_v2", "stable-diffusion-v2-512/lora", "diffusers", "epsilon"),
+        ("sd1", True, "sd_v1_v", "stable-diffusion-v1/lora", "diffusers", "v"),
+        ("sd2", True, "sd_v2_v", "stable-diffusion-v2-768-v/lora", "diffusers", "v"),
+        ("sdxl", False, "sdxl_base_v1-0", "stable-diffusion-xl-v1-base/lora", SDXL_IMPLEMENTATION, "epsilon"),
+        # NoobAI-XL v-pred: kohya keeps SDXL's version and architecture, only the prediction type says v
+        ("sdxl", True, "sdxl_base_v1-0", "stable-diffusion-xl-v1-base/lora", SDXL_IMPLEMENTATION, "v"),
     ],
 )
-def test_model_version(v2: bool, v_pred: bool, version: str, architecture: str, prediction: str) -> None:
-    metadata = kohya_metadata(config(v_parameterization=v_pred), run_info(v2=v2))
-    assert metadata["ss_v2"] == str(v2)
+def test_model_version(family, v_pred, version, architecture, implementation, prediction) -> None:
+    metadata = kohya_metadata(config(v_parameterization=v_pred), run_info(family=family))
+    assert metadata["ss_v2"] == str(family == "sd2")
     assert metadata["ss_base_model_version"] == version
     assert metadata["modelspec.architecture"] == architecture
+    assert metadata["modelspec.implementation"] == implementation
     assert metadata["modelspec.prediction_type"] == prediction
+
+
+def test_no_metadata_keeps_the_family() -> None:
+    metadata = kohya_metadata(config(no_metadata=True), run_info(family="sdxl"))
+    assert metadata["ss_base_model_version"] == "sdxl_base_v1-0" and metadata["ss_v2"] == "False"
+    assert metadata["modelspec.architecture"] == "stable-diffusion-xl-v1-base/lora"
+
+
+def test_unknown_family_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown model family 'sd3'"):
+        kohya_metadata(config(), run_info(family="sd3"))
+
+
+@pytest.mark.parametrize(
+    ("given", "family", "recorded"),
+    [
+        (None, "sdxl", "None"),
+        (5e-5, "sd1", "5e-05"),
+        ([5e-5], "sdxl", "5e-05"),
+        # the kohya_ss GUI writes one value per text encoder; networks.lora records the first
+        ([5e-5, 5e-5], "sdxl", "5e-05"),
+        ([5e-5, 2e-5], "sd1", "5e-05"),
+        # SDXL training TE2 at its own rate records both, as kohya's trainers with a rate per encoder do
+        ([5e-5, 2e-5], "sdxl", "[5e-05, 2e-05]"),
+    ],
+)
+def test_text_encoder_lr_as_kohya_records_it(given, family: str, recorded: str) -> None:
+    metadata = kohya_metadata(config(text_encoder_lr=given), run_info(family=family))
+    assert metadata["ss_text_encoder_lr"] == recorded
+
+
+def test_timestep_range() -> None:
+    assert "modelspec.timestep_range" not in kohya_metadata(config(), run_info())
+    for changes, expected in (({"min_timestep": 200}, "200,1000"), ({"max_timestep": 800}, "0,800")):
+        assert kohya_metadata(config(**changes), run_info())["modelspec.timestep_range"] == expected
+
+
+@pytest.mark.parametrize(
+    ("family", "v_pred", "expected"),
+    [("sd1", False, "512x512"), ("sd2", True, "768x768"), ("sdxl", False, "1024x1024")],
+)
+def test_dataset_config_without_resolution_records_the_native_size(family, v_pred, expected) -> None:
+    """kohya's --resolution is unset when a dataset config sets the sizes; modelspec then says the
+    family's native size."""
+    settings = {key: value for key, value in SETTINGS.items() if key != "resolution"}
+    run = TrainConfig(**settings, dataset_config="d.toml", v_parameterization=v_pred)
+    assert kohya_metadata(run, run_info(family=family))["modelspec.resolution"] == expected
+    given = config(dataset_config="d.toml", resolution=(640, 640))
+    assert kohya_metadata(given, run_info(family=family))["modelspec.resolution"] == "640x640"
 
 
 def test_settings_shape_modelspec() -> None:

@@ -52,6 +52,7 @@ CHANGED: dict[str, object] = {
     "lr_warmup_steps": 0.1,
     "lr_scheduler_type": "CosineAnnealingLR",
     "lr_scheduler_args": ["T_max=100"],
+    "text_encoder_lr": [5e-5, 2e-5],  # SDXL's TE1 and TE2
 }
 
 
@@ -148,6 +149,8 @@ def test_every_recorded_setting_reaches_the_metadata(key):
         num_batches_per_epoch=1, num_epochs=1, max_train_steps=1, total_batch_size=1, optimizer="x",
     )  # fmt: skip
     config = config_with(name)
-    assert kohya_metadata(config, summary)[key] == str(getattr(config, name))
+    # kohya's networks.lora reads (and records) only the first --text_encoder_lr value
+    recorded = config.text_encoder_lr[0] if name == "text_encoder_lr" else getattr(config, name)
+    assert kohya_metadata(config, summary)[key] == str(recorded)
     with_dataset_config = config.model_copy(update={"dataset_config": "d.toml"})
     assert (key in kohya_metadata(with_dataset_config, summary)) is not folders_only

@@ -30,9 +30,18 @@ def _is_bool(info: FieldInfo) -> bool:
     return info.annotation is bool
 
 
-def _is_list(info: FieldInfo) -> bool:
-    origin = typing.get_origin(info.annotation)
-    return origin is list
+def _list_item(info: FieldInfo) -> type | None:
+    """The item type of a list field (an optional one too: `--text_encoder_lr 1e-4 5e-5`), else None."""
+    annotation = _without_none(info.annotation)
+    return typing.get_args(annotation)[0] if typing.get_origin(annotation) is list else None
+
+
+def _without_none(annotation: Any) -> Any:
+    """`X | None` -> X; any other annotation as it is (None for a union of several types)."""
+    if not (isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union):
+        return annotation
+    options = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+    return options[0] if len(options) == 1 else None
 
 
 def _shown(value: Any) -> str:
@@ -51,10 +60,7 @@ def _default_text(info: FieldInfo, declared: FlagInfo) -> str:
 
 def _choices(info: FieldInfo) -> tuple | None:
     """The values of a Literal field (an optional one too: empty means its default)."""
-    annotation = info.annotation
-    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-        options = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
-        annotation = options[0] if len(options) == 1 else None
+    annotation = _without_none(info.annotation)
     if typing.get_origin(annotation) is typing.Literal:
         return typing.get_args(annotation)
     return None
@@ -76,8 +82,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         if _is_bool(info):
             # `--flag` means true (kohya's store_true); `--flag false` turns off an on-by-default option.
             kwargs.update(nargs="?", const=True, type=parse_bool, metavar="BOOL")
-        elif _is_list(info):
-            kwargs.update(nargs="*", metavar="KEY=VALUE")
+        elif (item := _list_item(info)) is not None:
+            kwargs.update(nargs="*", metavar="KEY=VALUE" if item is str else name.upper())
         else:
             choices = _choices(info)
             kwargs.update(metavar="{" + ",".join(map(str, choices)) + "}" if choices else name.upper())

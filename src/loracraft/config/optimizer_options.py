@@ -22,6 +22,8 @@ KOHYA_OPTIMIZERS = (
     "RAdamScheduleFree", "AdamWScheduleFree", "SGDScheduleFree",
 )
 # fmt: on
+# SDXL's two; kohya's other trainers take a third (SD3's T5), which no family here has.
+MAX_TEXT_ENCODERS = 2
 # kohya's escape hatch for optimizers and schedules: any importable `package.module.Class`.
 DOTTED_CLASS_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
 
@@ -68,12 +70,13 @@ class OptimizerOptions(BaseModel):
         ge=0,
         gui_default=1e-4,
     )
-    text_encoder_lr: float | None = flag(
+    text_encoder_lr: list[float] | None = flag(
         None,
         OPTIMIZER,
-        "Text-encoder LoRA learning rate; empty = learning_rate; 0 = text encoder not trained.",
+        "Text-encoder LoRA learning rate: one value for every text encoder, or two for SDXL's (TE1 then "
+        "TE2; SD1/SD2 use the first); empty = learning_rate; 0 = that text encoder not trained. A TOML "
+        "file may give a number or a list.",
         ss_key="ss_text_encoder_lr",
-        ge=0,
         gui_default=1e-4,
     )
     max_grad_norm: float = flag(
@@ -83,6 +86,23 @@ class OptimizerOptions(BaseModel):
         ss_key="ss_max_grad_norm",
         ge=0,
     )
+
+    @field_validator("text_encoder_lr", mode="before")
+    @classmethod
+    def _text_encoder_lr_as_list(cls, value: Any) -> Any:
+        # kohya: a number (TOML) is one value; no value (`--text_encoder_lr` alone) means learning_rate.
+        if isinstance(value, (list, tuple)):
+            return list(value) or None
+        return None if value is None else [value]
+
+    @field_validator("text_encoder_lr")
+    @classmethod
+    def _text_encoder_lr_values(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and len(value) > MAX_TEXT_ENCODERS:
+            raise ValueError("takes one learning rate, or two for SDXL's text encoders (TE1 then TE2)")
+        if value is not None and min(value) < 0:
+            raise ValueError("learning rates cannot be negative; 0 leaves a text encoder untrained")
+        return value
 
     @field_validator("optimizer_type")
     @classmethod
@@ -123,8 +143,15 @@ class OptimizerOptions(BaseModel):
         return self.learning_rate if self.unet_lr is None else self.unet_lr
 
     @property
+    def effective_text_encoder_lrs(self) -> tuple[float, ...]:
+        """`--text_encoder_lr`'s values, or learning_rate: one rate for every text encoder, or SDXL's TE1
+        and TE2 rates (`LoRANetwork.param_groups` applies kohya's rule)."""
+        return (self.learning_rate,) if self.text_encoder_lr is None else tuple(self.text_encoder_lr)
+
+    @property
     def effective_text_encoder_lr(self) -> float:
-        return self.learning_rate if self.text_encoder_lr is None else self.text_encoder_lr
+        """The first text encoder's rate: SD1/SD2's only one (kohya's networks.lora reads the first value)."""
+        return self.effective_text_encoder_lrs[0]
 
     @property
     def optimizer_kwargs(self) -> dict[str, Any]:

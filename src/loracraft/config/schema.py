@@ -66,4 +66,5 @@ class TrainConfig(
 
     @property
     def train_text_encoder(self) -> bool:
-        return not self.network_train_unet_only and self.effective_text_encoder_lr > 0
+        # SDXL trains its text encoders when either rate is above 0 (`--text_encoder_lr 0 1e-5`: TE2 only).
+        return not self.network_train_unet_only and max(self.effective_text_encoder_lrs) > 0

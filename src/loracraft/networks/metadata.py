@@ -7,7 +7,10 @@ datasets in `ss_datasets`; a plain-folder run records the folder settings, batch
 top level instead, as kohya does.
 
 The settings come from the TrainConfig: each field declared with an `ss_key` (config/fields.py) is
-written under it, so a new kohya flag reaches the metadata with its declaration alone.
+written under it, so a new kohya flag reaches the metadata with its declaration alone. The model family
+("sd1", "sd2", "sdxl") sets the values kohya's sd1/sd2 (train_network.py) and SDXL
+(sdxl_train_network.py) trainers write differently: `ss_v2`, `ss_base_model_version` and modelspec's
+architecture and implementation.
 """
 
 import datetime
@@ -19,8 +22,13 @@ from pathlib import Path
 from loracraft.config.fields import flag_infos
 from loracraft.config.schema import TrainConfig
 from loracraft.networks.hashes import file_legacy_hash, file_sha256
+from loracraft.networks.kohya_names import check_family
 
 MODELSPEC_VERSION = "1.0.1"
+# kohya's sdxl_model_util.MODEL_VERSION_SDXL_BASE_V1_0, written for every SDXL model (v-prediction too).
+SDXL_BASE_MODEL_VERSION = "sdxl_base_v1-0"
+# sai_model_spec.IMPL_STABILITY_AI: kohya's implementation for SDXL LoRAs; SD1/SD2 LoRAs say "diffusers".
+SDXL_IMPLEMENTATION = "https://github.com/Stability-AI/generative-models"
 
 # What kohya's --no_metadata keeps (train_util.SS_METADATA_MINIMUM_KEYS), plus modelspec.
 _MINIMUM_KEYS = (
@@ -75,7 +83,8 @@ class RunSummary:
     """kohya's module name, so A1111 and other tools recognise a plain LoRA."""
     network_dropout: float | None = None
     network_args: dict[str, str] | None = None
-    v2: bool = False
+    family: str = "sd1"
+    """The base model's family: "sd1", "sd2" or "sdxl"."""
     dataset_dirs: dict = field(default_factory=dict)
     """{folder name: {"n_repeats": n, "img_count": n}} for training folders."""
     reg_dataset_dirs: dict = field(default_factory=dict)
@@ -96,25 +105,41 @@ class RunSummary:
 def kohya_metadata(config: TrainConfig, info: RunSummary) -> dict[str, str]:
     """All metadata for a LoRA file, or with `--no_metadata` only the minimum keys consumers need to
     recognise it; modelspec is written in both cases, as kohya does."""
-    ss = {**_settings_metadata(config), **_ss_metadata(info, config.v_parameterization)}
+    check_family(info.family)
+    ss = {**_settings_metadata(config, info.family), **_ss_metadata(info, config.v_parameterization)}
     if config.no_metadata:
         ss = {key: ss[key] for key in _MINIMUM_KEYS if key in ss}
     return {key: str(value) for key, value in {**ss, **_modelspec(config, info)}.items()}
 
 
-def _settings_metadata(config: TrainConfig) -> dict[str, object]:
+def _settings_metadata(config: TrainConfig, family: str) -> dict[str, object]:
     """The settings kohya records, each under the `ss_key` its declaration names. kohya writes the folder
     settings at the top level only for plain-folder runs; with a dataset config `ss_datasets` holds them."""
-    return {
+    values: dict[str, object] = {
         info.ss_key: getattr(config, name)
         for name, info in flag_infos(TrainConfig).items()
         if info.ss_key is not None and not (info.ss_folders_only and config.dataset_config)
     }
+    values["ss_text_encoder_lr"] = recorded_text_encoder_lr(config.text_encoder_lr, family)
+    return values
 
 
-def base_model_version(v2: bool, v_parameterization: bool) -> str:
-    """kohya `ss_base_model_version` for SD1/SD2: sd_v1 / sd_v2, with `_v` for v-prediction."""
-    return ("sd_v2" if v2 else "sd_v1") + ("_v" if v_parameterization else "")
+def recorded_text_encoder_lr(values: list[float] | None, family: str) -> float | list[float] | None:
+    """`ss_text_encoder_lr` as kohya spells it: the first value (networks.lora reads only that one), or
+    None when not given. An SDXL run that trains TE2 at another rate records both, as kohya's trainers
+    with a rate per text encoder (lora_flux, lora_sd3) write the list."""
+    if not values:
+        return None
+    if family == "sdxl" and len(set(values)) > 1:
+        return values
+    return values[0]
+
+
+def base_model_version(family: str, v_parameterization: bool) -> str:
+    """kohya `ss_base_model_version`: sd_v1 / sd_v2, with `_v` for v-prediction; sdxl_base_v1-0."""
+    if family == "sdxl":
+        return SDXL_BASE_MODEL_VERSION
+    return ("sd_v2" if family == "sd2" else "sd_v1") + ("_v" if v_parameterization else "")
 
 
 def _ss_metadata(info: RunSummary, v_parameterization: bool) -> dict[str, object]:
@@ -128,8 +153,8 @@ def _ss_metadata(info: RunSummary, v_parameterization: bool) -> dict[str, object
         "ss_max_train_steps": info.max_train_steps,
         "ss_network_module": info.network_module,
         "ss_network_dropout": info.network_dropout,
-        "ss_v2": info.v2,
-        "ss_base_model_version": base_model_version(info.v2, v_parameterization),
+        "ss_v2": info.family == "sd2",
+        "ss_base_model_version": base_model_version(info.family, v_parameterization),
         "ss_seed": info.seed,
         "ss_optimizer": info.optimizer,
         "ss_dataset_dirs": json.dumps(info.dataset_dirs),
@@ -159,23 +184,43 @@ def _ss_metadata(info: RunSummary, v_parameterization: bool) -> dict[str, object
 
 
 def _modelspec(config: TrainConfig, info: RunSummary) -> dict[str, str]:
-    if info.v2:
-        architecture = "stable-diffusion-v2-768-v" if config.v_parameterization else "stable-diffusion-v2-512"
-    else:
-        architecture = "stable-diffusion-v1"
+    """kohya's modelspec (train_util.get_sai_model_spec -> sai_model_spec.build_metadata) for a LoRA."""
     timestamp = (
         info.training_finished_at if info.training_finished_at is not None else info.training_started_at
     )
-    width, height = config.resolution
+    width, height = _resolution(config, info.family)
     spec = {
         "modelspec.sai_model_spec": MODELSPEC_VERSION,
-        "modelspec.architecture": f"{architecture}/lora",
-        "modelspec.implementation": "diffusers",
+        "modelspec.architecture": f"{_architecture(info.family, config.v_parameterization)}/lora",
+        "modelspec.implementation": SDXL_IMPLEMENTATION if info.family == "sdxl" else "diffusers",
         "modelspec.title": config.output_stem,
         "modelspec.resolution": f"{width}x{height}",
         "modelspec.date": datetime.datetime.fromtimestamp(int(timestamp)).isoformat(),
         "modelspec.prediction_type": "v" if config.v_parameterization else "epsilon",
     }
+    if config.min_timestep is not None or config.max_timestep is not None:
+        low = 0 if config.min_timestep is None else config.min_timestep
+        high = 1000 if config.max_timestep is None else config.max_timestep
+        spec["modelspec.timestep_range"] = f"{low},{high}"
     if config.clip_skip is not None:
         spec["modelspec.encoder_layer"] = str(config.clip_skip)
     return spec
+
+
+def _resolution(config: TrainConfig, family: str) -> tuple[int, int]:
+    """The run's resolution. Without `--resolution`, a dataset config's datasets set their own and kohya
+    writes the family's native size (sai_model_spec.determine_resolution)."""
+    if not config.dataset_config or "resolution" in config.model_fields_set:
+        return config.resolution
+    if family == "sdxl":
+        return (1024, 1024)
+    return (768, 768) if family == "sd2" and config.v_parameterization else (512, 512)
+
+
+def _architecture(family: str, v_parameterization: bool) -> str:
+    """sai_model_spec.determine_architecture: SDXL is the base architecture whatever its prediction."""
+    if family == "sdxl":
+        return "stable-diffusion-xl-v1-base"
+    if family == "sd2":
+        return "stable-diffusion-v2-768-v" if v_parameterization else "stable-diffusion-v2-512"
+    return "stable-diffusion-v1"

@@ -43,13 +43,16 @@ class RunFacts:
 
     seed: int
     started_at: float
+    family: str
+    """The base model's family ("sd1", "sd2", "sdxl", ModelBundle.family): kohya's SD1/SD2 and SDXL
+    trainers write different ss_v2, ss_base_model_version and modelspec values."""
     sd_model: ModelSource
     vae: ModelSource | None
 
     @classmethod
-    def for_run(cls, config: TrainConfig, seed: int, started_at: float) -> RunFacts:
+    def for_run(cls, config: TrainConfig, seed: int, started_at: float, family: str) -> RunFacts:
         vae = ModelSource(config.vae) if config.vae else None
-        return cls(seed, started_at, ModelSource(config.pretrained_model_name_or_path), vae)
+        return cls(seed, started_at, family, ModelSource(config.pretrained_model_name_or_path), vae)
 
     @property
     def session_id(self) -> int:
@@ -70,6 +73,7 @@ def run_summary(config: TrainConfig, plan: DatasetPlan, facts: RunFacts, epoch: 
         max_train_steps=plan.steps.max_train_steps,
         total_batch_size=config.train_batch_size * plan.num_processes * config.gradient_accumulation_steps,
         optimizer=describe_optimizer(config),
+        family=facts.family,
         dataset_dirs=merged_dataset_dirs(plan) if config.dataset_config else dataset_dirs(plan, is_reg=False),
         datasets=datasets_metadata(plan) if config.dataset_config else None,
         reg_dataset_dirs=dataset_dirs(plan, is_reg=True),
