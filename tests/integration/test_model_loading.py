@@ -186,30 +186,11 @@ def test_lora_file_as_base_model(tmp_path):
     )
 
 
-@pytest.mark.parametrize(
-    ("keys", "family"),
-    [
-        (
-            [
-                "conditioner.embedders.1.model.token_embedding.weight",
-                "model.diffusion_model.label_emb.0.0.weight",
-            ],
-            "SDXL",
-        ),
-        (["cond_stage_model.model.token_embedding.weight", "model.diffusion_model.out.2.weight"], "SD2.x"),
-    ],
-)
-def test_sd2_and_sdxl_are_not_trained_yet(tmp_path, keys, family):
-    path = write_fake(tmp_path / "big.safetensors", keys)
-    assert error_of(path) == (
-        f"{path} is an {family} checkpoint; loracraft trains SD1.x only so far (SD2/SDXL support is coming)"
-    )
-
-
 def test_offline_without_tokenizer(tiny_sd1, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     # A repo id no cache can hold, so a populated ~/.cache cannot make this pass by accident.
-    monkeypatch.setattr(tokenizer_source, "HUB_TOKENIZER", "loracraft-tests/no-such-tokenizer")
+    hub = {"sd1": ("loracraft-tests/no-such-tokenizer", "")}
+    monkeypatch.setattr(tokenizer_source, "HUB_TOKENIZERS", hub)
     model = tmp_path / "model.safetensors"
     shutil.copy(tiny_sd1.single_file, model)
     message = error_of(model)

@@ -29,6 +29,13 @@ class ModelOptions(BaseModel):
         "Folder with the CLIP tokenizer files (vocab.json, merges.txt). Needed offline when the model is a "
         "single file with no tokenizer beside it (loracraft's own option).",
     )
+    tokenizer_2_path: OptionalPath = flag(
+        None,
+        MODEL,
+        "SDXL: folder with the second tokenizer's files (vocab.json, merges.txt). Default: the model's "
+        "tokenizer_2/, else NAME-tokenizer_2/ beside a single file, else the first tokenizer padded with "
+        "'!', which is what SDXL's second tokenizer is (loracraft's own option).",
+    )
     lowram: bool = flag(
         False,
         MODEL,

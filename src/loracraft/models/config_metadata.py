@@ -1,9 +1,9 @@
 """Hyperparameters that tensor shapes cannot reveal, carried in a single-file checkpoint's metadata.
 
 Head counts, GroupNorm group counts, default sample sizes and the VAE scaling factor leave no trace in
-weight shapes. A real SD1.5 file needs none of them (its values are the defaults in `configs/sd1/`);
-a file with other values (our tiny model) stores them as safetensors metadata `loracraft.<component>_
-<field>`, JSON-encoded, so loading it gives back the model that was saved.
+weight shapes. A real SD1.5, SD2 or SDXL file needs none of them (its values are the defaults in
+`configs/<family>/`); a file with other values (our tiny models) stores them as safetensors metadata
+`loracraft.<component>_<field>`, JSON-encoded, so loading it gives back the model that was saved.
 """
 
 import json
@@ -20,11 +20,14 @@ METADATA_FIELDS: dict[str, tuple[str, str]] = {
     "loracraft.vae_scaling_factor": ("vae", "scaling_factor"),
     "loracraft.text_encoder_num_attention_heads": ("text_encoder", "num_attention_heads"),
     "loracraft.text_encoder_hidden_act": ("text_encoder", "hidden_act"),
+    "loracraft.text_encoder_2_num_attention_heads": ("text_encoder_2", "num_attention_heads"),
+    "loracraft.text_encoder_2_hidden_act": ("text_encoder_2", "hidden_act"),
 }
 
 
 def config_metadata(configs: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
-    """Metadata entries for `configs` ({"unet": ..., "vae": ..., "text_encoder": ...} as plain dicts)."""
+    """Metadata entries for `configs` ({"unet": ..., "vae": ..., "text_encoder": ..., "text_encoder_2": ...}
+    as plain dicts)."""
     return {
         key: json.dumps(configs[component][field])
         for key, (component, field) in METADATA_FIELDS.items()

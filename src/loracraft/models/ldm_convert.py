@@ -1,9 +1,16 @@
-"""diffusers -> original LDM (CompVis) names for the Stable Diffusion UNet, VAE and CLIP text encoder.
+"""diffusers -> original LDM (CompVis/SGM) names for the Stable Diffusion UNet, VAE and text encoders.
 
 The UNet mapping is reference/lora-format.md §5, written in terms of `layers_per_block` and the block
 types so SD1, SD2 and SDXL share it; the LoRA writer uses `unet_module_to_ldm` for SDXL's LDM-style
-names. Everything here is the exact inverse of diffusers' `single_file_utils.convert_ldm_*_checkpoint`,
-which the interop tests use as the oracle.
+names. Everything here is the exact inverse of diffusers' `single_file_utils.convert_ldm_*_checkpoint`
+and `convert_open_clip_checkpoint`, which the interop tests use as the oracle.
+
+Where each part lives in a family's single file:
+- SD1:  `model.diffusion_model.*`, `first_stage_model.*`, `cond_stage_model.transformer.text_model.*`
+  (CLIP ViT-L in transformers' naming);
+- SD2:  the same UNet and VAE, `cond_stage_model.model.*` (OpenCLIP ViT-H in OpenCLIP's naming);
+- SDXL: the same UNet and VAE, `conditioner.embedders.0.transformer.text_model.*` (CLIP ViT-L) and
+  `conditioner.embedders.1.model.*` (OpenCLIP ViT-bigG with its projection).
 """
 
 import re
@@ -13,9 +20,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from loracraft.models.open_clip_convert import text_encoder_to_open_clip
+
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 TEXT_ENCODER_PREFIX = "cond_stage_model.transformer."
+SD2_TEXT_ENCODER_PREFIX = "cond_stage_model.model."
+SDXL_TEXT_ENCODER_PREFIX = "conditioner.embedders.0.transformer."
+SDXL_TEXT_ENCODER_2_PREFIX = "conditioner.embedders.1.model."
 
 _UNET_TOP_LEVEL = {
     "conv_in": "input_blocks.0.0",
@@ -173,13 +185,33 @@ def text_encoder_state_dict_to_ldm(state_dict: Mapping[str, torch.Tensor]) -> di
     }
 
 
-def to_ldm_checkpoint(unet: nn.Module, vae: nn.Module, text_encoder: nn.Module) -> dict[str, torch.Tensor]:
-    """An SD1 single-file checkpoint state dict (the layout A1111, ComfyUI and kohya load)."""
-    checkpoint = {}
-    for key, tensor in unet_state_dict_to_ldm(unet.state_dict(), unet.config).items():
-        checkpoint[UNET_PREFIX + key] = tensor
-    for key, tensor in vae_state_dict_to_ldm(vae.state_dict()).items():
-        checkpoint[VAE_PREFIX + key] = tensor
-    for key, tensor in text_encoder_state_dict_to_ldm(text_encoder.state_dict()).items():
-        checkpoint[TEXT_ENCODER_PREFIX + key] = tensor
+def to_ldm_checkpoint(
+    unet: nn.Module,
+    vae: nn.Module,
+    text_encoder: nn.Module,
+    text_encoder_2: nn.Module | None = None,
+    family: str = "sd1",
+) -> dict[str, torch.Tensor]:
+    """A single-file checkpoint state dict in `family`'s original layout (what A1111, ComfyUI and kohya
+    load); SDXL needs `text_encoder_2`."""
+    checkpoint = _prefixed(UNET_PREFIX, unet_state_dict_to_ldm(unet.state_dict(), unet.config))
+    checkpoint |= _prefixed(VAE_PREFIX, vae_state_dict_to_ldm(vae.state_dict()))
+    if family == "sd1":
+        checkpoint |= _prefixed(
+            TEXT_ENCODER_PREFIX, text_encoder_state_dict_to_ldm(text_encoder.state_dict())
+        )
+    elif family == "sd2":
+        open_clip = text_encoder_to_open_clip(text_encoder.state_dict(), unused_last_block=True)
+        checkpoint |= _prefixed(SD2_TEXT_ENCODER_PREFIX, open_clip)
+    elif family == "sdxl" and text_encoder_2 is not None:
+        first = text_encoder_state_dict_to_ldm(text_encoder.state_dict())
+        checkpoint |= _prefixed(SDXL_TEXT_ENCODER_PREFIX, first)
+        open_clip = text_encoder_to_open_clip(text_encoder_2.state_dict(), unused_last_block=False)
+        checkpoint |= _prefixed(SDXL_TEXT_ENCODER_2_PREFIX, open_clip)
+    else:
+        raise ValueError(f"no single-file layout for family {family!r} with these text encoders")
     return checkpoint
+
+
+def _prefixed(prefix: str, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {prefix + key: tensor for key, tensor in state_dict.items()}

@@ -27,7 +27,7 @@ def load_vae(path: str | os.PathLike, family: str) -> AutoencoderKL:
         return _vae_from_folder(path)
     checkpoint = read_checkpoint(path)
     ldm = _ldm_vae_keys(checkpoint.tensors, path)
-    return vae_from_ldm(ldm, infer_config("vae", ldm, family, checkpoint.metadata, path), path)
+    return vae_from_ldm(ldm, infer_config("vae", ldm, family, checkpoint.metadata, path), path, family)
 
 
 def _ldm_vae_keys(tensors: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
