@@ -1,9 +1,11 @@
 """Our LoRA files load in diffusers with exactly the intended effect (reference/lora-format.md §7 T3).
 
-A tiny pipeline with SD1's block topology gets a LoRA from the real export path (build_lora_network ->
-kohya_state_dict -> save_lora_file), random non-zero up/down and alpha = rank/2. diffusers must load it
-without complaints, fuse it to W + m * (alpha/r) * up @ down on every targeted weight and leave every
-other weight bit-identical; unfused at weight m it must compute what our own network computes at m.
+Tiny pipelines with SD1's, SD2's and SDXL's block topologies get a LoRA from the real export path
+(build_lora_network -> kohya_state_dict -> save_lora_file), random non-zero up/down and alpha = rank/2.
+diffusers must load it without complaints (StableDiffusionPipeline for SD1/SD2, StableDiffusionXLPipeline
+for SDXL's LDM-style U-Net names and lora_te1/lora_te2), fuse it to W + m * (alpha/r) * up @ down on
+every targeted weight and leave every other weight bit-identical; unfused at weight m it must compute
+what our own network computes at m.
 """
 
 import copy
@@ -16,33 +18,70 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    DiffusionPipeline,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+)
 
 from loracraft.config.schema import TrainConfig
+from loracraft.networks.kohya_names import text_encoder_prefixes
 from loracraft.networks.lora_file import read_lora_file, save_lora_file
 from loracraft.networks.lora_network import LoRANetwork, build_lora_network
 from loracraft.networks.metadata import RunSummary, kohya_metadata
 from loracraft.networks.targets import text_encoder_targets, unet_targets
-from model_helpers import tiny_text_encoder, tiny_unet
+from model_helpers import (
+    SDXL_TIME_EMBED_DIM,
+    tiny_sd2_text_encoder,
+    tiny_sd2_unet,
+    tiny_sdxl_text_encoders,
+    tiny_sdxl_unet,
+    tiny_text_encoder,
+    tiny_unet,
+)
 
 RANK = 4
 ALPHA = RANK / 2
 SCALE = 0.7
-KEY = re.compile(r"^(lora_unet|lora_te)_[a-z0-9_]+\.(lora_down\.weight|lora_up\.weight|alpha)$")
+KEY = re.compile(r"^(lora_unet|lora_te[12]?)_[a-z0-9_]+\.(lora_down\.weight|lora_up\.weight|alpha)$")
 BAD_LOAD_MESSAGES = ("unexpected keys", "not compatible", "not loaded", "not correctly renamed")
+TEXT_ENCODER_COMPONENTS = ("text_encoder", "text_encoder_2")
+# Targets of the tiny models: U-Net modules, modules per text encoder.
+UNET_TARGETS = {"sd1": 192, "sd2": 192, "sdxl": 242}
+TEXT_ENCODER_TARGETS = 12
 
 
-def tiny_pipeline() -> StableDiffusionPipeline:
-    unet, text_encoder = tiny_unet(), tiny_text_encoder()
-    vae = AutoencoderKL(
+def tiny_vae() -> AutoencoderKL:
+    return AutoencoderKL(
         block_out_channels=[32, 64],
         down_block_types=["DownEncoderBlock2D"] * 2,
         up_block_types=["UpDecoderBlock2D"] * 2,
         latent_channels=4,
         norm_num_groups=32,
     )
+
+
+def tiny_pipeline(family: str) -> DiffusionPipeline:
+    """A pipeline of the family's tiny modules; tokenizers are not needed to load a LoRA."""
+    if family == "sdxl":
+        text_encoder, text_encoder_2 = tiny_sdxl_text_encoders()
+        return StableDiffusionXLPipeline(
+            vae=tiny_vae(),
+            text_encoder=text_encoder,
+            text_encoder_2=text_encoder_2,
+            tokenizer=None,
+            tokenizer_2=None,
+            unet=tiny_sdxl_unet(),
+            scheduler=DDIMScheduler(),
+            add_watermarker=False,
+        )
+    unet, text_encoder = (
+        (tiny_sd2_unet(), tiny_sd2_text_encoder()) if family == "sd2" else (tiny_unet(), tiny_text_encoder())
+    )
     return StableDiffusionPipeline(
-        vae=vae,
+        vae=tiny_vae(),
         text_encoder=text_encoder,
         tokenizer=None,
         unet=unet,
@@ -53,12 +92,17 @@ def tiny_pipeline() -> StableDiffusionPipeline:
     )
 
 
-def tiny_metadata() -> dict[str, str]:
+def text_encoder_components(pipe: DiffusionPipeline) -> list[str]:
+    """The pipeline's text encoders' component names, in kohya's TE1, TE2 order."""
+    return [name for name in TEXT_ENCODER_COMPONENTS if getattr(pipe, name, None) is not None]
+
+
+def tiny_metadata(family: str) -> dict[str, str]:
     config = TrainConfig(output_name="tiny", network_dim=RANK, network_alpha=ALPHA, resolution=(64, 64))
-    return kohya_metadata(config, run_summary())
+    return kohya_metadata(config, run_summary(family))
 
 
-def run_summary() -> RunSummary:
+def run_summary(family: str) -> RunSummary:
     return RunSummary(
         session_id=1,
         training_started_at=1_700_000_000.0,
@@ -70,6 +114,7 @@ def run_summary() -> RunSummary:
         seed=0,
         total_batch_size=1,
         optimizer="torch.optim.adamw.AdamW",
+        family=family,
         tag_frequency={"1_tiny": {"tiny": 4}},
         training_finished_at=1_700_000_100.0,
         steps=4,
@@ -78,12 +123,12 @@ def run_summary() -> RunSummary:
 
 
 def random_network(
-    unet, text_encoder, train_unet: bool = True, train_text_encoder: bool = True
+    family: str, unet, text_encoders: list, train_unet: bool = True, train_text_encoder: bool = True
 ) -> LoRANetwork:
     network = build_lora_network(
         unet,
-        [text_encoder] if train_text_encoder else [],
-        "sd1",
+        text_encoders if train_text_encoder else [],
+        family,
         RANK,
         ALPHA,
         train_unet=train_unet,
@@ -94,6 +139,11 @@ def random_network(
         for param in network.parameters():
             param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
     return network
+
+
+def pipeline_network(family: str, pipe: DiffusionPipeline, **parts: bool) -> LoRANetwork:
+    text_encoders = [getattr(pipe, name) for name in text_encoder_components(pipe)]
+    return random_network(family, pipe.unet, text_encoders, **parts)
 
 
 @contextmanager
@@ -123,40 +173,62 @@ def bad_messages(messages: list[str]) -> list[str]:
     return [m for m in messages if any(bad in m.lower() for bad in BAD_LOAD_MESSAGES)]
 
 
-def snapshot(pipe: StableDiffusionPipeline) -> dict[str, torch.Tensor]:
-    unet = {f"unet.{k}": v.clone() for k, v in pipe.unet.state_dict().items()}
-    return unet | {f"text_encoder.{k}": v.clone() for k, v in pipe.text_encoder.state_dict().items()}
+def snapshot(pipe: DiffusionPipeline) -> dict[str, torch.Tensor]:
+    weights = {}
+    for component in ["unet", *text_encoder_components(pipe)]:
+        weights |= {f"{component}.{k}": v.clone() for k, v in getattr(pipe, component).state_dict().items()}
+    return weights
+
+
+def target_weights(
+    family: str, pipe: DiffusionPipeline, train_unet: bool, train_text_encoder: bool
+) -> dict[str, str]:
+    """{snapshot key of a targeted weight: its kohya module name}."""
+    targets = {}
+    if train_unet:
+        targets |= {f"unet.{t.path}.weight": t.name for t in unet_targets(pipe.unet, family)}
+    if train_text_encoder:
+        components = text_encoder_components(pipe)
+        for component, prefix in zip(components, text_encoder_prefixes(family), strict=True):
+            model = getattr(pipe, component)
+            targets |= {f"{component}.{t.path}.weight": t.name for t in text_encoder_targets(model, prefix)}
+    return targets
 
 
 @pytest.mark.parametrize(
-    ("train_unet", "train_text_encoder", "dtype", "atol"),
+    ("family", "train_unet", "train_text_encoder", "dtype", "atol"),
     [
-        (True, True, torch.float32, 1e-5),
-        (True, True, torch.float16, 3e-3),
-        (True, True, torch.bfloat16, 3e-3),
-        (True, False, torch.float32, 1e-5),
-        (False, True, torch.float32, 1e-5),
+        ("sd1", True, True, torch.float32, 1e-5),
+        ("sd1", True, True, torch.float16, 3e-3),
+        ("sd1", True, True, torch.bfloat16, 3e-3),
+        ("sd1", True, False, torch.float32, 1e-5),
+        ("sd1", False, True, torch.float32, 1e-5),
+        ("sd2", True, True, torch.float32, 1e-5),
+        ("sd2", True, True, torch.float16, 3e-3),
+        ("sdxl", True, True, torch.float32, 1e-5),
+        ("sdxl", True, True, torch.bfloat16, 3e-3),
+        ("sdxl", True, False, torch.float32, 1e-5),
+        ("sdxl", False, True, torch.float32, 1e-5),
     ],
-    ids=["fp32", "fp16", "bf16", "unet-only", "te-only"],
-)
+    ids=[
+        "sd1-fp32", "sd1-fp16", "sd1-bf16", "sd1-unet-only", "sd1-te-only", "sd2-fp32", "sd2-fp16",
+        "sdxl-fp32", "sdxl-bf16", "sdxl-unet-only", "sdxl-te-only",
+    ],
+)  # fmt: skip
 def test_fused_weights_are_exactly_the_lora(
-    tmp_path: Path, train_unet, train_text_encoder, dtype, atol
+    tmp_path: Path, family: str, train_unet: bool, train_text_encoder: bool, dtype: torch.dtype, atol: float
 ) -> None:
-    pipe = tiny_pipeline()
-    network = random_network(pipe.unet, pipe.text_encoder, train_unet, train_text_encoder)
+    pipe = tiny_pipeline(family)
+    network = pipeline_network(family, pipe, train_unet=train_unet, train_text_encoder=train_text_encoder)
     state = network.kohya_state_dict()
-    save_lora_file(state, tmp_path / "tiny.safetensors", tiny_metadata(), dtype)
+    save_lora_file(state, tmp_path / "tiny.safetensors", tiny_metadata(family), dtype)
 
-    targets = {}
-    if train_unet:
-        targets |= {f"unet.{t.path}.weight": t.name for t in unet_targets(pipe.unet, "sd1")}
-    if train_text_encoder:
-        targets |= {f"text_encoder.{t.path}.weight": t.name for t in text_encoder_targets(pipe.text_encoder)}
+    targets = target_weights(family, pipe, train_unet, train_text_encoder)
     before = snapshot(pipe)
     with load_messages() as messages:
         pipe.load_lora_weights(tmp_path, weight_name="tiny.safetensors", adapter_name="t")
     assert bad_messages(messages) == []
-    components = ["unet"] * train_unet + ["text_encoder"] * train_text_encoder
+    components = ["unet"] * train_unet + text_encoder_components(pipe) * train_text_encoder
     for component in components:
         no_keys = f"No LoRA keys associated to {type(getattr(pipe, component)).__name__}"
         assert not [m for m in messages if m.startswith(no_keys)], f"diffusers found no {component} keys"
@@ -165,7 +237,10 @@ def test_fused_weights_are_exactly_the_lora(
     after = snapshot(pipe)
 
     assert after.keys() == before.keys()
-    assert len(targets) == 192 * train_unet + 12 * train_text_encoder
+    num_text_encoders = len(text_encoder_components(pipe))
+    assert len(targets) == UNET_TARGETS[family] * train_unet + (
+        TEXT_ENCODER_TARGETS * num_text_encoders * train_text_encoder
+    )
     for key, weight in before.items():
         if key not in targets:
             assert torch.equal(after[key], weight), f"{key} changed but is not a LoRA target"
@@ -176,48 +251,72 @@ def test_fused_weights_are_exactly_the_lora(
         torch.testing.assert_close(after[key], weight + delta, rtol=0, atol=atol, msg=key)
 
 
-def test_forward_matches_diffusers_at_any_multiplier(tmp_path: Path) -> None:
-    pipe = tiny_pipeline()
-    unet, text_encoder = copy.deepcopy(pipe.unet), copy.deepcopy(pipe.text_encoder)
-    network = random_network(unet, text_encoder)
+def unet_inputs(family: str, generator: torch.Generator) -> tuple[tuple, dict]:
+    """(sample, timesteps, context) and, for SDXL, its pooled-text and size conditioning."""
+    context_width = 64 if family == "sdxl" else 32
+    sample = torch.randn(2, 4, 8, 8, generator=generator)
+    context = torch.randn(2, 7, context_width, generator=generator)
+    args = (sample, torch.tensor([10, 500]), context)
+    if family != "sdxl":
+        return args, {}
+    conditioning = {
+        "text_embeds": torch.randn(2, 32, generator=generator),
+        "time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64]] * 2),
+    }
+    assert SDXL_TIME_EMBED_DIM * 6 + 32 == tiny_sdxl_unet().config.projection_class_embeddings_input_dim
+    return args, {"added_cond_kwargs": conditioning}
+
+
+@pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
+def test_forward_matches_diffusers_at_any_multiplier(tmp_path: Path, family: str) -> None:
+    pipe = tiny_pipeline(family)
+    unet = copy.deepcopy(pipe.unet)
+    components = text_encoder_components(pipe)
+    text_encoders = [copy.deepcopy(getattr(pipe, name)) for name in components]
+    network = random_network(family, unet, text_encoders)
     save_lora_file(network.kohya_state_dict(), tmp_path / "tiny.safetensors", None, torch.float32)
     pipe.load_lora_weights(tmp_path, weight_name="tiny.safetensors", adapter_name="t")
     generator = torch.Generator().manual_seed(3)
-    sample, context = torch.randn(2, 4, 8, 8, generator=generator), torch.randn(2, 7, 32, generator=generator)
-    timesteps = torch.tensor([10, 500])
+    unet_args, unet_kwargs = unet_inputs(family, generator)
     input_ids = torch.randint(3, 1000, (2, 9), generator=generator)
 
-    def outputs(unet_model, text_model) -> tuple[torch.Tensor, torch.Tensor]:
-        return unet_model(sample, timesteps, context).sample, text_model(input_ids).last_hidden_state
+    def outputs(unet_model, text_models) -> list[torch.Tensor]:
+        texts = [model(input_ids).last_hidden_state for model in text_models]
+        return [unet_model(*unet_args, **unet_kwargs).sample, *texts]
 
     with torch.no_grad():
-        base = outputs(unet, text_encoder)
+        base = outputs(unet, text_encoders)
         network.apply()
         for multiplier in (SCALE, 1.0, -0.5):
             network.set_multiplier(multiplier)
             pipe.set_adapters(["t"], adapter_weights=[multiplier])
-            ours, theirs = outputs(unet, text_encoder), outputs(pipe.unet, pipe.text_encoder)
+            ours = outputs(unet, text_encoders)
+            theirs = outputs(pipe.unet, [getattr(pipe, name) for name in components])
             for our, their, reference in zip(ours, theirs, base, strict=True):
                 torch.testing.assert_close(our, their, rtol=0, atol=2e-5)
                 assert (our - reference).abs().max() > 1e-3, "the LoRA must change the output"
 
 
-def test_file_keys_follow_kohya_grammar(tmp_path: Path) -> None:
-    pipe = tiny_pipeline()
-    network = random_network(pipe.unet, pipe.text_encoder)
-    save_lora_file(network.kohya_state_dict(), tmp_path / "tiny.safetensors", tiny_metadata())
+@pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
+def test_file_keys_follow_kohya_grammar(tmp_path: Path, family: str) -> None:
+    pipe = tiny_pipeline(family)
+    network = pipeline_network(family, pipe)
+    save_lora_file(network.kohya_state_dict(), tmp_path / "tiny.safetensors", tiny_metadata(family))
     state, metadata = read_lora_file(tmp_path / "tiny.safetensors")
     assert all(KEY.match(key) for key in state)
     names = {key.split(".", 1)[0] for key in state}
-    assert len(state) == 3 * len(names) == 3 * (192 + 12), "every module has down, up and alpha; no orphans"
+    modules = UNET_TARGETS[family] + TEXT_ENCODER_TARGETS * len(text_encoder_components(pipe))
+    assert len(state) == 3 * len(names) == 3 * modules, "every module has down, up and alpha; no orphans"
+    prefixes = {name.split("_text_model_")[0] for name in names if "_text_model_" in name}
+    assert prefixes == set(text_encoder_prefixes(family))
     assert metadata["ss_network_module"] == "networks.lora"
     assert metadata["sshs_model_hash"] and metadata["modelspec.title"] == "tiny"
 
 
 def test_load_message_capture_sees_a_bad_file(tmp_path: Path) -> None:
     """Control: a module diffusers cannot place is reported, so the clean loads above mean something."""
-    pipe = tiny_pipeline()
-    state = random_network(pipe.unet, None, train_text_encoder=False).kohya_state_dict()
+    pipe = tiny_pipeline("sd1")
+    state = pipeline_network("sd1", pipe, train_text_encoder=False).kohya_state_dict()
     stray = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_7_attn1_to_q"
     first = pipe.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1.to_q
     state[f"{stray}.lora_down.weight"] = torch.randn(RANK, first.in_features)
