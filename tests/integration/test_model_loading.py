@@ -1,19 +1,24 @@
-"""load_model_bundle on the tiny SD1 model: both routes agree, --vae replaces, bad input is one line."""
+"""load_model_bundle on the tiny SD1, SD2 and SDXL models: both routes agree, --vae replaces, the
+prediction type is read, bad input is one line."""
 
+import json
 import shutil
 
 import pytest
 import torch
 from diffusers import AutoencoderKL
+from transformers import CLIPTextModelWithProjection
 
 from loracraft.errors import UserError
 from loracraft.models import tokenizer_source
+from loracraft.models.bundle import Prediction
 from loracraft.models.checkpoint_file import read_checkpoint, write_checkpoint
 from loracraft.models.config_inference import base_config, model_kwargs
 from loracraft.models.config_metadata import config_metadata
 from loracraft.models.ldm_convert import vae_state_dict_to_ldm
 from loracraft.models.loading import load_model_bundle
 from loracraft.models.tokenizer_build import build_clip_tokenizer
+from model_helpers import tiny_sd2_text_encoder, tiny_sd2_unet, tiny_sdxl_text_encoders, tiny_sdxl_unet
 
 
 def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
@@ -239,3 +244,154 @@ def test_vae_with_other_latent_channels(tiny_sd1, tmp_path):
         )
     ).save_pretrained(tmp_path)
     assert "makes 8-channel latents but the UNet" in error_of(tiny_sd1.single_file, vae=tmp_path)
+
+
+# SD2 and SDXL: the same guarantees, and what only they have.
+
+
+def assert_same_config(a: dict, b: dict) -> None:
+    """Every field but bookkeeping (`_name_or_path`, the dtype a folder was saved in)."""
+    skip = {"dtype", "torch_dtype", "transformers_version"}
+    a, b = ({k: v for k, v in c.items() if not k.startswith("_") and k not in skip} for c in (a, b))
+    assert a == b
+
+
+@pytest.mark.parametrize("family", ["sd2", "sdxl"])
+def test_sd2_and_sdxl_single_file_and_folder_give_the_same_model(family, request):
+    tiny = request.getfixturevalue(f"tiny_{family}")
+    folder = request.getfixturevalue(f"tiny_{family}_bundle")
+    single = load_model_bundle(tiny.single_file)
+
+    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        if getattr(folder, name) is not None:
+            assert_same_weights(getattr(folder, name), getattr(single, name))
+    assert_same_config(dict(folder.unet.config), dict(single.unet.config))
+    assert_same_config(dict(folder.vae.config), dict(single.vae.config))
+    for a, b in zip(folder.text_encoders, single.text_encoders, strict=True):
+        assert_same_config(a.config.to_dict(), b.config.to_dict())
+    for bundle in (folder, single):
+        assert bundle.family == family
+        assert bundle.scheduler_config["prediction_type"] == "epsilon"
+        assert [t.get_vocab() for t in bundle.tokenizers] == [t.get_vocab() for t in folder.tokenizers]
+        for model in (bundle.unet, bundle.vae, *bundle.text_encoders):
+            assert not model.training
+            assert all(not p.requires_grad and p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_sd2_bundle(tiny_sd2_bundle):
+    bundle = tiny_sd2_bundle
+    assert bundle.text_encoder_2 is None and bundle.tokenizer_2 is None
+    assert bundle.unet.config.use_linear_projection
+    assert bundle.text_encoder.config.hidden_act == "gelu"
+    # OpenCLIP pads with id 0, "!" in CLIP's vocabulary.
+    assert bundle.tokenizer.pad_token == "!"
+
+
+def test_sdxl_bundle(tiny_sdxl, tiny_sdxl_bundle):
+    single = load_model_bundle(tiny_sdxl.single_file)
+    for bundle in (single, tiny_sdxl_bundle):
+        assert isinstance(bundle.text_encoder_2, CLIPTextModelWithProjection)
+        assert bundle.text_encoder_2.config.projection_dim == 32
+        assert bundle.unet.config.addition_time_embed_dim == 8
+        assert [t.pad_token for t in bundle.tokenizers] == ["<|endoftext|>", "!"]
+        assert bundle.scheduler_config["_class_name"] == "EulerDiscreteScheduler"
+    assert single.tokenizer_2.name_or_path == str(tiny_sdxl.tokenizer_2_dir)
+
+
+@pytest.mark.parametrize(
+    ("family", "unet", "text_encoder"),
+    [
+        ("sd2", tiny_sd2_unet, tiny_sd2_text_encoder),
+        ("sdxl", tiny_sdxl_unet, lambda: tiny_sdxl_text_encoders()[1]),
+    ],
+)
+def test_fixtures_have_the_shapes_of_the_in_memory_tiny_modules(family, unet, text_encoder, request):
+    bundle = request.getfixturevalue(f"tiny_{family}_bundle")
+
+    def shapes(module, skip=()):
+        return {k: v.shape for k, v in module.state_dict().items() if not k.endswith(skip)}
+
+    assert shapes(bundle.unet) == shapes(unet())
+    saved = bundle.text_encoders[-1]
+    # The vocabulary is the fixture tokenizer's.
+    assert shapes(saved, "token_embedding.weight") == shapes(text_encoder(), "token_embedding.weight")
+
+
+def copy_single_file(tiny, folder, tensors=None, metadata=None):
+    """The tiny model's single file (with its tokenizers) copied to `folder`, tensors/metadata changed."""
+    checkpoint = read_checkpoint(tiny.single_file)
+    path = folder / tiny.single_file.name
+    write_checkpoint(
+        path,
+        {**checkpoint.tensors, **(tensors or {})},
+        metadata if metadata is not None else checkpoint.metadata,
+    )
+    for tokenizer_dir in (tiny.tokenizer_dir, tiny.tokenizer_2_dir):
+        if tokenizer_dir is not None:
+            shutil.copytree(tokenizer_dir, folder / tokenizer_dir.name)
+    return path
+
+
+def test_noobai_v_pred_markers_are_read(tiny_sdxl, tmp_path):
+    markers = {"v_pred": torch.zeros(0), "ztsnr": torch.zeros(0)}
+    bundle = load_model_bundle(copy_single_file(tiny_sdxl, tmp_path, markers))
+
+    assert bundle.prediction == Prediction(True, True, "its v_pred and ztsnr keys")
+    assert bundle.scheduler_config["prediction_type"] == "v_prediction"
+    assert bundle.scheduler_config["rescale_betas_zero_snr"] is True
+
+
+def test_sd2_768_v_from_its_yaml(tiny_sd2, tmp_path):
+    metadata = read_checkpoint(tiny_sd2.single_file).metadata
+    del metadata["loracraft.unet_sample_size"]  # as a real SD2 file: the config decides
+    path = copy_single_file(tiny_sd2, tmp_path, metadata=metadata)
+    path.with_suffix(".yaml").write_text(
+        'model:\n  params:\n    parameterization: "v"\n    unet_config: {}\n'
+    )
+
+    bundle = load_model_bundle(path)
+
+    assert bundle.prediction == Prediction(True, None, "tiny-sd2.yaml beside it")
+    assert bundle.scheduler_config["prediction_type"] == "v_prediction"
+    assert bundle.unet.config.sample_size == 96
+
+
+def test_v_scheduler_config_of_a_folder(tiny_sd2, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_sd2.diffusers_dir, folder)
+    scheduler_file = folder / "scheduler" / "scheduler_config.json"
+    config = json.loads(scheduler_file.read_text())
+    scheduler_file.write_text(
+        json.dumps({**config, "prediction_type": "v_prediction", "rescale_betas_zero_snr": True})
+    )
+
+    bundle = load_model_bundle(folder)
+
+    assert bundle.prediction == Prediction(True, True, "scheduler/scheduler_config.json")
+    assert bundle.scheduler_config["prediction_type"] == "v_prediction"
+
+
+def test_errors_name_the_family(tiny_sd2, tiny_sdxl, tmp_path):
+    tensors = read_checkpoint(tiny_sd2.single_file).tensors
+    del tensors["model.diffusion_model.out.2.bias"]
+    write_checkpoint(tmp_path / "sd2.safetensors", tensors, {})
+    message = error_of(tmp_path / "sd2.safetensors", tokenizer_path=tiny_sd2.tokenizer_dir)
+    assert "its UNet does not have SD2.x's layout (1 tensors missing" in message
+
+    tensors = read_checkpoint(tiny_sdxl.single_file).tensors
+    no_te2 = {k: v for k, v in tensors.items() if not k.startswith("conditioner.embedders.1.")}
+    write_checkpoint(tmp_path / "xl.safetensors", no_te2, {})
+    assert error_of(tmp_path / "xl.safetensors", tokenizer_path=tiny_sdxl.tokenizer_dir) == (
+        f"{tmp_path / 'xl.safetensors'} has no second text encoder (no conditioner.embedders.1.model.* "
+        "tensors); use a complete SDXL checkpoint"
+    )
+
+
+def test_refused_models_are_one_line(tmp_path):
+    refiner = write_fake(
+        tmp_path / "refiner.safetensors",
+        ["conditioner.embedders.0.model.text_projection", "model.diffusion_model.out.2.weight"],
+    )
+    assert "is the SDXL refiner, which is not a LoRA base" in error_of(refiner)
+    flux = write_fake(tmp_path / "flux.safetensors", ["double_blocks.0.img_attn.norm.key_norm.scale"])
+    assert error_of(flux).startswith(f"{flux} is a Flux model")

@@ -6,9 +6,15 @@ from diffusers.loaders.single_file_utils import (
     convert_ldm_clip_checkpoint,
     convert_ldm_unet_checkpoint,
     convert_ldm_vae_checkpoint,
+    convert_open_clip_checkpoint,
 )
 
-from loracraft.models.ldm_convert import to_ldm_checkpoint, unet_module_to_ldm
+from loracraft.models.ldm_convert import (
+    SD2_TEXT_ENCODER_PREFIX,
+    SDXL_TEXT_ENCODER_2_PREFIX,
+    to_ldm_checkpoint,
+    unet_module_to_ldm,
+)
 
 SD1_UNET = {
     "layers_per_block": 2,
@@ -72,26 +78,97 @@ def test_unet_module_to_ldm_rejects_unknown_paths():
         unet_module_to_ldm("down_blocks.0.resnets.0.nonsense", SD1_UNET)
 
 
-def test_round_trip_through_diffusers_converters_is_bit_identical(tiny_sd1_bundle):
-    unet, vae, text_encoder = tiny_sd1_bundle.unet, tiny_sd1_bundle.vae, tiny_sd1_bundle.text_encoder
-    checkpoint = to_ldm_checkpoint(unet, vae, text_encoder)
+def bare(state_dict: dict) -> dict:
+    """transformers 5 drops CLIPTextModel's `text_model.` level; compare without it."""
+    return {key.removeprefix("text_model."): value for key, value in state_dict.items()}
 
+
+def checkpoint_of(bundle) -> dict:
+    return to_ldm_checkpoint(
+        bundle.unet, bundle.vae, bundle.text_encoder, bundle.text_encoder_2, family=bundle.family
+    )
+
+
+@pytest.fixture(params=["sd1", "sd2", "sdxl"])
+def bundle(request):
+    return request.getfixturevalue(f"tiny_{request.param}_bundle")
+
+
+def test_unet_and_vae_round_trip_through_diffusers_converters_bit_identically(bundle):
+    checkpoint = checkpoint_of(bundle)
+
+    unet, vae = bundle.unet, bundle.vae
     assert_same_tensors(convert_ldm_unet_checkpoint(checkpoint, dict(unet.config)), unet.state_dict())
     assert_same_tensors(convert_ldm_vae_checkpoint(checkpoint, dict(vae.config)), vae.state_dict())
-    clip = {
-        key.removeprefix("text_model."): value
-        for key, value in convert_ldm_clip_checkpoint(checkpoint).items()
-    }
-    expected = {key.removeprefix("text_model."): value for key, value in text_encoder.state_dict().items()}
-    assert_same_tensors(clip, expected)
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_clip_text_encoder_round_trips_bit_identically(family, request):
+    bundle = request.getfixturevalue(f"tiny_{family}_bundle")
+    clip = convert_ldm_clip_checkpoint(checkpoint_of(bundle))
+    assert_same_tensors(bare(clip), bare(bundle.text_encoder.state_dict()))
+
+
+def test_sd2_open_clip_text_encoder_round_trips_bit_identically(tiny_sd2_bundle):
+    text_encoder = tiny_sd2_bundle.text_encoder
+    checkpoint = checkpoint_of(tiny_sd2_bundle)
+    # SD2's file holds one block more than SD2 uses; diffusers skips real SD2's by name (resblocks.23),
+    # the tiny model's 3rd (resblocks.2) is left out the same way.
+    unused = f"{SD2_TEXT_ENCODER_PREFIX}transformer.resblocks.2."
+    assert any(key.startswith(unused) for key in checkpoint)
+    used = {key: value for key, value in checkpoint.items() if not key.startswith(unused)}
+
+    converted = convert_open_clip_checkpoint(text_encoder, used, prefix=SD2_TEXT_ENCODER_PREFIX)
+
+    assert_same_tensors(bare(converted), bare(text_encoder.state_dict()))
+
+
+def test_sdxl_open_clip_text_encoder_2_round_trips_bit_identically(tiny_sdxl_bundle):
+    text_encoder_2 = tiny_sdxl_bundle.text_encoder_2
+    checkpoint = checkpoint_of(tiny_sdxl_bundle)
+
+    converted = convert_open_clip_checkpoint(text_encoder_2, checkpoint, prefix=SDXL_TEXT_ENCODER_2_PREFIX)
+
+    assert_same_tensors(bare(converted), bare(text_encoder_2.state_dict()))
+    # OpenCLIP applies its projection as x @ P: the file holds the Linear's weight transposed.
+    projection = checkpoint[f"{SDXL_TEXT_ENCODER_2_PREFIX}text_projection"]
+    assert torch.equal(projection, text_encoder_2.text_projection.weight.T)
 
 
 def test_ldm_checkpoint_has_sd1_layout(tiny_sd1_bundle):
-    bundle = tiny_sd1_bundle
-    checkpoint = to_ldm_checkpoint(bundle.unet, bundle.vae, bundle.text_encoder)
+    checkpoint = checkpoint_of(tiny_sd1_bundle)
 
     assert "model.diffusion_model.output_blocks.2.1.conv.weight" in checkpoint
     assert "cond_stage_model.transformer.text_model.final_layer_norm.weight" in checkpoint
     # LDM's VAE mid-block attention is 1x1 convolutions.
     assert checkpoint["first_stage_model.decoder.mid.attn_1.q.weight"].ndim == 4
     assert checkpoint["first_stage_model.encoder.mid.attn_1.proj_out.weight"].shape[2:] == (1, 1)
+
+
+def test_ldm_checkpoint_has_sd2_layout(tiny_sd2_bundle):
+    checkpoint = checkpoint_of(tiny_sd2_bundle)
+    open_clip = "cond_stage_model.model."
+
+    assert not any(key.startswith("cond_stage_model.transformer.") for key in checkpoint)
+    for key in ("token_embedding.weight", "positional_embedding", "ln_final.weight", "text_projection"):
+        assert f"{open_clip}{key}" in checkpoint, key
+    # q, k and v stacked in one MultiheadAttention in_proj; 2 used blocks and the unused last one.
+    assert checkpoint[f"{open_clip}transformer.resblocks.0.attn.in_proj_weight"].shape == (96, 32)
+    assert {key.split(".")[4] for key in checkpoint if ".resblocks." in key} == {"0", "1", "2"}
+    assert checkpoint["model.diffusion_model.input_blocks.1.1.proj_in.weight"].ndim == 2
+
+
+def test_ldm_checkpoint_has_sdxl_layout(tiny_sdxl_bundle):
+    checkpoint = checkpoint_of(tiny_sdxl_bundle)
+
+    assert "conditioner.embedders.0.transformer.text_model.final_layer_norm.weight" in checkpoint
+    assert "conditioner.embedders.1.model.transformer.resblocks.1.mlp.c_proj.weight" in checkpoint
+    assert "model.diffusion_model.label_emb.0.0.weight" in checkpoint
+    assert "model.diffusion_model.output_blocks.2.2.conv.weight" in checkpoint
+    assert not any(key.startswith("cond_stage_model.") for key in checkpoint)
+
+
+def test_to_ldm_checkpoint_needs_both_sdxl_text_encoders(tiny_sdxl_bundle):
+    bundle = tiny_sdxl_bundle
+    with pytest.raises(ValueError, match="no single-file layout for family 'sdxl'"):
+        to_ldm_checkpoint(bundle.unet, bundle.vae, bundle.text_encoder, family="sdxl")
