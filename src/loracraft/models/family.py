@@ -84,17 +84,15 @@ def _linear_projection(tensors: Mapping[str, torch.Tensor]) -> bool:
 
 
 def _context_dim(tensors: Mapping[str, torch.Tensor]) -> int | None:
-    to_k = tensors.get(f"{UNET_PREFIX}middle_block.1.transformer_blocks.0.attn2.to_k.weight")
-    if to_k is None:
-        to_k = next(
-            (
-                tensor
-                for key, tensor in tensors.items()
-                if key.startswith(UNET_PREFIX) and key.endswith("attn2.to_k.weight")
-            ),
-            None,
-        )
-    return None if to_k is None or to_k.ndim != 2 else to_k.shape[1]
+    to_k = next(
+        (
+            tensor
+            for key, tensor in tensors.items()
+            if key.startswith(UNET_PREFIX) and key.endswith("attn2.to_k.weight")
+        ),
+        None,
+    )
+    return to_k.shape[1] if to_k is not None and to_k.ndim == 2 else None
 
 
 def detect_folder_family(
