@@ -196,8 +196,8 @@ def test_sdxl_network_has_te1_and_te2_names(sdxl_network: LoRANetwork) -> None:
     assert all(n.startswith("lora_te2_text_model_encoder_layers_") for n in te2)
     assert sdxl_network.text_encoder_names == te1 + te2
     assert sdxl_network.num_unet_modules == 242
-    assert all(n.startswith(("lora_unet_input_blocks_", "lora_unet_middle_block_1_", "lora_unet_output_blocks_"))
-               for n in sdxl_network.unet_names)  # fmt: skip
+    ldm_blocks = ("lora_unet_input_blocks_", "lora_unet_middle_block_1_", "lora_unet_output_blocks_")
+    assert all(n.startswith(ldm_blocks) for n in sdxl_network.unet_names)
 
 
 def test_sd1_network_has_one_text_encoder_name_tuple(models) -> None:
