@@ -239,6 +239,13 @@ def test_sdxl_param_groups_one_rate_per_text_encoder(sdxl_network: LoRANetwork) 
     assert all(p.requires_grad for name in te1 for p in sdxl_network.adapter(name).parameters())
 
 
+@pytest.mark.parametrize("text_encoder_lr", [5e-5, (5e-5,), (5e-5, 2e-5)])
+def test_unet_only_network_has_one_group(text_encoder_lr) -> None:
+    """Cached text-encoder outputs or --network_train_unet_only: no text-encoder group whatever the rates."""
+    network = build_lora_network(tiny_sdxl_unet(), [], "sdxl", rank=RANK, alpha=1.0, train_text_encoder=False)
+    assert group_summary(network.param_groups(1e-4, text_encoder_lr)) == [("unet", 1e-4, 2 * 242)]
+
+
 def test_single_text_encoder_uses_the_first_rate(models) -> None:
     network = build_lora_network(models[0], [models[1]], "sd1", rank=RANK, alpha=1.0)
     assert group_summary(network.param_groups(1e-4, (3e-5, 7e-5)))[1] == ("textencoder", 3e-5, 24)

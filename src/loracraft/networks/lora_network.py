@@ -110,6 +110,8 @@ class LoRANetwork(nn.Module):
         """(kohya's group name, adapter names, lr) of every part."""
         rates = [text_encoder_lr] if isinstance(text_encoder_lr, (int, float)) else list(text_encoder_lr)
         groups = [("unet", self.unet_names, unet_lr)]
+        if not self.per_text_encoder_names:  # U-Net only, or the text-encoder outputs are cached
+            return groups
         if len(self.per_text_encoder_names) == 1:
             return groups + [("textencoder", self.per_text_encoder_names[0], rates[0])]
         # kohya's rule for two text encoders: one value is both encoders' rate, two are TE1's and TE2's.
