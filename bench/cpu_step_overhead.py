@@ -121,10 +121,10 @@ def bare_seconds_per_step(start: RunStart, setup: TrainingSetup, steps: int, war
     for step in range(steps):
         batch = batches[step % len(batches)]
         latents = batch["latents"] * scaling_factor
-        ids = models.tokenizer(
+        ids = models.tokenizers[0](
             batch["captions"], padding="max_length", truncation=True, max_length=77, return_tensors="pt"
         ).input_ids
-        states = models.text_encoder(ids).last_hidden_state
+        states = models.text_encoders[0](ids).last_hidden_state
         noise = torch.randn_like(latents)
         timesteps = torch.randint(0, 1000, (latents.shape[0],))
         noisy = noise_scheduler.add_noise(latents, noise, timesteps)

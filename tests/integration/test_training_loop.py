@@ -94,7 +94,7 @@ class CountingOptimizerSteps:
 
 def prepared(config: TrainConfig, bundle: ModelBundle, plan: DatasetPlan, loader, accelerator):
     model = build_model(config, bundle)
-    groups = model.network.param_groups(config.effective_unet_lr, config.effective_text_encoder_lr)
+    groups = model.network.param_groups(config.effective_unet_lr, config.effective_text_encoder_lrs)
     optimizer = build_optimizer(config, groups)
     steps = CountingOptimizerSteps(optimizer)
     scheduler = build_lr_scheduler(config, optimizer, plan.steps.max_train_steps)
@@ -180,8 +180,10 @@ def test_gradient_checkpointing_recomputes_the_trained_text_encoder(tiny_sd1, ch
     accelerator = make_accelerator("no", 1)
     parts, _, _ = prepared(config, bundle, plan, cached_loader(plan, text_states=False), accelerator)
     model = accelerator.unwrap_model(parts.model)
-    mlp = next(module for name, module in model.text_encoder.named_modules() if name.endswith("layers.0.mlp"))
-    mlp.register_forward_pre_hook(lambda *_: model_layer_calls.append(model.text_encoder.training))
+    mlp = next(
+        module for name, module in model.text_encoders[0].named_modules() if name.endswith("layers.0.mlp")
+    )
+    mlp.register_forward_pre_hook(lambda *_: model_layer_calls.append(model.text_encoders[0].training))
 
     train_loop(accelerator, parts, plan)
 
@@ -220,7 +222,7 @@ def test_cached_latents_leave_the_vae_out_of_the_step(tiny_sd1, tmp_path):
     assert start.bundle.vae.device == torch.device("cpu")
     assert "VAE: latents are cached, so the VAE stays on the CPU during training" in lines
     assert "text encoder: its outputs are cached, so it stays on the CPU during training" in lines
-    assert setup.step_models.model.text_encoder is None
+    assert len(setup.step_models.model.text_encoders) == 0
     # The memory cache holds the posterior means, as --latent_sampling mean asks.
     image = start.plan.images[0]
     pixels = load_bucket_tensor(image.record.path, image.choice.resized_size, image.choice.bucket)

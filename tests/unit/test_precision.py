@@ -12,13 +12,16 @@ from torch import nn
 
 import loracraft.training.precision as precision_module
 from loracraft.config.load import build_config
+from loracraft.config.schema import TrainConfig
 from loracraft.errors import UserError
 from loracraft.models.config_inference import base_config, model_kwargs
 from loracraft.training.precision import (
     FLOAT8,
     Precision,
     check_float8,
+    config_precision,
     describe_precision,
+    fp16_vae_note,
     run_precision,
     store_in_float8,
 )
@@ -221,3 +224,33 @@ def test_a_half_vae_that_does_not_overflow_stays_half():
     notes = []
     latents = encode_images(vae, torch.rand(2, 3, 64, 64) * 2 - 1, 1, "mean", on_upcast=notes.append)
     assert vae.dtype == BF16 and not notes and latents.dtype == F32 and torch.isfinite(latents).all()
+
+
+class _Vae:
+    def __init__(self, **config):
+        self.config = config
+
+
+class _Bundle:
+    def __init__(self, family, **vae_config):
+        self.family, self.vae = family, _Vae(**vae_config)
+
+
+@pytest.mark.parametrize(
+    ("family", "mixed_precision", "vae_config", "expected"),
+    [
+        ("sdxl", "fp16", {"force_upcast": True}, torch.float32),
+        ("sdxl", "fp16", {}, torch.float32),
+        ("sdxl", "fp16", {"force_upcast": False}, torch.float16),  # a VAE made for fp16
+        ("sdxl", "bf16", {"force_upcast": True}, torch.bfloat16),  # bf16 has fp32's range
+        ("sd1", "fp16", {"force_upcast": True}, torch.float16),  # kohya's SD1 default
+    ],
+)
+def test_sdxls_vae_leaves_fp16_without_no_half_vae(family, mixed_precision, vae_config, expected):
+    config = TrainConfig.model_validate({"mixed_precision": mixed_precision})
+    bundle = _Bundle(family, **vae_config)
+    assert config_precision(config, bundle).vae == expected
+    note = fp16_vae_note(config, bundle)
+    assert (note is not None) == (expected == torch.float32)
+    if note:
+        assert note.startswith("VAE in float32: SDXL's VAE overflows in fp16 (NaN latents)")

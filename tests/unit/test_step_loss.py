@@ -22,7 +22,7 @@ CPU = torch.device("cpu")
 class ZeroPrediction(nn.Module):
     """Predicts zeros and keeps what the step gave it."""
 
-    def forward(self, noisy_latents, timesteps, captions, text_states):
+    def forward(self, noisy_latents, timesteps, captions, **conditioning):
         self.noisy_latents, self.timesteps = noisy_latents, timesteps
         return torch.zeros_like(noisy_latents)
 

@@ -20,6 +20,13 @@ class ModelOptions(BaseModel):
         "diffusers folder. Required.",
         gui_default="runwayml/stable-diffusion-v1-5",
     )
+    v2: bool = flag(
+        False,
+        MODEL,
+        "The base model is SD2.x (kohya needs this flag; loracraft reads the family from the model and "
+        "turns it on for SD2 models). Refused with an SD1 or SDXL model.",
+        ss_key="ss_v2",
+    )
     vae: OptionalPath = flag(
         None, MODEL, "Replacement VAE: a single file or a diffusers VAE folder. Default: the model's own VAE."
     )

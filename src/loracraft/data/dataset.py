@@ -26,7 +26,7 @@ from loracraft.data.latent_cache import CachedLatents, read_latent_file
 from loracraft.data.masks import load_mask, mask_files
 from loracraft.data.plan import DatasetPlan, epoch_batches
 from loracraft.data.records import Subset
-from loracraft.data.text_cache import load_cached_text_states
+from loracraft.data.text_cache import TextOutput, load_cached_text_output
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,8 @@ class BucketBatchDataset(Dataset):
     - `masks` (B, 1, H, W) float32 in [0, 1] when any subset has `alpha_mask` or a
       `conditioning_data_dir` of mask images (ones for the samples of subsets without either): at pixel size with `pixels`, at latent size with cached `latents`
       (`augment.mask_to_latent_size` brings either to the latent size);
-    - `text_states` (B, tokens, width) when text-encoder outputs are cached (in memory or in files).
+    - `text_states` (B, tokens, width) when text-encoder outputs are cached (in memory or in files), and
+      `text_pooled` (B, width) when they hold a pooled output (SDXL).
 
     `latents` (or `latent_files`) are index-aligned with `plan.images`; with them a `flip_aug` sample
     takes the cached mirrored latents half of the time, so they must be cached with `flip_aug` (and
@@ -69,7 +70,7 @@ class BucketBatchDataset(Dataset):
         prior_loss_weight: float = 1.0,
         latents: Sequence[CachedLatents | torch.Tensor] | None = None,
         latent_files: Sequence[Path] | None = None,
-        text_states: Sequence[torch.Tensor] | None = None,
+        text_states: Sequence[TextOutput] | None = None,
         text_state_files: Sequence[Path] | None = None,
     ) -> None:
         if latents is not None and latent_files is not None:
@@ -116,10 +117,10 @@ class BucketBatchDataset(Dataset):
             return self.latents[index]
         return read_latent_file(self.latent_files[index])
 
-    def _text_state(self, index: int) -> torch.Tensor:
+    def _text_output(self, index: int) -> TextOutput:
         if self.text_states is not None:
             return self.text_states[index]
-        return load_cached_text_states(self.text_state_files[index])
+        return load_cached_text_output(self.text_state_files[index])
 
     def _cached_sample(self, index: int, subset: Subset, caption: str, rng: random.Random) -> _Sample:
         image = self.plan.images[index]
@@ -191,7 +192,11 @@ class BucketBatchDataset(Dataset):
         if self.with_masks:
             item["masks"] = self._masks(samples)
         if self.text_states is not None or self.text_state_files is not None:
-            item["text_states"] = torch.stack([self._text_state(i) for i in batch])
+            outputs = [self._text_output(i) for i in batch]
+            if isinstance(outputs[0], tuple):
+                item["text_pooled"] = torch.stack([pooled for _, pooled in outputs])
+                outputs = [states for states, _ in outputs]
+            item["text_states"] = torch.stack(outputs)
         return item
 
 

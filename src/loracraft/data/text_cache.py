@@ -4,14 +4,15 @@
 saving (reference §4.7), so we offer it there too. The caller guarantees captions that never change
 (the config refuses shuffling, dropout and wildcards with the cache) and a frozen text encoder.
 
-The encoder is injected as `encode(captions) -> states` (B, tokens, width); results are kept as float32
-on the CPU, one tensor per caption. Each distinct caption is encoded once, however many images share it.
+The encoder is injected as `encode(captions) -> states` (B, tokens, width), or `-> (states, pooled)`
+(B, width) for SDXL, whose U-Net also takes TE2's pooled output; results are kept as float32 on the CPU,
+one tensor (or pair) per caption. Each distinct caption is encoded once, however many images share it.
 
 A disk file is `<stem>_te_<family>.npz` beside the image (kohya's SDXL files are `_te_outputs.npz`;
 the name differs so neither trainer reads the other's), distinct where two images' names would collide
 (see `cache_names`). It holds `hidden_states` and what they depend on: the caption text, the
 text-encoder identity (the caller's fingerprint of the weights, clip skip and token length) and the
-cache format. Any difference recomputes the file; an unreadable file is recomputed with a warning.
+cache format, and `pooled` for an SDXL encoder. Any difference recomputes the file; an unreadable file is recomputed with a warning.
 """
 
 import hashlib
@@ -30,7 +31,9 @@ from loracraft.data.cache_names import cache_stem, needs_variant, shared_stem_pa
 from loracraft.data.encode_checked import encode_checked
 from loracraft.errors import UserError
 
-TextEncoder = Callable[[list[str]], torch.Tensor]
+TextOutput = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+"""A caption's states, or (states, pooled) from an encoder with a pooled output (SDXL)."""
+TextEncoder = Callable[[list[str]], TextOutput]
 
 # Bump when the stored states change meaning for the same caption and identity.
 TEXT_CACHE_FORMAT = "loracraft-text-1"
@@ -79,23 +82,33 @@ def _non_finite_message(caption: str) -> str:
     )
 
 
+def _encode_batch(encode: TextEncoder, batch: list[str]) -> list[TextOutput]:
+    """One output per caption, each part checked finite; clones, since a view would keep the whole batch
+    alive and pickle it to every worker."""
+    with torch.no_grad():
+        output = encode(batch)
+    parts = [
+        encode_checked(lambda _, part=part: part, batch, batch, _non_finite_message)
+        for part in (output if isinstance(output, tuple) else (output,))
+    ]
+    rows = [tuple(row.clone() for row in caption_rows) for caption_rows in zip(*parts, strict=True)]
+    return [row if len(row) > 1 else row[0] for row in rows]
+
+
 def _encode_unique(
     captions: Sequence[str], encode: TextEncoder, batch_size: int, progress: bool
-) -> dict[str, torch.Tensor]:
-    """Each distinct caption's states, encoded in batches, in first-seen order."""
+) -> dict[str, TextOutput]:
+    """Each distinct caption's output, encoded in batches, in first-seen order."""
     unique = list(dict.fromkeys(captions))
-    states: dict[str, torch.Tensor] = {}
+    outputs: dict[str, TextOutput] = {}
     with tqdm(
         total=len(unique), desc="caching text encoder outputs", unit="caption", disable=not progress
     ) as bar:
         for start in range(0, len(unique), batch_size):
             batch = unique[start : start + batch_size]
-            encoded = encode_checked(encode, batch, batch, _non_finite_message)
-            for caption, state in zip(batch, encoded, strict=True):
-                # clone: a view would keep the whole batch alive and pickle it to every worker.
-                states[caption] = state.clone()
+            outputs.update(zip(batch, _encode_batch(encode, batch), strict=True))
             bar.update(len(batch))
-    return states
+    return outputs
 
 
 def _dependencies(caption: str, identity: str) -> dict[str, np.ndarray]:
@@ -119,11 +132,16 @@ def _is_fresh(path: Path, expected: dict[str, np.ndarray]) -> tuple[bool, str | 
     return all(key in stored and np.array_equal(stored[key], expected[key]) for key in _DEPENDENCY_KEYS), None
 
 
-def _write(path: Path, states: torch.Tensor, deps: dict[str, np.ndarray]) -> None:
+def _write(path: Path, output: TextOutput, deps: dict[str, np.ndarray]) -> None:
+    if isinstance(output, tuple):
+        arrays = {"hidden_states": output[0].numpy(), "pooled": output[1].numpy()}
+    else:
+        arrays = {"hidden_states": output.numpy()}
+
     def write(tmp: Path) -> None:
         # A file object, because np.savez appends ".npz" to a path that lacks it.
         with open(tmp, "wb") as f:
-            np.savez(f, hidden_states=states.numpy(), **deps)
+            np.savez(f, **arrays, **deps)
 
     try:
         write_atomic(path, write)
@@ -136,9 +154,18 @@ def _write(path: Path, states: torch.Tensor, deps: dict[str, np.ndarray]) -> Non
 
 def load_cached_text_states(path: Path) -> torch.Tensor:
     """The `hidden_states` of a text cache file as a float32 tensor (tokens, width)."""
+    output = load_cached_text_output(path)
+    return output[0] if isinstance(output, tuple) else output
+
+
+def load_cached_text_output(path: Path) -> TextOutput:
+    """A text cache file's states (tokens, width), or (states, pooled) when it holds a pooled output."""
     try:
         with np.load(path, allow_pickle=False) as npz:
-            return torch.from_numpy(npz["hidden_states"].astype(np.float32))
+            states = torch.from_numpy(npz["hidden_states"].astype(np.float32))
+            if "pooled" not in npz.files:
+                return states
+            return states, torch.from_numpy(npz["pooled"].astype(np.float32))
     except _UNREADABLE as err:
         raise UserError(
             f"text-encoder cache {path} became unreadable during training ({err}); delete it and restart"
@@ -183,7 +210,7 @@ def cache_text_states(
     batch_size: int,
     files: None = None,
     progress: bool = True,
-) -> list[torch.Tensor]: ...
+) -> list[TextOutput]: ...
 
 
 @overload
@@ -206,8 +233,8 @@ def cache_text_states(
     batch_size: int,
     files: Sequence[Path] | None = None,
     progress: bool = True,
-) -> list[torch.Tensor] | tuple[list[Path], TextCacheReport]:
-    """Text-encoder states for every caption, index-aligned with `captions`.
+) -> list[TextOutput] | tuple[list[Path], TextCacheReport]:
+    """Text-encoder outputs for every caption, index-aligned with `captions`.
 
     Without `files`: the tensors, kept in memory (images with the same caption share one tensor).
     With `files` (index-aligned, from `text_cache_file_paths`): each file made current, and the files

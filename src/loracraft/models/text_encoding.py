@@ -6,6 +6,13 @@ as [BOS of chunk 1] + tokens of every chunk + [last token of the last chunk], so
 positions. clip_skip N takes the N-th hidden state from the end and applies the final layer norm.
 The 75-token case is the same code with one chunk.
 
+SDXL (`encode_sdxl_captions`) conditions on both of its encoders as kohya's SdxlTextEncodingStrategy does:
+each tokenizer pads its own way (TE1 with EOS, TE2 with `!`), each encoder's penultimate hidden states
+are taken without the final layer norm and joined along the feature axis (768 + 1280 = 2048 wide), and
+TE2's pooled output is its final-normed state at the first EOS through `text_projection` (CLIP's own
+pooling looks for the highest token id, which is wrong when the pad id is 0); with long captions the
+first chunk's pooled output is used. clip_skip does not apply to SDXL (kohya ignores it too).
+
 With `--weighted_captions` each caption token's state is multiplied by its A1111 weight, as kohya's
 current scripts do: BOS/EOS/padding keep weight 1.0 and nothing is renormalised afterwards (kohya's older
 `get_weighted_text_embeddings` rescaled to the unweighted mean; its training path no longer does).
@@ -13,8 +20,10 @@ current scripts do: BOS/EOS/padding keep weight 1.0 and nothing is renormalised 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
-from transformers import CLIPTextModel
+from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
 from loracraft.models.prompt_weighting import weighted_token_ids
 
@@ -85,6 +94,56 @@ def encode_tokens(
         hidden = text_encoder(flat, output_hidden_states=True).hidden_states[-clip_skip]
         states = final_layer_norm(text_encoder)(hidden)
     return join_chunks(states.reshape(batch, chunks, length, -1))
+
+
+def penultimate_states(text_encoder: CLIPTextModel, flat_ids: torch.Tensor) -> torch.Tensor:
+    """The output of the second-to-last layer, without the final layer norm (SDXL's conditioning)."""
+    return text_encoder(flat_ids, output_hidden_states=True).hidden_states[-2]
+
+
+def pooled_at_first_eos(
+    text_encoder: CLIPTextModelWithProjection, flat_ids: torch.Tensor, eos: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(penultimate states, projected final-normed state at each row's first EOS) in one forward pass."""
+    output = text_encoder(flat_ids, output_hidden_states=True)
+    # last_hidden_state is already final-normed; argmax gives the first True position.
+    first_eos = (flat_ids == eos).int().argmax(dim=-1)
+    last = output.last_hidden_state[torch.arange(len(flat_ids), device=flat_ids.device), first_eos]
+    return output.hidden_states[-2], text_encoder.text_projection(last)
+
+
+def encode_sdxl_tokens(
+    text_encoders: Sequence[torch.nn.Module], input_ids: Sequence[torch.Tensor], eos_2: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(states (batch, chunks*75 + 2, width 1 + width 2), pooled (batch, projection)) for the two
+    tokenizers' ids from `tokenize_captions`."""
+    first, second = text_encoders
+    batch, chunks, length = input_ids[0].shape
+    flat_1 = input_ids[0].reshape(batch * chunks, length).to(first.device)
+    flat_2 = input_ids[1].reshape(batch * chunks, length).to(second.device)
+    states_1 = penultimate_states(first, flat_1)
+    states_2, pooled = pooled_at_first_eos(second, flat_2, eos_2)
+    states = torch.cat([states_1, states_2.to(states_1.dtype)], dim=-1)
+    pooled = pooled.reshape(batch, chunks, -1)[:, 0]
+    return join_chunks(states.reshape(batch, chunks, length, -1)), pooled
+
+
+def encode_sdxl_captions(
+    tokenizers: Sequence,
+    text_encoders: Sequence[torch.nn.Module],
+    captions: list[str],
+    max_token_length: int,
+    weighted: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SDXL's cross-attention states and pooled output for `captions`; with `weighted` each caption
+    token's states are multiplied by its A1111 weight (both encoders' halves; the pooled output is not
+    weighted, as in kohya)."""
+    if not weighted:
+        ids = [tokenize_captions(tokenizer, captions, max_token_length) for tokenizer in tokenizers]
+        return encode_sdxl_tokens(text_encoders, ids, tokenizers[1].eos_token_id)
+    pairs = [tokenize_weighted_captions(tokenizer, captions, max_token_length) for tokenizer in tokenizers]
+    states, pooled = encode_sdxl_tokens(text_encoders, [ids for ids, _ in pairs], tokenizers[1].eos_token_id)
+    return states * join_chunks(pairs[0][1]).to(states).unsqueeze(-1), pooled
 
 
 def final_layer_norm(text_encoder: CLIPTextModel) -> torch.nn.Module:

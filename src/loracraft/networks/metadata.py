@@ -153,13 +153,14 @@ def _ss_metadata(info: RunSummary, v_parameterization: bool) -> dict[str, object
         "ss_max_train_steps": info.max_train_steps,
         "ss_network_module": info.network_module,
         "ss_network_dropout": info.network_dropout,
-        "ss_v2": info.family == "sd2",
         "ss_base_model_version": base_model_version(info.family, v_parameterization),
         "ss_seed": info.seed,
         "ss_optimizer": info.optimizer,
         "ss_dataset_dirs": json.dumps(info.dataset_dirs),
         "ss_tag_frequency": json.dumps(info.tag_frequency),
     }
+    if info.family == "sd2":
+        values["ss_v2"] = True  # the --v2 setting, which an SD2 model implies (family_settings.py)
     if info.datasets is not None:
         values["ss_datasets"] = json.dumps(info.datasets)
     else:

@@ -12,6 +12,7 @@ from loracraft.config.schema import TrainConfig
 from loracraft.data.dataset import BucketBatchDataset, batch_loader
 from loracraft.data.latent_cache import cache_latents_to_disk, encode_latents_in_memory
 from loracraft.data.plan import DatasetPlan
+from loracraft.data.text_cache import TextOutput
 from loracraft.models.bundle import ModelBundle
 from loracraft.training.caching import latent_job
 
@@ -23,7 +24,7 @@ def make_batch_loader(
     device: torch.device,
     echo: Callable[[str], None],
     *,
-    text_states: Sequence[torch.Tensor] | None = None,
+    text_states: Sequence[TextOutput] | None = None,
     text_state_files: Sequence[Path] | None = None,
 ) -> DataLoader:
     """The loader of the run (one item per batch); `text_states`/`text_state_files` are cached
@@ -37,6 +38,7 @@ def make_batch_loader(
             vae_identity=job.vae_identity,
             vae_batch_size=job.vae_batch_size,
             latent_sampling=job.latent_sampling,
+            family=job.family,
             flip_aug=job.flip_aug,
             alpha_mask=job.alpha_mask,
         )

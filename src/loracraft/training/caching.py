@@ -14,9 +14,13 @@ from loracraft.config.schema import TrainConfig
 from loracraft.data.cache_fill import LatentCacheJob, TextCacheJob, fill_disk_caches
 from loracraft.data.captions import CaptionMoment, process_caption
 from loracraft.data.plan import DatasetPlan
-from loracraft.data.text_cache import cache_text_states, text_cache_file_paths
+from loracraft.data.text_cache import TextOutput, cache_text_states, text_cache_file_paths
 from loracraft.models.bundle import ModelBundle
-from loracraft.models.text_encoding import encode_captions, encode_weighted_captions
+from loracraft.models.text_encoding import (
+    encode_captions,
+    encode_sdxl_captions,
+    encode_weighted_captions,
+)
 from loracraft.training.accelerator import release_cached_memory
 from loracraft.training.vae_encoding import encode_images
 
@@ -44,23 +48,39 @@ def static_captions(plan: DatasetPlan) -> list[str]:
 
 
 def text_encoder_job(config: TrainConfig, bundle: ModelBundle, device: torch.device) -> TextCacheJob:
-    encode_fn = encode_weighted_captions if config.weighted_captions else encode_captions
+    """How captions become cached text-encoder outputs: states, with SDXL's pooled output beside them."""
 
-    def encode(captions: list[str]) -> torch.Tensor:
+    def encode(captions: list[str]) -> TextOutput:
+        text_encoders = [text_encoder.to(device) for text_encoder in bundle.text_encoders]
         with torch.no_grad():
+            if bundle.family == "sdxl":
+                states, pooled = encode_sdxl_captions(
+                    bundle.tokenizers, text_encoders, captions, config.token_length, config.weighted_captions
+                )
+                return states.float().cpu(), pooled.float().cpu()
+            encode_fn = encode_weighted_captions if config.weighted_captions else encode_captions
             states = encode_fn(
-                bundle.tokenizer,
-                bundle.text_encoder.to(device),
-                captions,
-                config.token_length,
-                config.clip_skip,
+                bundle.tokenizer, text_encoders[0], captions, config.token_length, config.clip_skip
             )
         return states.float().cpu()
 
+    # SDXL ignores clip_skip, so it does not make its caches stale.
+    clip_skip = None if bundle.family == "sdxl" else config.clip_skip
     identity = weights_fingerprint(
-        bundle.text_encoder, config.clip_skip, config.token_length, config.weighted_captions
+        torch.nn.ModuleList(bundle.text_encoders), clip_skip, config.token_length, config.weighted_captions
     )
-    return TextCacheJob(captions=(), encode=encode, identity=identity, batch_size=config.vae_batch_size)
+    return TextCacheJob(
+        captions=(),
+        encode=encode,
+        identity=identity,
+        batch_size=config.vae_batch_size,
+        family=cache_family(bundle.family),
+    )
+
+
+def cache_family(family: str) -> str:
+    """The family tag of cache file names: SD1 and SD2 share kohya's `sd`, SDXL has its own."""
+    return "sdxl" if family == "sdxl" else "sd"
 
 
 def cached_text_inputs(
@@ -80,7 +100,7 @@ def cached_text_inputs(
             captions, encode=job.encode, identity=job.identity, batch_size=job.batch_size
         )
         return states, None
-    files = text_cache_file_paths([image.record.path for image in plan.images], captions)
+    files = text_cache_file_paths([image.record.path for image in plan.images], captions, job.family)
     files, report = cache_text_states(
         captions, encode=job.encode, identity=job.identity, batch_size=job.batch_size, files=files
     )
@@ -109,6 +129,7 @@ def latent_job(
         vae_identity=weights_fingerprint(bundle.vae),
         vae_batch_size=config.vae_batch_size,
         latent_sampling=config.latent_sampling,
+        family=cache_family(bundle.family),
         flip_aug=any(subset.options.flip_aug for subset in plan.subsets),
         alpha_mask=any(subset.options.alpha_mask for subset in plan.subsets),
     )
@@ -125,7 +146,7 @@ def fill_caches_only(
     text = None
     if config.cache_text_encoder_outputs:
         job = text_encoder_job(config, bundle, device)
-        text = TextCacheJob(static_captions(plan), job.encode, job.identity, job.batch_size)
+        text = TextCacheJob(static_captions(plan), job.encode, job.identity, job.batch_size, job.family)
     summary, warnings = fill_disk_caches(
         plan.images, latents=latent_job(config, plan, bundle, device), text=text
     )

@@ -13,7 +13,8 @@ kohya's rules (train_network.py, `prepare_dtype` and the fp8 block):
   so it works on any device that can convert float8 (the CPU too) and keeps no upcast copy alive
   between the forward and the backward pass. Norms, embeddings and biases keep the compute dtype:
   kohya keeps the text encoder's embeddings so too, since `nn.Embedding` cannot look up float8.
-- The VAE runs in the compute dtype, or float32 with `--no_half_vae`.
+- The VAE runs in the compute dtype, or float32 with `--no_half_vae`; SDXL's VAE (which overflows in
+  fp16) runs in float32 under fp16 without the flag, and says why.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from torch import nn
 
 from loracraft.config.schema import TrainConfig
 from loracraft.errors import UserError
+from loracraft.models.bundle import ModelBundle
 
 WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 FLOAT8 = getattr(torch, "float8_e4m3fn", None)
@@ -69,15 +71,31 @@ def run_precision(
     )
 
 
-def config_precision(config: TrainConfig) -> Precision:
-    """`run_precision` for a run's settings."""
+def config_precision(config: TrainConfig, bundle: ModelBundle | None = None) -> Precision:
+    """`run_precision` for a run's settings and base model: SDXL's VAE runs in float32 under fp16."""
     return run_precision(
         config.mixed_precision,
         full_fp16=config.full_fp16,
         full_bf16=config.full_bf16,
         fp8_base=config.fp8_base,
         fp8_base_unet=config.fp8_base_unet,
-        no_half_vae=config.no_half_vae,
+        no_half_vae=config.no_half_vae or (config.mixed_precision == "fp16" and fp16_vae_overflows(bundle)),
+    )
+
+
+def fp16_vae_overflows(bundle: ModelBundle | None) -> bool:
+    """SDXL's VAE gives NaN latents in fp16 (its activations exceed fp16's range); a VAE retrained for
+    fp16 says so with `force_upcast: false` in its config (diffusers' convention)."""
+    return bundle is not None and bundle.family == "sdxl" and bundle.vae.config.get("force_upcast", True)
+
+
+def fp16_vae_note(config: TrainConfig, bundle: ModelBundle) -> str | None:
+    """Why the VAE runs in float32 without --no_half_vae, when it does."""
+    if config.no_half_vae or config.mixed_precision != "fp16" or not fp16_vae_overflows(bundle):
+        return None
+    return (
+        "VAE in float32: SDXL's VAE overflows in fp16 (NaN latents), so it does not run in --mixed_precision "
+        "fp16 (as with --no_half_vae); a VAE made for fp16 (force_upcast false in its config) would"
     )
 
 

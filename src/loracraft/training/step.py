@@ -10,6 +10,7 @@ from torch import nn
 
 from loracraft.config.loss_options import LossOptions
 from loracraft.data.latent_cache import Encoder
+from loracraft.training.diffusion_model import size_conditioning
 from loracraft.training.losses import (
     elementwise_loss,
     huber_threshold,
@@ -36,6 +37,8 @@ class StepModels:
     vae_scaling_factor: float
     encode_images: Encoder | None
     options: LossOptions = field(default_factory=LossOptions)
+    size_conditioned: bool = False
+    """SDXL: the model takes each image's size and crop (`diffusion_model.size_conditioning`)."""
 
 
 def diffusion_loss(models: StepModels, batch: dict, device: torch.device) -> torch.Tensor:
@@ -57,9 +60,12 @@ def diffusion_loss(models: StepModels, batch: dict, device: torch.device) -> tor
     noisy_latents = scheduler.add_noise(latents, perturbed_noise(noise, options), timesteps)
 
     # The U-Net predicts the noise (or v), conditioned on the captions (encoded inside the model, through
-    # the text encoder's LoRA) or on the cached text-encoder outputs.
-    text_states = batch["text_states"].to(device) if "text_states" in batch else None
-    model_pred = models.model(noisy_latents, timesteps, batch["captions"], text_states)
+    # the text encoders' LoRA) or on the cached text-encoder outputs; SDXL's also on each image's size
+    # and crop.
+    conditioning = {key: batch[key].to(device) for key in ("text_states", "text_pooled") if key in batch}
+    if models.size_conditioned:
+        conditioning["time_ids"] = size_conditioning(batch).to(device)
+    model_pred = models.model(noisy_latents, timesteps, batch["captions"], **conditioning)
 
     # The loss of every element against the target, in float32.
     alphas_cumprod_t = scheduler.alphas_cumprod.to(device)[timesteps]

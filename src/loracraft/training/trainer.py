@@ -31,13 +31,20 @@ from loracraft.data.summary import format_plan
 from loracraft.errors import UserError
 from loracraft.models.attention import attention_for, set_attention
 from loracraft.models.bundle import ModelBundle
+from loracraft.models.family import FAMILY_NAMES
 from loracraft.models.loading import load_model_bundle
 from loracraft.networks.lora_network import build_lora_network
 from loracraft.training.accelerator import make_accelerator, release_cached_memory
 from loracraft.training.batches import make_batch_loader
 from loracraft.training.caching import cached_text_inputs, fill_caches_only
 from loracraft.training.dataset_setup import plan_dataset
-from loracraft.training.diffusion_model import LoRADiffusionModel
+from loracraft.training.diffusion_model import LoRADiffusionModel, takes_size_conditioning
+from loracraft.training.family_settings import (
+    FamilySettings,
+    dataset_defaults,
+    family_hint,
+    model_settings,
+)
 from loracraft.training.loop import NonFiniteLoss, TrainingParts, prepare_training, run_epochs
 from loracraft.training.optimizer import build_optimizer, check_optimizer, evaluation_weights
 from loracraft.training.precision import (
@@ -45,6 +52,7 @@ from loracraft.training.precision import (
     check_float8,
     config_precision,
     describe_precision,
+    fp16_vae_note,
 )
 from loracraft.training.progress import TrainingLog
 from loracraft.training.saving import RunFacts, now, save_lora
@@ -72,9 +80,9 @@ def train(
 ) -> TrainResult:
     """Train a LoRA as `config` says; returns where the files are. Only the main process writes files."""
     start = start_run(config, echo)
-    accelerator, plan = start.accelerator, start.plan
+    config, accelerator, plan = start.config, start.accelerator, start.plan
     setup = setup_training(config, plan, start.bundle, accelerator, start.seed, echo)
-    facts = RunFacts.for_run(config, start.seed, start.started_at)
+    facts = RunFacts.for_run(config, start.seed, start.started_at, start.bundle.family)
     network = accelerator.unwrap_model(setup.parts.model).network
     writes = accelerator.is_main_process
 
@@ -157,8 +165,10 @@ def check_required(config: TrainConfig) -> None:
 
 @dataclass(frozen=True)
 class RunStart:
-    """What every run starts from: the accelerator, the seed, the dataset plan and the base model."""
+    """What every run starts from: the config as the model's family adjusted it (`family_settings`),
+    the accelerator, the seed, the dataset plan and the base model."""
 
+    config: TrainConfig
     accelerator: Accelerator
     seed: int
     started_at: float
@@ -182,16 +192,30 @@ def start_run(config: TrainConfig, echo: Callable[[str], None]) -> RunStart:
     set_seed(seed)
     started_at = now()
     # The dataset is scanned and planned before the model is loaded: its errors are cheaper to find.
+    config = _noted(dataset_defaults(config, family_hint(config.pretrained_model_name_or_path)), echo)
     plan = plan_dataset(config, seed, accelerator.num_processes, echo)
     echo(format_plan(plan))
-    for note in config.loss_notes:
-        echo(f"note: {note}")
     mask_files(plan)  # a missing or unpaired mask image stops the run here, before any model loads
     bundle = load_model_bundle(
-        config.pretrained_model_name_or_path, vae=config.vae, tokenizer_path=config.tokenizer_path
+        config.pretrained_model_name_or_path,
+        vae=config.vae,
+        tokenizer_path=config.tokenizer_path,
+        tokenizer_2_path=config.tokenizer_2_path,
     )
+    echo(f"base model: {FAMILY_NAMES[bundle.family]} ({bundle.source.name})")
+    config = _noted(
+        model_settings(config, bundle.family, bundle.prediction, config.pretrained_model_name_or_path), echo
+    )
+    for note in config.loss_notes:
+        echo(f"note: {note}")
     prepare_base_model(config, bundle, accelerator.device, echo)
-    return RunStart(accelerator, seed, started_at, plan, bundle)
+    return RunStart(config, accelerator, seed, started_at, plan, bundle)
+
+
+def _noted(settings: FamilySettings, echo: Callable[[str], None]) -> TrainConfig:
+    for note in settings.notes:
+        echo(f"note: {note}")
+    return settings.config
 
 
 def prepare_base_model(
@@ -205,16 +229,18 @@ def prepare_base_model(
     if note:
         echo(f"note: {note}")
     set_attention(bundle.unet, bundle.vae, attention)
-    torch.nn.Module.to(bundle.vae, dtype=config_precision(config).vae)
+    torch.nn.Module.to(bundle.vae, dtype=config_precision(config, bundle).vae)
+    if vae_note := fp16_vae_note(config, bundle):
+        echo(f"note: {vae_note}")
     if config.lowram:
-        for model in (bundle.unet, bundle.text_encoder, bundle.vae):
+        for model in (bundle.unet, *bundle.text_encoders, bundle.vae):
             model.to(device)
 
 
 def cache_only(config: TrainConfig, echo: Callable[[str], None] = print) -> str:
     """`--cache_only`: fill the disk caches for this config's dataset and model; no training."""
     start = start_run(config, echo)
-    return fill_caches_only(config, start.plan, start.bundle, start.accelerator.device, echo)
+    return fill_caches_only(start.config, start.plan, start.bundle, start.accelerator.device, echo)
 
 
 @dataclass(frozen=True)
@@ -239,7 +265,7 @@ def setup_training(
         loader = make_batch_loader(
             config, plan, bundle, device, echo, text_states=text_states, text_state_files=text_state_files
         )
-    precision = config_precision(config)
+    precision = config_precision(config, bundle)
     if bundle.vae.dtype != precision.vae:
         echo(f"note: {vae_upcast_note(precision.vae)}")
     encode = release_cached_encoders(config, bundle, device, echo)
@@ -247,13 +273,13 @@ def setup_training(
     # Rebuilding the LoRA modules draws their init from the seeded RNG: the same seed gives the same file.
     set_seed(seed)
     model = build_model(config, bundle)
-    echo(describe_precision(precision, text_encoder_runs=model.text_encoder is not None))
+    echo(describe_precision(precision, text_encoder_runs=len(model.text_encoders) > 0))
     network = model.network
     echo(
         f"LoRA: {network.num_unet_modules} U-Net modules, {network.num_text_encoder_modules} text-encoder "
         f"modules, rank {config.network_rank}, alpha {config.network_alpha:g}"
     )
-    param_groups = network.param_groups(config.effective_unet_lr, config.effective_text_encoder_lr)
+    param_groups = network.param_groups(config.effective_unet_lr, config.effective_text_encoder_lrs)
     optimizer = build_optimizer(config, param_groups)
     lr_scheduler = build_lr_scheduler(
         config, optimizer, plan.steps.max_train_steps, accelerator.num_processes
@@ -265,6 +291,7 @@ def setup_training(
         vae_scaling_factor=bundle.vae.config.scaling_factor,
         encode_images=encode,
         options=options_of(LossOptions, config),
+        size_conditioned=takes_size_conditioning(bundle.unet),
     )
     return TrainingSetup(step_models, parts)
 
@@ -277,7 +304,8 @@ def release_cached_encoders(
     when the latents are cached."""
     parked, place = (device, f"on {device} (--lowram)") if config.lowram else ("cpu", "on the CPU")
     if config.cache_text_encoder_outputs:
-        bundle.text_encoder.to(parked)
+        for text_encoder in bundle.text_encoders:
+            text_encoder.to(parked)
         echo(f"text encoder: its outputs are cached, so it stays {place} during training")
     if config.cache_latents:
         bundle.vae.to(parked)
@@ -302,14 +330,15 @@ def build_model(config: TrainConfig, bundle: ModelBundle) -> LoRADiffusionModel:
     with --fp8_base) with the LoRA patched in; the LoRA's own weights are float32 unless full_fp16/bf16.
 
     The text encoder is left out when its outputs are cached (the step never calls it)."""
-    precision = config_precision(config)
-    text_encoder = None if config.cache_text_encoder_outputs else bundle.text_encoder
+    precision = config_precision(config, bundle)
+    text_encoders = [] if config.cache_text_encoder_outputs else bundle.text_encoders
     cast_frozen_model(bundle.unet, precision.compute, precision.unet_storage)
-    if text_encoder is not None:
+    for text_encoder in text_encoders:
         cast_frozen_model(text_encoder, precision.compute, precision.text_encoder_storage)
     network = build_lora_network(
         bundle.unet,
-        text_encoder,
+        text_encoders,
+        bundle.family,
         rank=config.network_rank,
         alpha=config.network_alpha,
         train_unet=config.train_unet,
@@ -319,9 +348,9 @@ def build_model(config: TrainConfig, bundle: ModelBundle) -> LoRADiffusionModel:
     network.to(precision.adapters)
     model = LoRADiffusionModel(
         bundle.unet,
-        text_encoder,
+        text_encoders,
         network,
-        bundle.tokenizer,
+        bundle.tokenizers,
         train_text_encoder=config.train_text_encoder,
         max_token_length=config.token_length,
         clip_skip=config.clip_skip,
