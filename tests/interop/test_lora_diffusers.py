@@ -9,11 +9,7 @@ what our own network computes at m.
 """
 
 import copy
-import logging
 import re
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -26,12 +22,12 @@ from diffusers import (
     StableDiffusionXLPipeline,
 )
 
+from diffusers_checks import bad_messages, fuse_and_check, load_messages, text_encoder_components
 from loracraft.config.schema import TrainConfig
 from loracraft.networks.kohya_names import text_encoder_prefixes
 from loracraft.networks.lora_file import read_lora_file, save_lora_file
 from loracraft.networks.lora_network import LoRANetwork, build_lora_network
 from loracraft.networks.metadata import RunSummary, kohya_metadata
-from loracraft.networks.targets import text_encoder_targets, unet_targets
 from model_helpers import (
     SDXL_TIME_EMBED_DIM,
     tiny_sd2_text_encoder,
@@ -46,8 +42,6 @@ RANK = 4
 ALPHA = RANK / 2
 SCALE = 0.7
 KEY = re.compile(r"^(lora_unet|lora_te[12]?)_[a-z0-9_]+\.(lora_down\.weight|lora_up\.weight|alpha)$")
-BAD_LOAD_MESSAGES = ("unexpected keys", "not compatible", "not loaded", "not correctly renamed")
-TEXT_ENCODER_COMPONENTS = ("text_encoder", "text_encoder_2")
 # Targets of the tiny models: U-Net modules, modules per text encoder.
 UNET_TARGETS = {"sd1": 192, "sd2": 192, "sdxl": 242}
 TEXT_ENCODER_TARGETS = 12
@@ -90,11 +84,6 @@ def tiny_pipeline(family: str) -> DiffusionPipeline:
         feature_extractor=None,
         requires_safety_checker=False,
     )
-
-
-def text_encoder_components(pipe: DiffusionPipeline) -> list[str]:
-    """The pipeline's text encoders' component names, in kohya's TE1, TE2 order."""
-    return [name for name in TEXT_ENCODER_COMPONENTS if getattr(pipe, name, None) is not None]
 
 
 def tiny_metadata(family: str) -> dict[str, str]:
@@ -146,55 +135,6 @@ def pipeline_network(family: str, pipe: DiffusionPipeline, **parts: bool) -> LoR
     return random_network(family, pipe.unet, text_encoders, **parts)
 
 
-@contextmanager
-def load_messages() -> Iterator[list[str]]:
-    """Warnings and log records from diffusers, peft and transformers while a LoRA loads."""
-    messages: list[str] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            messages.append(record.getMessage())
-
-    handler = Collect(level=logging.INFO)
-    loggers = [logging.getLogger(name) for name in ("diffusers", "peft", "transformers")]
-    for logger in loggers:
-        logger.addHandler(handler)
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            yield messages
-        messages.extend(str(w.message) for w in caught)
-    finally:
-        for logger in loggers:
-            logger.removeHandler(handler)
-
-
-def bad_messages(messages: list[str]) -> list[str]:
-    return [m for m in messages if any(bad in m.lower() for bad in BAD_LOAD_MESSAGES)]
-
-
-def snapshot(pipe: DiffusionPipeline) -> dict[str, torch.Tensor]:
-    weights = {}
-    for component in ["unet", *text_encoder_components(pipe)]:
-        weights |= {f"{component}.{k}": v.clone() for k, v in getattr(pipe, component).state_dict().items()}
-    return weights
-
-
-def target_weights(
-    family: str, pipe: DiffusionPipeline, train_unet: bool, train_text_encoder: bool
-) -> dict[str, str]:
-    """{snapshot key of a targeted weight: its kohya module name}."""
-    targets = {}
-    if train_unet:
-        targets |= {f"unet.{t.path}.weight": t.name for t in unet_targets(pipe.unet, family)}
-    if train_text_encoder:
-        components = text_encoder_components(pipe)
-        for component, prefix in zip(components, text_encoder_prefixes(family), strict=True):
-            model = getattr(pipe, component)
-            targets |= {f"{component}.{t.path}.weight": t.name for t in text_encoder_targets(model, prefix)}
-    return targets
-
-
 @pytest.mark.parametrize(
     ("family", "train_unet", "train_text_encoder", "dtype", "atol"),
     [
@@ -220,35 +160,20 @@ def test_fused_weights_are_exactly_the_lora(
 ) -> None:
     pipe = tiny_pipeline(family)
     network = pipeline_network(family, pipe, train_unet=train_unet, train_text_encoder=train_text_encoder)
-    state = network.kohya_state_dict()
-    save_lora_file(state, tmp_path / "tiny.safetensors", tiny_metadata(family), dtype)
-
-    targets = target_weights(family, pipe, train_unet, train_text_encoder)
-    before = snapshot(pipe)
-    with load_messages() as messages:
-        pipe.load_lora_weights(tmp_path, weight_name="tiny.safetensors", adapter_name="t")
-    assert bad_messages(messages) == []
-    components = ["unet"] * train_unet + text_encoder_components(pipe) * train_text_encoder
-    for component in components:
-        no_keys = f"No LoRA keys associated to {type(getattr(pipe, component)).__name__}"
-        assert not [m for m in messages if m.startswith(no_keys)], f"diffusers found no {component} keys"
-    pipe.fuse_lora(components=components, lora_scale=SCALE)
-    pipe.unload_lora_weights()
-    after = snapshot(pipe)
-
-    assert after.keys() == before.keys()
+    save_lora_file(network.kohya_state_dict(), tmp_path / "tiny.safetensors", tiny_metadata(family), dtype)
+    targets = fuse_and_check(
+        pipe,
+        family,
+        tmp_path / "tiny.safetensors",
+        SCALE,
+        atol,
+        train_unet=train_unet,
+        train_text_encoder=train_text_encoder,
+    )
     num_text_encoders = len(text_encoder_components(pipe))
     assert len(targets) == UNET_TARGETS[family] * train_unet + (
         TEXT_ENCODER_TARGETS * num_text_encoders * train_text_encoder
     )
-    for key, weight in before.items():
-        if key not in targets:
-            assert torch.equal(after[key], weight), f"{key} changed but is not a LoRA target"
-            continue
-        name = targets[key]
-        up, down = state[f"{name}.lora_up.weight"], state[f"{name}.lora_down.weight"]
-        delta = (up.flatten(1) @ down.flatten(1)).reshape(weight.shape) * SCALE * ALPHA / RANK
-        torch.testing.assert_close(after[key], weight + delta, rtol=0, atol=atol, msg=key)
 
 
 def unet_inputs(family: str, generator: torch.Generator) -> tuple[tuple, dict]:

@@ -275,6 +275,15 @@ def test_adaptive_optimizers_that_refuse_two_learning_rates_stop_early(name):
         one_step(optimizer, [p for group in groups for p in group["params"]])
 
 
+def test_sdxls_second_text_encoder_rate_counts_as_another_learning_rate():
+    pytest.importorskip(KOHYA_CLASSES["Prodigy"][1])
+    config = TrainConfig(optimizer_type="Prodigy", learning_rate=1.0, text_encoder_lr=[1.0, 0.5])
+    with pytest.raises(UserError, match="--optimizer_type Prodigy takes one learning rate for every part"):
+        check_optimizer(config, CPU, echo=lambda _: None)
+    same = TrainConfig(optimizer_type="Prodigy", learning_rate=1.0, text_encoder_lr=[1.0, 1.0])
+    check_optimizer(same, CPU, echo=lambda _: None)
+
+
 def test_adafactor_relative_step_builds_without_learning_rates():
     config = TrainConfig(optimizer_type="AdaFactor", learning_rate=1e-3, unet_lr=1e-3)
     groups = [{"params": [torch.nn.Parameter(torch.randn(4))], "lr": 1e-3, "name": "unet"}]

@@ -93,7 +93,10 @@ def trained_learning_rates(config: TrainConfig) -> dict[str, float]:
     if config.train_unet and config.effective_unet_lr > 0:
         rates["unet"] = config.effective_unet_lr
     if config.train_text_encoder:
-        rates["text_encoder"] = config.effective_text_encoder_lr
+        # SDXL's second text encoder may have its own rate (`--text_encoder_lr A B`).
+        for index, rate in enumerate(config.effective_text_encoder_lrs, 1):
+            if rate > 0:
+                rates["text_encoder" if index == 1 else f"text_encoder{index}"] = rate
     return rates
 
 
