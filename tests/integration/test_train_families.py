@@ -1,0 +1,146 @@
+"""`loracraft train` with kohya flags on tiny SD2 and SDXL models, from both layouts users bring.
+
+Each file must pass the diffusers numeric test (load without complaints, fuse to exactly
+W + m*(alpha/r)*up@down on every targeted weight, all others bit-identical), name only modules kohya's own
+network makes for that family (tests/data/kohya_names, generated from kohya's code), and carry the
+family's metadata.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from data_helpers import make_kohya_dataset
+from diffusers_checks import fuse_and_check
+from loracraft.cli import main
+from loracraft.models.loading import load_model_bundle
+from run_helpers import train_argv
+
+pytestmark = pytest.mark.slow
+
+KOHYA_NAMES = Path(__file__).parents[1] / "data" / "kohya_names"
+FLAGS = (
+    "--resolution", "64", "--network_dim", "4", "--network_alpha", "2", "--train_batch_size", "2",
+    "--max_train_steps", "3", "--learning_rate", "1e-3", "--mixed_precision", "no", "--seed", "0",
+    "--max_data_loader_n_workers", "0",
+)  # fmt: skip
+EXPECTED = {
+    # family: (ss_base_model_version, modelspec.architecture, modelspec.implementation, ss_v2)
+    "sd2": ("sd_v2", "stable-diffusion-v2-512/lora", "diffusers", "True"),
+    "sdxl": (
+        "sdxl_base_v1-0",
+        "stable-diffusion-xl-v1-base/lora",
+        "https://github.com/Stability-AI/generative-models",
+        "False",
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    return make_kohya_dataset(tmp_path_factory.mktemp("data"), reg_count=0)
+
+
+def kohya_module_names(family: str) -> set[str]:
+    data = json.loads((KOHYA_NAMES / f"{family}.json").read_text())
+    return {*data["unet"], *(name for names in data["text_encoders"] for name in names)}
+
+
+def pipeline_of(model: Path):
+    """A diffusers pipeline of the model's own (freshly loaded) modules."""
+    bundle = load_model_bundle(model)
+    if bundle.family == "sdxl":
+        return StableDiffusionXLPipeline(
+            vae=bundle.vae,
+            text_encoder=bundle.text_encoder,
+            text_encoder_2=bundle.text_encoder_2,
+            tokenizer=bundle.tokenizer,
+            tokenizer_2=bundle.tokenizer_2,
+            unet=bundle.unet,
+            scheduler=DDIMScheduler(),
+            add_watermarker=False,
+        )
+    return StableDiffusionPipeline(
+        vae=bundle.vae,
+        text_encoder=bundle.text_encoder,
+        tokenizer=bundle.tokenizer,
+        unet=bundle.unet,
+        scheduler=DDIMScheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("family", "layout"), [("sd2", "single_file"), ("sdxl", "single_file"), ("sdxl", "diffusers_dir")]
+)
+def test_trained_file_loads_in_diffusers_with_kohyas_names_and_the_familys_metadata(
+    request, tree, tmp_path, family, layout
+):
+    model = getattr(request.getfixturevalue(f"tiny_{family}"), layout)
+    assert main(train_argv(model, tree.train_dir, tmp_path, *FLAGS)) == 0
+    lora = tmp_path / "toy.safetensors"
+
+    fuse_and_check(pipeline_of(model), family, lora, scale=0.7, atol=1e-5)
+    with safe_open(str(lora), "pt") as file:
+        names = {key.split(".", 1)[0] for key in file.keys()}
+        metadata = file.metadata()
+    assert names <= kohya_module_names(family)
+    assert {name.split("_")[1] for name in names} == (
+        {"unet", "te1", "te2"} if family == "sdxl" else {"unet", "te"}
+    )
+    version, architecture, implementation, v2 = EXPECTED[family]
+    assert metadata["ss_base_model_version"] == version
+    assert metadata["modelspec.architecture"] == architecture
+    assert metadata["modelspec.implementation"] == implementation
+    assert metadata["ss_v2"] == v2
+    assert metadata["modelspec.prediction_type"] == "epsilon"
+    assert metadata["ss_sd_model_name"] == model.name
+
+
+def test_sdxl_with_cached_text_outputs_trains_the_unet_with_pooled_caches(tiny_sdxl, tree, tmp_path, capsys):
+    flags = ("--cache_text_encoder_outputs_to_disk", "--network_train_unet_only", "--cache_latents")
+    assert main(train_argv(tiny_sdxl.single_file, tree.train_dir, tmp_path, *FLAGS, *flags)) == 0
+    names = {key.split(".", 1)[0] for key in load_file(str(tmp_path / "toy.safetensors"))}
+    assert names and all(name.startswith("lora_unet_") for name in names)
+    caches = sorted(Path(tree.train_dir).rglob("*_te_sdxl.npz"))
+    assert len(caches) == 4
+    with np.load(caches[0]) as cache:
+        assert cache["hidden_states"].shape == (77, 64) and cache["pooled"].shape == (32,)
+    out = capsys.readouterr().out
+    assert "base model: SDXL (tiny-sdxl.safetensors)" in out
+
+
+def test_a_checkpoint_that_declares_v_prediction_trains_as_v_prediction(tiny_sdxl, tree, tmp_path, capsys):
+    tensors = load_file(str(tiny_sdxl.single_file))
+    with safe_open(str(tiny_sdxl.single_file), "pt") as file:
+        metadata = file.metadata()
+    vpred = tmp_path / "model" / "noob-vpred.safetensors"
+    vpred.parent.mkdir()
+    # NoobAI-XL v-pred marks itself with empty `v_pred` and `ztsnr` tensors.
+    save_file({**tensors, "v_pred": torch.tensor([]), "ztsnr": torch.tensor([])}, str(vpred), metadata)
+    for name in ("tokenizer", "tokenizer_2"):
+        source = tiny_sdxl.single_file.with_name(f"tiny-sdxl-{name}")
+        (vpred.parent / f"noob-vpred-{name}").symlink_to(source, target_is_directory=True)
+    assert main(train_argv(vpred, tree.train_dir, tmp_path / "out", *FLAGS)) == 0
+    out = capsys.readouterr().out
+    assert "note: v_parameterization on: " in out and "note: zero_terminal_snr on: " in out
+    with safe_open(str(tmp_path / "out" / "toy.safetensors"), "pt") as file:
+        metadata = file.metadata()
+    assert metadata["modelspec.prediction_type"] == "v"
+    assert metadata["ss_zero_terminal_snr"] == "True"
+    assert metadata["ss_base_model_version"] == "sdxl_base_v1-0"
+
+
+def test_v2_with_an_sdxl_model_is_one_line_and_writes_nothing(tiny_sdxl, tree, tmp_path, capsys):
+    assert main(train_argv(tiny_sdxl.single_file, tree.train_dir, tmp_path / "out", *FLAGS, "--v2")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"error: --v2 is for SD2.x models, but {tiny_sdxl.single_file} is SDXL: drop --v2"
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
