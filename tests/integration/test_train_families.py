@@ -144,3 +144,38 @@ def test_v2_with_an_sdxl_model_is_one_line_and_writes_nothing(tiny_sdxl, tree, t
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == f"error: --v2 is for SD2.x models, but {tiny_sdxl.single_file} is SDXL: drop --v2"
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+# SD1's feature set on the other families: buckets, augmentation, caption options, long and weighted
+# captions, alpha masks, checkpointing, noise and loss options, a dataset TOML and disk caches.
+FEATURE_FLAGS = (
+    "--enable_bucket", "--min_bucket_reso", "64", "--max_bucket_reso", "128", "--bucket_no_upscale", "false",
+    "--flip_aug", "--shuffle_caption", "--keep_tokens", "1", "--caption_dropout_rate", "0.2",
+    "--max_token_length", "150", "--alpha_mask", "--gradient_checkpointing", "--noise_offset", "0.05",
+    "--min_snr_gamma", "5", "--text_encoder_lr", "5e-4", "2e-4",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("family", ["sd2", "sdxl"])
+def test_sd1s_features_train_on_the_family(request, tree, tmp_path, family):
+    model = request.getfixturevalue(f"tiny_{family}").single_file
+    assert main(train_argv(model, tree.train_dir, tmp_path, *FLAGS, *FEATURE_FLAGS)) == 0
+    fuse_and_check(pipeline_of(model), family, tmp_path / "toy.safetensors", scale=1.0, atol=1e-5)
+
+
+def test_sdxl_from_a_dataset_toml_with_weighted_captions_and_disk_caches(tiny_sdxl, tree, tmp_path):
+    dataset = tmp_path / "dataset.toml"
+    dataset.write_text(
+        "[general]\ncaption_extension = '.txt'\n[[datasets]]\nresolution = 64\nbatch_size = 2\n"
+        f"[[datasets.subsets]]\nimage_dir = '{Path(tree.train_dir) / '2_sks toy'}'\nnum_repeats = 2\n"
+    )
+    argv = [
+        "train", "--pretrained_model_name_or_path", str(tiny_sdxl.diffusers_dir), "--dataset_config",
+        str(dataset), "--output_dir", str(tmp_path / "out"), "--output_name", "toy", *FLAGS[2:],
+        "--weighted_captions", "--cache_latents_to_disk",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    assert len(list(Path(tree.train_dir).rglob("*_sdxl.npz"))) >= 4
+    fuse_and_check(
+        pipeline_of(tiny_sdxl.diffusers_dir), "sdxl", tmp_path / "out" / "toy.safetensors", 1.0, 1e-5
+    )

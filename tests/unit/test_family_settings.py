@@ -51,8 +51,19 @@ def test_v2_with_a_model_that_is_not_sd2_is_refused(family, name):
 
 
 def test_an_sd2_model_turns_v2_on():
-    settings = model_settings(config(), "sd2", Prediction(), "m")
+    settings = model_settings(config(), "sd2", Prediction(v_parameterization=False), "m")
     assert settings.config.v2 and not settings.notes
+
+
+def test_an_sd2_file_that_does_not_declare_its_prediction_gets_a_note():
+    settings = model_settings(config(), "sd2", Prediction(), "sd21.safetensors")
+    assert not settings.config.v_parameterization
+    assert settings.notes == (
+        "sd21.safetensors does not say whether it is SD2's 512 model (noise prediction) or a 768-v model "
+        "(v-prediction), and its weights cannot tell; training with noise prediction: add "
+        "--v_parameterization for a 768-v model",
+    )
+    assert not model_settings(config(v_parameterization=True), "sd2", Prediction(), "m").notes
 
 
 def test_a_declared_v_prediction_turns_both_flags_on_with_a_note():

@@ -89,6 +89,16 @@ def model_settings(
     notes = []
     if family == "sd2" and not config.v2:
         updates["v2"] = True
+    if (
+        family == "sd2"
+        and prediction.v_parameterization is None
+        and "v_parameterization" not in config.model_fields_set
+    ):
+        notes.append(
+            f"{source} does not say whether it is SD2's 512 model (noise prediction) or a 768-v model "
+            "(v-prediction), and its weights cannot tell; training with noise prediction: add "
+            "--v_parameterization for a 768-v model"
+        )
     if family == "sdxl" and config.clip_skip is not None:
         notes.append(
             "clip_skip does not apply to SDXL (it always uses both encoders' penultimate layer); "
