@@ -105,3 +105,12 @@ def tiny_sdxl_text_encoders() -> tuple[CLIPTextModel, CLIPTextModelWithProjectio
     first = CLIPTextModel(_clip_config())
     second = CLIPTextModelWithProjection(_clip_config(hidden_act="gelu", pad_token_id=0))
     return first, second
+
+
+def tiny_family_modules(family: str) -> tuple[UNet2DConditionModel, list[CLIPTextModel]]:
+    """The family's tiny U-Net and text encoders (kohya's TE1, TE2 order)."""
+    if family == "sdxl":
+        return tiny_sdxl_unet(), list(tiny_sdxl_text_encoders())
+    if family == "sd2":
+        return tiny_sd2_unet(), [tiny_sd2_text_encoder()]
+    return tiny_unet(), [tiny_text_encoder()]

@@ -28,15 +28,7 @@ from loracraft.networks.kohya_names import text_encoder_prefixes
 from loracraft.networks.lora_file import read_lora_file, save_lora_file
 from loracraft.networks.lora_network import LoRANetwork, build_lora_network
 from loracraft.networks.metadata import RunSummary, kohya_metadata
-from model_helpers import (
-    SDXL_TIME_EMBED_DIM,
-    tiny_sd2_text_encoder,
-    tiny_sd2_unet,
-    tiny_sdxl_text_encoders,
-    tiny_sdxl_unet,
-    tiny_text_encoder,
-    tiny_unet,
-)
+from model_helpers import SDXL_TIME_EMBED_DIM, tiny_family_modules, tiny_sdxl_unet
 
 RANK = 4
 ALPHA = RANK / 2
@@ -59,24 +51,21 @@ def tiny_vae() -> AutoencoderKL:
 
 def tiny_pipeline(family: str) -> DiffusionPipeline:
     """A pipeline of the family's tiny modules; tokenizers are not needed to load a LoRA."""
+    unet, text_encoders = tiny_family_modules(family)
     if family == "sdxl":
-        text_encoder, text_encoder_2 = tiny_sdxl_text_encoders()
         return StableDiffusionXLPipeline(
             vae=tiny_vae(),
-            text_encoder=text_encoder,
-            text_encoder_2=text_encoder_2,
+            text_encoder=text_encoders[0],
+            text_encoder_2=text_encoders[1],
             tokenizer=None,
             tokenizer_2=None,
-            unet=tiny_sdxl_unet(),
+            unet=unet,
             scheduler=DDIMScheduler(),
             add_watermarker=False,
         )
-    unet, text_encoder = (
-        (tiny_sd2_unet(), tiny_sd2_text_encoder()) if family == "sd2" else (tiny_unet(), tiny_text_encoder())
-    )
     return StableDiffusionPipeline(
         vae=tiny_vae(),
-        text_encoder=text_encoder,
+        text_encoder=text_encoders[0],
         tokenizer=None,
         unet=unet,
         scheduler=DDIMScheduler(),

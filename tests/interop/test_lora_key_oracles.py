@@ -20,14 +20,7 @@ from loracraft.models.ldm_convert import unet_module_to_ldm
 from loracraft.networks.kohya_names import text_encoder_prefixes
 from loracraft.networks.lora_network import LoRANetwork, build_lora_network
 from loracraft.networks.targets import LoRATarget, text_encoder_targets, unet_targets
-from model_helpers import (
-    tiny_sd2_text_encoder,
-    tiny_sd2_unet,
-    tiny_sdxl_text_encoders,
-    tiny_sdxl_unet,
-    tiny_text_encoder,
-    tiny_unet,
-)
+from model_helpers import tiny_family_modules
 
 FAMILIES = ("sd1", "sd2", "sdxl")
 CLIP_LEAVES = (
@@ -57,14 +50,6 @@ RESNET_PARTS = {
     "conv_shortcut": "skip_connection",
 }
 FORGE_MAX_UNMATCHED_KEYS = 12
-
-
-def tiny_models(family: str) -> tuple[nn.Module, list[nn.Module]]:
-    if family == "sdxl":
-        return tiny_sdxl_unet(), list(tiny_sdxl_text_encoders())
-    if family == "sd2":
-        return tiny_sd2_unet(), [tiny_sd2_text_encoder()]
-    return tiny_unet(), [tiny_text_encoder()]
 
 
 def _us(path: str) -> str:
@@ -242,7 +227,7 @@ def comfy_expected(family: str, unet: nn.Module, network_targets: dict[str, tupl
 
 def network_and_targets(family: str) -> tuple[LoRANetwork, nn.Module, list[nn.Module], dict[str, tuple]]:
     """Our network on the tiny model, and {module name: ("unet" | "te", target, text encoder index)}."""
-    unet, text_encoders = tiny_models(family)
+    unet, text_encoders = tiny_family_modules(family)
     network = build_lora_network(unet, text_encoders, family, rank=2, alpha=1.0)
     targets = {t.name: ("unet", t, 0) for t in unet_targets(unet, family)}
     for index, (model, prefix) in enumerate(zip(text_encoders, text_encoder_prefixes(family), strict=True)):
