@@ -116,3 +116,13 @@ def test_family_hint_reads_names_only(tmp_path):
         None,
         None,
     ]
+
+
+def test_updated_configs_are_validated_like_any_other():
+    from loracraft.config.load import updated_config
+
+    updated = updated_config(config(resolution="512"), {"text_encoder_lr": 5e-4})
+    assert updated.text_encoder_lr == [5e-4] and updated.effective_text_encoder_lrs == (5e-4,)
+    assert {"resolution", "text_encoder_lr"} <= updated.model_fields_set
+    with pytest.raises(UserError, match=r"^demo: --network_dim: "):
+        updated_config(config(), {"network_dim": "many"}, "demo: ")

@@ -48,6 +48,16 @@ def build_config(file_values: dict[str, Any], flag_values: dict[str, Any], sourc
         raise UserError(describe_validation_error(err, source)) from None
 
 
+def updated_config(config: TrainConfig, updates: dict[str, Any], source: str = "") -> TrainConfig:
+    """`config` with `updates`, validated like any other config (pydantic's model_copy would skip the
+    conversions and rules); what the user set stays marked as set."""
+    given = {name: getattr(config, name) for name in config.model_fields_set}
+    try:
+        return TrainConfig.model_validate({**given, **updates})
+    except ValidationError as err:
+        raise UserError(describe_validation_error(err, source)) from None
+
+
 def describe_validation_error(err: ValidationError, source: str = "") -> str:
     first = err.errors()[0]
     location = first.get("loc") or ()

@@ -19,6 +19,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from loracraft.atomic import write_atomic, write_text_atomic
+from loracraft.config.load import updated_config
 from loracraft.config.schema import TrainConfig
 from loracraft.errors import UserError
 from loracraft.models.tiny import shipped
@@ -113,8 +114,9 @@ def train_demo_lora(
     data_dir = make_demo_dataset(root / "dataset", concept, seed=0)
     if add_data is not None:
         add_data(data_dir)
-    config = demo_config(data_dir, root / "out", seed=0, epochs=epochs).model_copy(
-        update={"logging_dir": None, "save_every_n_epochs": None, **overrides}
+    config = updated_config(
+        demo_config(data_dir, root / "out", seed=0, epochs=epochs),
+        {"logging_dir": None, "save_every_n_epochs": None, **overrides},
     )
     started = time.monotonic()
     result = train(config, show_progress=False, echo=lambda _: None)

@@ -23,10 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
 from safetensors import SafetensorError, safe_open
 
-from loracraft.config.load import describe_validation_error
+from loracraft.config.load import updated_config
 from loracraft.config.schema import TrainConfig
 from loracraft.errors import UserError
 from loracraft.models.bundle import Prediction
@@ -124,13 +123,5 @@ def model_settings(
 
 
 def _updated(config: TrainConfig, updates: dict[str, Any]) -> TrainConfig:
-    """The config with `updates`, validated again (a detected v-prediction can meet a flag that
-    contradicts it); what the user set stays marked as set."""
-    if not updates:
-        return config
-    given = {name: getattr(config, name) for name in config.model_fields_set}
-    try:
-        updated = TrainConfig.model_validate({**given, **updates})
-    except ValidationError as err:
-        raise UserError(describe_validation_error(err, "with the model's own settings: ")) from None
-    return updated
+    # Validated again: a detected v-prediction can meet a flag that contradicts it.
+    return updated_config(config, updates, "with the model's own settings: ") if updates else config
