@@ -62,6 +62,7 @@ def check_rows(report: dict, stdout: str, on_gpu: bool) -> None:
     assert "| model | res | batch | ms/step | img/s | TF/s | MFU | peak GiB |" in stdout
 
 
+@pytest.mark.slow
 def test_tiny_models_on_the_cpu(tmp_path):
     report, stdout = run_bench(tmp_path, "--device", "cpu")
     assert report["settings"]["mixed_precision"] == "no"
