@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from diffusers import DiffusionPipeline
+from diffusers import DDIMScheduler, DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
 from loracraft.networks.kohya_names import text_encoder_prefixes
 from loracraft.networks.lora_file import read_lora_file
@@ -114,3 +114,31 @@ def fuse_and_check(
         delta = (up.flatten(1) @ down.flatten(1)).reshape(weight.shape) * scale * alpha / down.shape[0]
         torch.testing.assert_close(after[key], weight + delta.to(weight.dtype), rtol=0, atol=atol, msg=key)
     return targets
+
+
+def pipeline_of(
+    family: str, unet, vae, text_encoders: list, tokenizers: list | None = None
+) -> DiffusionPipeline:
+    """A diffusers pipeline of the family's modules (tokenizers are not needed to load a LoRA)."""
+    tokenizers = tokenizers or [None] * len(text_encoders)
+    if family == "sdxl":
+        return StableDiffusionXLPipeline(
+            vae=vae,
+            text_encoder=text_encoders[0],
+            text_encoder_2=text_encoders[1],
+            tokenizer=tokenizers[0],
+            tokenizer_2=tokenizers[1],
+            unet=unet,
+            scheduler=DDIMScheduler(),
+            add_watermarker=False,
+        )
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoders[0],
+        tokenizer=tokenizers[0],
+        unet=unet,
+        scheduler=DDIMScheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )

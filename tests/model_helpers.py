@@ -7,19 +7,21 @@ import torch
 from diffusers import UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
+SD1_TINY_UNET = {
+    "sample_size": 8,
+    "layers_per_block": 2,
+    "block_out_channels": (32, 32, 64, 64),
+    "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+    "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+    "cross_attention_dim": 32,
+    "attention_head_dim": 8,
+}
+
 
 def tiny_unet() -> UNet2DConditionModel:
     """SD1's block layout (192 kohya LoRA targets) at a width a CPU runs in milliseconds."""
     torch.manual_seed(0)
-    return UNet2DConditionModel(
-        sample_size=8,
-        layers_per_block=2,
-        block_out_channels=(32, 32, 64, 64),
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        cross_attention_dim=32,
-        attention_head_dim=8,
-    )
+    return UNet2DConditionModel(**SD1_TINY_UNET)
 
 
 def tiny_text_encoder() -> CLIPTextModel:
@@ -58,14 +60,7 @@ def tiny_sd2_unet() -> UNet2DConditionModel:
     """SD2's block layout (SD1's blocks, Linear proj_in/out, heads of 64 channels scaled down to 16)."""
     torch.manual_seed(0)
     return UNet2DConditionModel(
-        sample_size=8,
-        layers_per_block=2,
-        block_out_channels=(32, 32, 64, 64),
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        cross_attention_dim=32,
-        attention_head_dim=(2, 2, 4, 4),
-        use_linear_projection=True,
+        **SD1_TINY_UNET | {"attention_head_dim": (2, 2, 4, 4), "use_linear_projection": True}
     )
 
 

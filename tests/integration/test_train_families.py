@@ -12,12 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from data_helpers import make_kohya_dataset
-from diffusers_checks import fuse_and_check
+from diffusers_checks import fuse_and_check, pipeline_of
 from loracraft.cli import main
 from loracraft.models.loading import load_model_bundle
 from run_helpers import train_argv
@@ -52,30 +51,10 @@ def kohya_module_names(family: str) -> set[str]:
     return {*data["unet"], *(name for names in data["text_encoders"] for name in names)}
 
 
-def pipeline_of(model: Path):
+def model_pipeline(model: Path):
     """A diffusers pipeline of the model's own (freshly loaded) modules."""
     bundle = load_model_bundle(model)
-    if bundle.family == "sdxl":
-        return StableDiffusionXLPipeline(
-            vae=bundle.vae,
-            text_encoder=bundle.text_encoder,
-            text_encoder_2=bundle.text_encoder_2,
-            tokenizer=bundle.tokenizer,
-            tokenizer_2=bundle.tokenizer_2,
-            unet=bundle.unet,
-            scheduler=DDIMScheduler(),
-            add_watermarker=False,
-        )
-    return StableDiffusionPipeline(
-        vae=bundle.vae,
-        text_encoder=bundle.text_encoder,
-        tokenizer=bundle.tokenizer,
-        unet=bundle.unet,
-        scheduler=DDIMScheduler(),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    return pipeline_of(bundle.family, bundle.unet, bundle.vae, bundle.text_encoders, bundle.tokenizers)
 
 
 @pytest.mark.parametrize(
@@ -88,7 +67,7 @@ def test_trained_file_loads_in_diffusers_with_kohyas_names_and_the_familys_metad
     assert main(train_argv(model, tree.train_dir, tmp_path, *FLAGS)) == 0
     lora = tmp_path / "toy.safetensors"
 
-    fuse_and_check(pipeline_of(model), family, lora, scale=0.7, atol=1e-5)
+    fuse_and_check(model_pipeline(model), family, lora, scale=0.7, atol=1e-5)
     with safe_open(str(lora), "pt") as file:
         names = {key.split(".", 1)[0] for key in file.keys()}
         metadata = file.metadata()
@@ -160,7 +139,7 @@ FEATURE_FLAGS = (
 def test_sd1s_features_train_on_the_family(request, tree, tmp_path, family):
     model = request.getfixturevalue(f"tiny_{family}").single_file
     assert main(train_argv(model, tree.train_dir, tmp_path, *FLAGS, *FEATURE_FLAGS)) == 0
-    fuse_and_check(pipeline_of(model), family, tmp_path / "toy.safetensors", scale=1.0, atol=1e-5)
+    fuse_and_check(model_pipeline(model), family, tmp_path / "toy.safetensors", scale=1.0, atol=1e-5)
 
 
 def test_sdxl_from_a_dataset_toml_with_weighted_captions_and_disk_caches(tiny_sdxl, tree, tmp_path):
@@ -177,5 +156,5 @@ def test_sdxl_from_a_dataset_toml_with_weighted_captions_and_disk_caches(tiny_sd
     assert main(argv) == 0
     assert len(list(Path(tree.train_dir).rglob("*_sdxl.npz"))) >= 4
     fuse_and_check(
-        pipeline_of(tiny_sdxl.diffusers_dir), "sdxl", tmp_path / "out" / "toy.safetensors", 1.0, 1e-5
+        model_pipeline(tiny_sdxl.diffusers_dir), "sdxl", tmp_path / "out" / "toy.safetensors", 1.0, 1e-5
     )

@@ -16,13 +16,10 @@ import pytest
 import torch
 from diffusers import (
     AutoencoderKL,
-    DDIMScheduler,
     DiffusionPipeline,
-    StableDiffusionPipeline,
-    StableDiffusionXLPipeline,
 )
 
-from diffusers_checks import bad_messages, fuse_and_check, load_messages, text_encoder_components
+from diffusers_checks import bad_messages, fuse_and_check, load_messages, pipeline_of, text_encoder_components
 from loracraft.config.schema import TrainConfig
 from loracraft.networks.kohya_names import text_encoder_prefixes
 from loracraft.networks.lora_file import read_lora_file, save_lora_file
@@ -50,29 +47,9 @@ def tiny_vae() -> AutoencoderKL:
 
 
 def tiny_pipeline(family: str) -> DiffusionPipeline:
-    """A pipeline of the family's tiny modules; tokenizers are not needed to load a LoRA."""
+    """A pipeline of the family's tiny modules."""
     unet, text_encoders = tiny_family_modules(family)
-    if family == "sdxl":
-        return StableDiffusionXLPipeline(
-            vae=tiny_vae(),
-            text_encoder=text_encoders[0],
-            text_encoder_2=text_encoders[1],
-            tokenizer=None,
-            tokenizer_2=None,
-            unet=unet,
-            scheduler=DDIMScheduler(),
-            add_watermarker=False,
-        )
-    return StableDiffusionPipeline(
-        vae=tiny_vae(),
-        text_encoder=text_encoders[0],
-        tokenizer=None,
-        unet=unet,
-        scheduler=DDIMScheduler(),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    return pipeline_of(family, unet, tiny_vae(), text_encoders)
 
 
 def tiny_metadata(family: str) -> dict[str, str]:
