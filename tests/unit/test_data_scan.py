@@ -114,10 +114,11 @@ def test_misnamed_folders_loose_hidden_and_nested_files_are_skipped(tmp_path):
     assert [r.path.name for r in subsets[0].records] == [
         "UPPER.PNG", "image_00.png", "image_01.jpg", "image_02.webp", "image_03.png"
     ]  # fmt: skip
-    assert (
-        f"--train_data_dir {tree.train_dir}: skipped folder(s) '0_cat', 'dog', 'x_10': not named N_concept"
-        in (" ".join(warnings))
-    )
+    assert [w for w in warnings if "skipped folder" in w] == [
+        f"--train_data_dir {tree.train_dir}: skipped folder '{name}': not named N_concept with N = repeats "
+        "per epoch, a whole number >= 1 (e.g. 10_mychar)"
+        for name in ("0_cat", "dog", "x_10")
+    ]
     assert any("ignored 1 image(s) lying directly in it" in w for w in warnings)
 
 

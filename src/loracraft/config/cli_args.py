@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import types
 import typing
@@ -17,10 +18,20 @@ from loracraft.config.values import parse_bool
 from loracraft.errors import UserError
 
 FIELDS = TrainConfig.model_fields
+# argparse takes a token for a value when it looks like a negative number, else for a flag; its own
+# pattern (before Python 3.14) misses exponents, so `--learning_rate -1e-4` read as a flag without its
+# value ("expected one argument"). With this pattern the schema's range check answers instead. No flag
+# looks like a number, so no flag is mistaken for a value.
+_NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
 
 class _OneLineParser(argparse.ArgumentParser):
-    """argparse that raises UserError instead of printing usage and exiting."""
+    """argparse that raises UserError instead of printing usage and exiting, and reads negative numbers
+    (`-1e-4` too) as values."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = _NEGATIVE_NUMBER
 
     def error(self, message: str) -> typing.NoReturn:
         raise UserError(message)

@@ -24,6 +24,11 @@ class BucketChoice:
     resized_size: Size
     ar_error: float
 
+    @property
+    def kept_area(self) -> float:
+        """The share of the resized image inside the bucket; the centre crop discards the rest."""
+        return self.bucket[0] * self.bucket[1] / (self.resized_size[0] * self.resized_size[1])
+
 
 def adjust_bucket_limits(
     resolution: Size, min_bucket_reso: int, max_bucket_reso: int, steps: int

@@ -17,6 +17,8 @@ it is, so a file starting with a blank line (`\nzxq, cat`) trains on an empty ca
 a trap, so we train on the first non-empty line and the scanner names such files in a warning. A file
 with no text at all gives the folder caption (kohya: an empty caption, or an assertion error when the
 file has no bytes).
+
+Caption files are read up to `MAX_CAPTION_BYTES`; the scanner names the longer ones.
 """
 
 import codecs
@@ -25,9 +27,15 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
+from loracraft.data.file_errors import describe_os_error
 from loracraft.errors import UserError
 
 FALLBACK_EXTENSION = ".txt"
+# A caption trains on at most 225 tokens (kohya's longest --max_token_length), a few thousand characters
+# even as a long tag list, and --enable_wildcard files hold a few dozen such lines: 64 KiB holds any real
+# caption many times over. A larger file is a mistake (a log or a whole tag dump saved as .txt) whose
+# text would be shuffled and tokenized on every step: a 5 MB file made each step take ~35 s.
+MAX_CAPTION_BYTES = 64 * 1024
 
 
 class CaptionSource(Enum):
@@ -48,17 +56,35 @@ class FoundCaption:
     guessed_encoding: str | None = None
     # The first line is blank and a later one is not, where kohya's caption would be empty.
     blank_first_line: bool = False
+    # The file is longer than MAX_CAPTION_BYTES and only its beginning was read.
+    truncated: bool = False
 
 
-def decode_caption_bytes(data: bytes) -> tuple[str, str | None]:
-    """The text of a caption file and the encoding guessed for it (None when it was Unicode)."""
+@dataclass(frozen=True)
+class CaptionFileText:
+    """A caption file's decoded text; `guessed_encoding` is set when the file was not Unicode."""
+
+    text: str
+    guessed_encoding: str | None = None
+    truncated: bool = False
+
+
+def _decode(data: bytes, encoding: str, complete: bool) -> str:
+    # A file cut at MAX_CAPTION_BYTES may end inside a character; the incremental decoder leaves that
+    # character out instead of failing (which would make a UTF-8 file look like a guessed encoding).
+    return codecs.getincrementaldecoder(encoding)().decode(data, final=complete)
+
+
+def decode_caption_bytes(data: bytes, *, complete: bool = True) -> tuple[str, str | None]:
+    """The text of a caption file and the encoding guessed for it (None when it was Unicode).
+    `complete` is False for the beginning of a longer file."""
     # utf-8-sig: Windows Notepad writes a byte-order mark that would otherwise start the caption.
     unicode = ["utf-8-sig"]
     if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         unicode.insert(0, "utf-16")
     for encoding in unicode:
         try:
-            return data.decode(encoding), None
+            return _decode(data, encoding, complete), None
         except UnicodeDecodeError:
             continue
     try:
@@ -68,13 +94,25 @@ def decode_caption_bytes(data: bytes) -> tuple[str, str | None]:
         return data.decode("latin-1"), "latin-1"
 
 
-def read_caption_file(path: Path) -> tuple[str, str | None]:
-    """The decoded text of a caption file, and the guessed encoding when the file was not Unicode."""
+def _without_cut_piece(text: str) -> str:
+    """A truncated caption up to its last line break or comma, so no half tag trains (unless the cut
+    text has neither)."""
+    end = max(text.rfind("\n"), text.rfind(","))
+    return text[:end] if end > 0 else text
+
+
+def read_caption_file(path: Path) -> CaptionFileText:
+    """The decoded text of a caption file, at most its first MAX_CAPTION_BYTES."""
     try:
-        data = path.read_bytes()
+        with path.open("rb") as file:
+            data = file.read(MAX_CAPTION_BYTES + 1)
     except OSError as err:
-        raise UserError(f"cannot read caption file {path} ({err}); check its permissions") from err
-    return decode_caption_bytes(data)
+        problem = describe_os_error(err, path)
+        raise UserError(f"cannot read caption file {path} ({problem.reason}); {problem.fix}") from err
+    if len(data) <= MAX_CAPTION_BYTES:
+        return CaptionFileText(*decode_caption_bytes(data))
+    text, guessed = decode_caption_bytes(data[:MAX_CAPTION_BYTES], complete=False)
+    return CaptionFileText(_without_cut_piece(text), guessed, truncated=True)
 
 
 def caption_lines(text: str) -> list[str]:
@@ -104,8 +142,11 @@ def find_caption(
         exists = (name in folder_files) if folder_files is not None else image.with_name(name).is_file()
         if exists:
             path = image.with_name(name)
-            text, guessed = read_caption_file(path)
-            caption = "\n".join(caption_lines(text))
+            read = read_caption_file(path)
+            caption = "\n".join(caption_lines(read.text))
             source = source if caption else CaptionSource.EMPTY
-            return FoundCaption(caption or None, source, path, guessed, starts_with_blank_line(text))
+            blank_first = starts_with_blank_line(read.text)
+            return FoundCaption(
+                caption or None, source, path, read.guessed_encoding, blank_first, read.truncated
+            )
     return FoundCaption(None, CaptionSource.MISSING)

@@ -59,9 +59,19 @@ def check_images(records: Sequence[ImageRecord], *, progress: bool = True) -> li
     return [problem for problem in problems if problem is not None]
 
 
+def _described(item: BadImage) -> str:
+    # The closing advice of a listing fits corrupt files; other causes (a broken link, no permission,
+    # too many pixels) carry their own fix.
+    return (
+        f"{item.path} ({item.reason})"
+        if item.fix == RESAVE_FIX
+        else f"{item.path} ({item.reason}: {item.fix})"
+    )
+
+
 def bad_images_listing(bad: Sequence[BadImage]) -> str:
-    """The first few bad images with their reasons, and how many more."""
-    shown = "; ".join(f"{item.path} ({item.reason})" for item in bad[:_MAX_LISTED])
+    """The first few bad images with their reasons (and fixes other than re-saving), and how many more."""
+    shown = "; ".join(_described(item) for item in bad[:_MAX_LISTED])
     return shown + (f"; and {len(bad) - _MAX_LISTED} more" if len(bad) > _MAX_LISTED else "")
 
 

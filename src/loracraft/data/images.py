@@ -15,6 +15,7 @@ import torch
 from PIL import Image, ImageOps
 
 from loracraft.data.buckets import Size
+from loracraft.data.file_errors import describe_os_error, is_access_error
 from loracraft.errors import UserError
 
 MAX_IMAGE_PIXELS = 100_000_000
@@ -52,10 +53,14 @@ def _too_large(path: Path, size: Size) -> ImageFileError:
     return ImageFileError(path, reason, _DOWNSCALE)
 
 
-def _reason(path: Path, err: Exception) -> str:
+def _unusable(path: Path, err: Exception) -> ImageFileError:
+    """Why Pillow could not open or decode `path`: a file the user cannot reach, or bytes that are wrong."""
+    if is_access_error(err):
+        problem = describe_os_error(err, path)
+        return ImageFileError(path, problem.reason, problem.fix)
     if path.is_file() and path.stat().st_size == 0:
-        return "empty file"
-    return str(err) or type(err).__name__
+        return ImageFileError(path, "empty file")
+    return ImageFileError(path, str(err) or type(err).__name__)
 
 
 @contextmanager
@@ -74,7 +79,7 @@ def open_image(path: Path) -> Iterator[Image.Image]:
             path, f"{err} (loracraft's limit: {MAX_IMAGE_PIXELS / 1e6:g} MP)", _DOWNSCALE
         ) from err
     except _DECODE_ERRORS as err:
-        raise ImageFileError(path, _reason(path, err)) from err
+        raise _unusable(path, err) from err
     with img:
         if img.width * img.height > MAX_IMAGE_PIXELS:
             raise _too_large(path, img.size)
@@ -134,7 +139,7 @@ def decode_upright(
         img.load()
         return split_alpha(ImageOps.exif_transpose(img))
     except _DECODE_ERRORS as err:
-        raise ImageFileError(path, _reason(path, err)) from err
+        raise _unusable(path, err) from err
 
 
 def resize_image(img: Image.Image, size: Size) -> Image.Image:

@@ -15,11 +15,18 @@ with the ones that fail to decode.
 import os
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from loracraft.data.cache_names import shared_stem_paths
-from loracraft.data.caption_files import FALLBACK_EXTENSION, CaptionSource, find_caption
+from loracraft.data.caption_files import (
+    FALLBACK_EXTENSION,
+    MAX_CAPTION_BYTES,
+    CaptionSource,
+    FoundCaption,
+    find_caption,
+)
+from loracraft.data.file_errors import describe_os_error
 from loracraft.data.image_check import BadImage, bad_images_message
 from loracraft.data.images import ImageFileError, open_image, upright_size
 from loracraft.data.records import ImageRecord, Subset
@@ -28,6 +35,8 @@ from loracraft.errors import UserError
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 _SUBSET_DIR_NAME = re.compile(r"^(\d+)_(.+)$")
 _MAX_LISTED = 5
+_NOT_A_SUBSET_NAME = "not named N_concept with N = repeats per epoch, a whole number >= 1"
+_BROKEN_LINK = "a broken symbolic link; remove it or restore its target"
 
 
 @dataclass(frozen=True)
@@ -70,11 +79,13 @@ class ScanResult:
 @dataclass(frozen=True)
 class SubsetDirs:
     """The folders of a `--train_data_dir`: `(path, repeats, concept)` of each `N_concept/` folder, the
-    folders not named so, and the number of images lying in the root itself. Hidden entries are left out."""
+    folders not named so, the number of images lying in the root itself, and the broken symbolic links
+    (which may have been folders). Hidden entries are left out."""
 
     folders: tuple[tuple[Path, int, str], ...]
     misnamed: tuple[Path, ...]
     loose_images: int
+    broken_links: tuple[Path, ...] = ()
 
 
 def parse_subset_dir_name(name: str) -> tuple[int, str] | None:
@@ -90,15 +101,31 @@ def _is_image_name(name: str) -> bool:
     return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def is_image_file(path: Path) -> bool:
-    return _is_image_name(path.name) and path.is_file()
+def _is_broken_link(entry: os.DirEntry) -> bool:
+    """A symbolic link to something that is gone, or back to itself (following it fails with ELOOP)."""
+    return entry.is_symlink() and not os.path.exists(entry.path)
+
+
+def _is_file_entry(entry: os.DirEntry) -> bool:
+    """Files, and broken links: an image or caption behind a broken link is named when it is opened (with
+    the fix) instead of silently left out."""
+    return _is_broken_link(entry) or entry.is_file()
+
+
+def read_folder(folder: Path, what: str) -> list[os.DirEntry]:
+    """The entries of `folder`, or one line naming it (`what`: "image folder", "--train_data_dir") and the fix."""
+    try:
+        with os.scandir(folder) as entries:
+            return list(entries)
+    except OSError as err:
+        problem = describe_os_error(err, folder, "folder")
+        raise UserError(f"cannot read {what} {folder} ({problem.reason}); {problem.fix}") from err
 
 
 def list_folder(folder: Path) -> tuple[list[Path], set[str]]:
     """The folder's images in name order, and the names of all its files (to find captions without a
     `stat` per candidate: one directory read serves the whole folder)."""
-    with os.scandir(folder) as entries:
-        files = [entry.name for entry in entries if entry.is_file()]
+    files = [entry.name for entry in read_folder(folder, "image folder") if _is_file_entry(entry)]
     return [folder / name for name in sorted(files) if _is_image_name(name)], set(files)
 
 
@@ -149,11 +176,38 @@ def _caption_warnings(
     return warnings
 
 
-def _folder_notes(
-    folder: Path, paths: list[Path], guessed: list[tuple[Path, str]], blank_first: list[Path]
-) -> list[str]:
-    """Warnings about names and encodings that kohya would mishandle and we handle."""
-    warnings = []
+@dataclass
+class _CaptionFindings:
+    """Caption files worth a warning, gathered while a folder is scanned."""
+
+    guessed: list[tuple[Path, str]] = field(default_factory=list)
+    blank_first: list[Path] = field(default_factory=list)
+    truncated: list[Path] = field(default_factory=list)
+
+    def add(self, found: FoundCaption) -> None:
+        if found.guessed_encoding:
+            self.guessed.append((found.path, found.guessed_encoding))
+        if found.blank_first_line:
+            self.blank_first.append(found.path)
+        if found.truncated:
+            self.truncated.append(found.path)
+
+
+def _truncation_warnings(truncated: list[Path]) -> list[str]:
+    # Named one by one: such a file is a mistake (a log saved as a caption), and each should be looked at.
+    return [
+        f"caption file {path} is over {MAX_CAPTION_BYTES // 1024} KiB; only its first "
+        f"{MAX_CAPTION_BYTES // 1024} KiB were read (far more than a caption's 225 tokens): check that it "
+        "is a caption"
+        for path in truncated
+    ]
+
+
+def _folder_notes(folder: Path, paths: list[Path], findings: _CaptionFindings) -> list[str]:
+    """Warnings about caption files cut short, and names and encodings that kohya would mishandle and we
+    handle."""
+    guessed, blank_first = findings.guessed, findings.blank_first
+    warnings = _truncation_warnings(findings.truncated)
     if guessed:
         names = [f"{path.name} ({encoding})" for path, encoding in guessed]
         warnings.append(
@@ -182,7 +236,7 @@ def scan_subset_dir(
     apart, for the caller to refuse or skip with every other bad image of the run."""
     if not image_dir.is_dir():
         raise UserError(f"image folder {image_dir} does not exist; fix the path or create it")
-    records, bad, guessed, blank_first, sources = [], [], [], [], Counter()
+    records, bad, findings, sources = [], [], _CaptionFindings(), Counter()
     paths, file_names = list_folder(image_dir)
     for path in paths:
         try:
@@ -192,10 +246,7 @@ def scan_subset_dir(
             continue
         found = find_caption(path, caption_extension, file_names)
         sources[found.source] += 1
-        if found.guessed_encoding:
-            guessed.append((found.path, found.guessed_encoding))
-        if found.blank_first_line:
-            blank_first.append(found.path)
+        findings.add(found)
         records.append(
             ImageRecord(path, found.text or class_tokens, width, height, is_reg=is_reg, subset=image_dir.name)
         )
@@ -203,35 +254,39 @@ def scan_subset_dir(
     caption_warnings = _caption_warnings(
         image_dir, sources, len(records), caption_extension, class_tokens, is_reg
     )
-    notes = _folder_notes(image_dir, [record.path for record in records], guessed, blank_first)
+    notes = _folder_notes(image_dir, [record.path for record in records], findings)
     return FolderScan(subset, tuple(bad), sources, tuple(caption_warnings), tuple(notes))
 
 
-def find_subset_dirs(root: Path) -> SubsetDirs:
-    """Sort the entries of an existing `--train_data_dir` (or `--reg_data_dir`) folder, in name order."""
-    folders, misnamed, loose_images = [], [], 0
-    for entry in sorted(root.iterdir(), key=lambda p: p.name):
+def find_subset_dirs(root: Path, what: str = "image folder") -> SubsetDirs:
+    """Sort the entries of an existing `--train_data_dir` (or `--reg_data_dir`) folder, in name order;
+    `what` names the folder if it cannot be read."""
+    folders, misnamed, loose_images, broken = [], [], 0, []
+    for entry in sorted(read_folder(root, what), key=lambda entry: entry.name):
+        path = root / entry.name
         if entry.name.startswith("."):
             continue
-        if not entry.is_dir():
-            loose_images += is_image_file(entry)
-            continue
-        parsed = parse_subset_dir_name(entry.name)
-        if parsed is None:
-            misnamed.append(entry)
+        if _is_broken_link(entry):
+            broken.append(path)
+        elif not entry.is_dir():
+            loose_images += _is_image_name(entry.name) and entry.is_file()
+        elif (parsed := parse_subset_dir_name(entry.name)) is None:
+            misnamed.append(path)
         else:
-            folders.append((entry, *parsed))
-    return SubsetDirs(tuple(folders), tuple(misnamed), loose_images)
+            folders.append((path, *parsed))
+    return SubsetDirs(tuple(folders), tuple(misnamed), loose_images, tuple(broken))
+
+
+def _quoted(paths: tuple[Path, ...]) -> str:
+    return _listed([f"'{path.name}'" for path in paths])
 
 
 def _layout_warnings(flag: str, root: Path, dirs: SubsetDirs) -> list[str]:
-    warnings = []
-    if dirs.misnamed:
-        names = [f"'{path.name}'" for path in dirs.misnamed]
-        warnings.append(
-            f"{flag} {root}: skipped folder(s) {_listed(names)}: not named N_concept "
-            "(N = repeats >= 1, e.g. 10_mychar)"
-        )
+    warnings = [
+        f"{flag} {root}: skipped folder '{path.name}': {_NOT_A_SUBSET_NAME} (e.g. 10_mychar)"
+        for path in dirs.misnamed
+    ]
+    warnings += [f"{flag} {root}: skipped {path.name}: {_BROKEN_LINK}" for path in dirs.broken_links]
     if dirs.loose_images:
         warnings.append(
             f"{flag} {root}: ignored {dirs.loose_images} image(s) lying directly in it; images go in N_concept/ "
@@ -240,13 +295,27 @@ def _layout_warnings(flag: str, root: Path, dirs: SubsetDirs) -> list[str]:
     return warnings
 
 
+def _no_images_message(flag: str, root: Path, dirs: SubsetDirs) -> str:
+    """The error for a root without a usable folder, naming the folders skipped and why."""
+    parts = [f"{flag} {root} has no images in N_concept/ subfolders"]
+    if dirs.misnamed:
+        parts.append(
+            f"skipped folder(s) {_quoted(dirs.misnamed)}: {_NOT_A_SUBSET_NAME}; rename them like {root / '10_mychar'}"
+        )
+    if dirs.broken_links:
+        parts.append(f"skipped {_quoted(dirs.broken_links)}: {_BROKEN_LINK}")
+    if len(parts) == 1:
+        parts.append(f"expected e.g. {root / '10_mychar' / 'image.png'} (+ image.txt), N = repeats per epoch")
+    return "; ".join(parts)
+
+
 def scan_dreambooth_root(root: Path, *, is_reg: bool, caption_extension: str) -> ScanResult:
     """All `N_concept/` subsets under `--train_data_dir` (or `--reg_data_dir` when `is_reg`), with the
     warnings and the images whose header cannot be read."""
     flag = "--reg_data_dir" if is_reg else "--train_data_dir"
     if not root.is_dir():
         raise UserError(f"{flag} {root} does not exist or is not a folder")
-    dirs = find_subset_dirs(root)
+    dirs = find_subset_dirs(root, flag)
     result = ScanResult()
     for folder, num_repeats, class_tokens in dirs.folders:
         scan = scan_subset_dir(
@@ -260,10 +329,7 @@ def scan_dreambooth_root(root: Path, *, is_reg: bool, caption_extension: str) ->
         result += ScanResult(kept, tuple(scan.warnings), scan.bad)
     # Unreadable images are reported by the caller, which lists them all; "no images" would mislead then.
     if not result.subsets and not result.bad:
-        raise UserError(
-            f"{flag} {root} has no images in N_concept/ subfolders; "
-            f"expected e.g. {root / '10_mychar' / 'image.png'} (+ image.txt), N = repeats per epoch"
-        )
+        raise UserError(_no_images_message(flag, root, dirs))
     return result + ScanResult(warnings=tuple(_layout_warnings(flag, root, dirs)))
 
 

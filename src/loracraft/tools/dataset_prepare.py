@@ -88,6 +88,14 @@ def _concept(source: Path, flag: str, folder: Path, caption_extensions: Sequence
     images = list_images(source)
     if not images:
         raise UserError(f"{flag} {source} holds no images ({' '.join(IMAGE_EXTENSIONS)}) at its top level")
+    # The scan lists broken links among the images so that training names them; a copy would fail halfway.
+    broken = [image for image in images if not image.is_file()]
+    if broken:
+        more = f" and {len(broken) - 1} more" if len(broken) > 1 else ""
+        raise UserError(
+            f"{flag}: {broken[0]}{more}: broken symbolic link(s), to nothing or to themselves; nothing was "
+            "written. Remove them or restore their targets"
+        )
     files, captions = [], 0
     for image in images:
         files.append(FileCopy(image, folder / image.name))
@@ -97,6 +105,25 @@ def _concept(source: Path, flag: str, folder: Path, caption_extensions: Sequence
                 files.append(FileCopy(caption, folder / caption.name))
                 captions += 1
     return Concept(folder, tuple(files), len(images), captions)
+
+
+def _refuse_files_in_the_way(output: Path, folders: Sequence[Path]) -> None:
+    """A file where the tree needs a folder would stop the folders' creation halfway: refuse first."""
+    for folder in folders:
+        existing = next(
+            (path for path in (folder, *folder.parents) if path.exists() or path.is_symlink()), None
+        )
+        if existing is None or existing.is_dir():
+            continue
+        if existing == output:
+            raise UserError(
+                f"--output {output} is an existing file, not a folder; nothing was written. Give a folder "
+                "path (a new folder is created)"
+            )
+        raise UserError(
+            f"{existing} is a file where the tree needs a folder; nothing was written. Move that file or "
+            "choose another --output folder"
+        )
 
 
 def plan_tree(args: argparse.Namespace) -> list[Concept]:
@@ -125,6 +152,7 @@ def plan_tree(args: argparse.Namespace) -> list[Concept]:
     if args.reg_images:
         reg_folder = args.output / "reg" / f"{args.reg_repeats}_{class_prompt}"
         concepts.append(_concept(args.reg_images, "--reg_images", reg_folder, extensions))
+    _refuse_files_in_the_way(args.output, tree_folders(concepts, args.output))
     existing = [f.target for c in concepts for f in c.files if f.target.exists() or f.target.is_symlink()]
     if existing:
         more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
@@ -144,9 +172,13 @@ def _transfer(link: str | None) -> Callable[[Path, Path], None]:
     return lambda source, target: write_atomic(target, lambda tmp: shutil.copy2(source, tmp))
 
 
+def tree_folders(concepts: Sequence[Concept], output: Path) -> list[Path]:
+    return [output / "log", output / "model", *(c.folder for c in concepts)]
+
+
 def build_tree(concepts: Sequence[Concept], output: Path, link: str | None) -> None:
     transfer = _transfer(link)
-    for folder in (output / "log", output / "model", *(c.folder for c in concepts)):
+    for folder in tree_folders(concepts, output):
         folder.mkdir(parents=True, exist_ok=True)
     for concept in concepts:
         for file in concept.files:
