@@ -38,6 +38,8 @@ COMPANIONS: dict[str, dict] = {
     "adaptive_noise_scale": {"noise_offset": 0.1},
     "scale_v_pred_loss_like_noise_pred": {"v_parameterization": True},
     "conditioning_data_dir": {"masked_loss": True},
+    "dim_from_weights": {"network_weights": "start.safetensors"},
+    "base_weights_multiplier": {"base_weights": ["a.safetensors"]},
 }
 # Values the type alone cannot suggest.
 CHANGED: dict[str, object] = {
@@ -53,6 +55,8 @@ CHANGED: dict[str, object] = {
     "lr_scheduler_type": "CosineAnnealingLR",
     "lr_scheduler_args": ["T_max=100"],
     "text_encoder_lr": [5e-5, 2e-5],  # SDXL's TE1 and TE2
+    "base_weights": ["a.safetensors", "b.safetensors"],
+    "base_weights_multiplier": [0.5],
 }
 
 

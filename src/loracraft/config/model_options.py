@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from loracraft.config.fields import MODEL, flag
+from loracraft.config.rules import RuleViolation
 from loracraft.config.values import OptionalPath
 
 
@@ -29,6 +32,21 @@ class ModelOptions(BaseModel):
     )
     vae: OptionalPath = flag(
         None, MODEL, "Replacement VAE: a single file or a diffusers VAE folder. Default: the model's own VAE."
+    )
+    # Merged by networks/merge_into_base.py.
+    base_weights: list[str] | None = flag(
+        None,
+        MODEL,
+        "LoRA files merged into the base model (U-Net and text encoders) before training, each at its "
+        "--base_weights_multiplier (differential training: the new LoRA learns what they leave, and is "
+        "meant for a model with them merged). kohya LoRA files made for this model's family.",
+    )
+    base_weights_multiplier: list[float] | None = flag(
+        None,
+        MODEL,
+        "The strength of each --base_weights file, one per file in the same order; empty = 1.0 each. "
+        "kohya takes 1.0 for files past the last value; loracraft asks for one per file, so a forgotten "
+        "value is not silently 1.0.",
     )
     tokenizer_path: OptionalPath = flag(
         None,
@@ -71,3 +89,26 @@ class ModelOptions(BaseModel):
         "Memory-efficient attention: SDPA restricted to PyTorch's memory-efficient kernel (CUDA GPUs; "
         "elsewhere one line says so and plain SDPA is used). Wins over --xformers, as in kohya.",
     )
+
+    @field_validator("base_weights", "base_weights_multiplier", mode="before")
+    @classmethod
+    def _one_value_is_a_list(cls, value: Any) -> Any:
+        # A TOML file may give one file (or multiplier) without brackets; "" is the GUI's "not set".
+        if value == "" or value == []:
+            return None
+        return value if isinstance(value, (list, tuple)) else [value]
+
+    @model_validator(mode="after")
+    def _one_multiplier_per_file(self) -> ModelOptions:
+        files, multipliers = self.base_weights or [], self.base_weights_multiplier
+        if multipliers is not None and len(multipliers) != len(files):
+            raise RuleViolation(
+                f"`base_weights_multiplier` has {len(multipliers)} value(s) for {len(files)} `base_weights` "
+                "file(s): give one multiplier per file, in the same order (or none for 1.0 each)"
+            )
+        return self
+
+    @property
+    def base_weights_multipliers(self) -> list[float]:
+        """One multiplier per --base_weights file: --base_weights_multiplier's, or 1.0 each."""
+        return self.base_weights_multiplier or [1.0] * len(self.base_weights or [])

@@ -182,11 +182,18 @@ def _check_parts(name: str, parts: dict[str, Tensor], adapter: LoConModule, sour
         ("lora_down.weight", adapter.lora_down.weight),
         ("lora_up.weight", adapter.lora_up.weight),
     ):
-        if parts[part].shape != expected.shape:
-            raise UserError(
-                f"{source}: {name}.{part} has shape {tuple(parts[part].shape)}, this network needs "
-                f"{tuple(expected.shape)}; set --network_dim to the file's rank ({parts['lora_down.weight'].shape[0]})"
-            )
+        if parts[part].shape == expected.shape:
+            continue
+        rank = parts["lora_down.weight"].shape[0]
+        fix = (
+            f"set --network_dim to the file's rank ({rank})"
+            if rank != adapter.lora_dim
+            else "the LoRA was made for another base model (SD1.x and SD2.x share module names)"
+        )
+        raise UserError(
+            f"{source}: {name}.{part} has shape {tuple(parts[part].shape)}, this network needs "
+            f"{tuple(expected.shape)}; {fix}"
+        )
 
 
 def _adapters(

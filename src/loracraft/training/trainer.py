@@ -33,7 +33,9 @@ from loracraft.models.attention import attention_for, set_attention
 from loracraft.models.bundle import ModelBundle
 from loracraft.models.family import FAMILY_NAMES
 from loracraft.models.loading import load_model_bundle
+from loracraft.networks.initial_weights import InitialWeights
 from loracraft.networks.lora_network import build_lora_network
+from loracraft.networks.merge_into_base import BaseMerge
 from loracraft.training.accelerator import make_accelerator, release_cached_memory
 from loracraft.training.batches import make_batch_loader
 from loracraft.training.caching import cached_text_inputs, fill_caches_only
@@ -325,11 +327,38 @@ def release_cached_encoders(
     return lambda pixels: encode_images(vae, pixels, len(pixels), config.latent_sampling, on_upcast=upcast)
 
 
-def build_model(config: TrainConfig, bundle: ModelBundle) -> LoRADiffusionModel:
+def build_model(
+    config: TrainConfig, bundle: ModelBundle, echo: Callable[[str], None] = print
+) -> LoRADiffusionModel:
     """The frozen base in the run's dtypes (`precision.py`: the --mixed_precision dtype, float8 storage
     with --fp8_base) with the LoRA patched in; the LoRA's own weights are float32 unless full_fp16/bf16.
 
-    The text encoder is left out when its outputs are cached (the step never calls it)."""
+    --base_weights are merged into the base first, in its loaded precision (before the cast). The LoRA
+    starts from --network_weights when given, with that file's alpha and, with --dim_from_weights, its
+    rank (networks/initial_weights.py). The text encoder is left out when its outputs are cached (the
+    step never calls it)."""
+    if config.base_weights:
+        merge = BaseMerge.read(
+            bundle.unet,
+            bundle.text_encoders,
+            bundle.family,
+            config.base_weights,
+            config.base_weights_multipliers,
+        )
+        if config.cache_text_encoder_outputs and (changed := merge.text_encoder_modules()):
+            # The outputs were cached (setup_training) before this merge: training would condition on
+            # the unmerged text encoder, as kohya silently does.
+            path, name = changed[0]
+            raise UserError(
+                f"--base_weights {path} changes the text encoder ({name}), whose outputs "
+                "--cache_text_encoder_outputs cached before the merge: drop --cache_text_encoder_outputs"
+            )
+        merge.apply(echo)
+    initial = InitialWeights.read(config.network_weights, bundle.family) if config.network_weights else None
+    if initial is not None:
+        config, notes = initial.run_settings(config)
+        for note in notes:
+            echo(f"note: {note}")
     precision = config_precision(config, bundle)
     text_encoders = [] if config.cache_text_encoder_outputs else bundle.text_encoders
     cast_frozen_model(bundle.unet, precision.compute, precision.unet_storage)
@@ -344,6 +373,8 @@ def build_model(config: TrainConfig, bundle: ModelBundle) -> LoRADiffusionModel:
         train_unet=config.train_unet,
         train_text_encoder=config.train_text_encoder,
     )
+    if initial is not None:
+        initial.load_into(network)
     network.apply()
     network.to(precision.adapters)
     model = LoRADiffusionModel(
