@@ -312,19 +312,6 @@ def test_augmentation_masks_and_caption_transforms_train_end_to_end(tiny_sd1, tm
         assert any(f.get_tensor(k).abs().sum() > 0 for k in f.keys() if k.endswith("lora_up.weight"))
 
 
-def test_more_than_one_process_is_refused_before_anything_is_written(tiny_sd1, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(Accelerator, "num_processes", property(lambda self: 2))
-    tree = make_kohya_dataset(tmp_path / "data", reg_count=0)
-    out, logs = tmp_path / "out", tmp_path / "logs"
-    flags = train_flags(tiny_sd1, tree, out, "--cache_latents_to_disk", "--logging_dir", str(logs), reg=False)
-    assert main(flags) == 2
-    err = capsys.readouterr().err
-    errors = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and "2 processes" in errors[0] and "without `accelerate launch`" in errors[0]
-    assert not out.exists() and not logs.exists()
-    assert not list(tree.concept_dir.glob("*.npz"))
-
-
 def test_a_process_that_is_not_the_main_one_writes_no_file_and_no_log(tiny_sd1, tmp_path, monkeypatch):
     monkeypatch.setattr(Accelerator, "is_main_process", property(lambda self: False))
     tree = make_kohya_dataset(tmp_path / "data", reg_count=0)

@@ -8,7 +8,7 @@ Settings are declared by concept, one class per file, and TrainConfig is all of 
 as well: `SubsetOptions` (captions and augmentation) may be set per image folder and `DatasetOptions`
 (resolution, batch size, buckets) per dataset in a dataset TOML; as flags they apply to every folder.
 The others are run-wide: model, data sources and caches, network, optimizer, schedule, training,
-output. The rules between settings of different classes live here.
+several processes, output. The rules between settings of different classes live here.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pydantic import ConfigDict, model_validator
 
 from loracraft.config.data_options import DataOptions
 from loracraft.config.dataset_options import DatasetOptions
+from loracraft.config.distributed_options import DistributedOptions
 from loracraft.config.loss_options import LossOptions
 from loracraft.config.model_options import ModelOptions
 from loracraft.config.network_options import NetworkOptions
@@ -30,6 +31,7 @@ from loracraft.config.training_options import TrainingOptions
 
 class TrainConfig(
     OutputOptions,
+    DistributedOptions,
     TrainingOptions,
     LossOptions,
     ScheduleOptions,

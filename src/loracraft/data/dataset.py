@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
 
 from loracraft.data.augment import FLIP_PROBABILITY, load_training_image, mask_to_latent_size
 from loracraft.data.buckets import center_crop_box
@@ -200,6 +200,14 @@ class BucketBatchDataset(Dataset):
         return item
 
 
+def only_item(items: list[dict]) -> dict:
+    """The loader's collate: each index batch holds one index, whose item is already a whole batch.
+
+    A module-level function, so DataLoader workers started by spawning (Windows, macOS) can pickle it."""
+    (item,) = items
+    return item
+
+
 def batch_loader(
     dataset: BucketBatchDataset,
     *,
@@ -207,11 +215,17 @@ def batch_loader(
     persistent_workers: bool = True,
     pin_memory: bool = False,
 ) -> DataLoader:
-    """A DataLoader that hands out the dataset's batches as they are: no re-batching, no re-shuffling."""
+    """A DataLoader that hands out the dataset's batches as they are: no re-batching, no re-shuffling.
+
+    Its batch sampler yields one index at a time ([0], [1], ...) and `only_item` unwraps it. That is
+    what accelerate can split across processes: `accelerator.prepare` wraps the batch sampler in
+    `BatchSamplerShard`, so process r of N loads batches r, r+N, ... of every epoch (whole batches, so
+    buckets stay intact, as in kohya's multi-GPU runs), and `accelerate.skip_first_batches` skips
+    indices without loading their batches."""
     return DataLoader(
         dataset,
-        batch_size=None,
-        shuffle=False,
+        batch_sampler=BatchSampler(SequentialSampler(dataset), batch_size=1, drop_last=False),
+        collate_fn=only_item,
         num_workers=num_workers,
         persistent_workers=persistent_workers and num_workers > 0,
         pin_memory=pin_memory,

@@ -1,5 +1,6 @@
 """The dataset plan as text, printed before training so users can check the arithmetic the guides teach:
-images x repeats = samples, + reg samples, / batch size = batches, / accumulation = steps, x epochs.
+images x repeats = samples, + reg samples, / batch size = batches, (/ processes,) / accumulation = steps,
+x epochs.
 With a dataset config every dataset gets its own block, and the batches of all of them add up."""
 
 import math
@@ -63,6 +64,27 @@ def _batch_line(dataset: PlannedDataset) -> str:
     )
 
 
+def _process_lines(plan: DatasetPlan) -> list[str]:
+    """How N processes share an epoch (kohya's arithmetic: each loads ceil(batches / N) of them) and
+    how many images one optimizer step learns from."""
+    processes, accumulation = plan.num_processes, plan.gradient_accumulation_steps
+    per_process = math.ceil(plan.batches_per_epoch / processes)
+    repeated = per_process * processes - plan.batches_per_epoch
+    padding = (
+        f" ({_plural(repeated, 'batch')} from the epoch's start run twice, so every process has as many)"
+        if repeated
+        else ""
+    )
+    sizes = sorted({dataset.batch_size for dataset in plan.datasets})
+    global_sizes = [size * processes * accumulation for size in sizes]
+    return [
+        f"  {_plural(plan.batches_per_epoch, 'batch')} / {processes} processes = "
+        f"{_plural(per_process, 'batch')} per process per epoch{padding}",
+        f"  global batch: batch size {' or '.join(map(str, sizes))} x {processes} processes x grad "
+        f"accumulation {accumulation} = {' or '.join(map(str, global_sizes))} images per optimizer step",
+    ]
+
+
 def _step_lines(plan: DatasetPlan) -> list[str]:
     steps = plan.steps
     rounding = " (each bucket rounds up on its own)" if len(plan.buckets) > 1 else ""
@@ -72,11 +94,12 @@ def _step_lines(plan: DatasetPlan) -> list[str]:
         lines = [f"  {dataset.label}: {_batch_line(dataset)}" for dataset in plan.datasets]
         total = " + ".join(str(dataset.batches_per_epoch) for dataset in plan.datasets)
         lines.append(f"  {total} = {_plural(plan.batches_per_epoch, 'batch')} per epoch{rounding}")
-    divisor = f"grad accumulation {plan.gradient_accumulation_steps}"
+    batches = plan.batches_per_epoch
     if plan.num_processes > 1:
-        divisor = f"({plan.num_processes} processes x {divisor})"
+        lines += _process_lines(plan)
+        batches = math.ceil(plan.batches_per_epoch / plan.num_processes)
     lines.append(
-        f"  {_plural(plan.batches_per_epoch, 'batch')} / {divisor} = "
+        f"  {_plural(batches, 'batch')} / grad accumulation {plan.gradient_accumulation_steps} = "
         f"{_plural(steps.steps_per_epoch, 'optimizer step')} per epoch"
     )
     if plan.epochs_given:

@@ -1,12 +1,15 @@
-"""The run's accelerate `Accelerator`: device, precision context, gradient accumulation, torch.compile;
-one process only."""
+"""The run's accelerate `Accelerator`: device, precision context, gradient accumulation, torch.compile,
+and with `accelerate launch` the processes (DDP or DeepSpeed, `distributed.py`): what only the main
+process says, what each process draws at random."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, DeepSpeedPlugin
 from accelerate.state import AcceleratorState, GradientState
-from accelerate.utils import DynamoBackend
+from accelerate.utils import DynamoBackend, KwargsHandler, set_seed
 
 from loracraft.errors import UserError
 
@@ -17,12 +20,15 @@ def make_accelerator(
     *,
     dynamo_backend: str = "no",
     full_fp16: bool = False,
+    kwargs_handlers: Sequence[KwargsHandler] = (),
+    deepspeed_plugin: DeepSpeedPlugin | None = None,
 ) -> Accelerator:
-    """A fresh Accelerator for one training run; more than one process is refused with a UserError.
+    """A fresh Accelerator for one training run, in as many processes as `accelerate launch` started.
 
     `dynamo_backend` is the torch.compile backend accelerate compiles the prepared model with ("no":
     none; kohya passes "NO" unless --torch_compile, so an `accelerate config` default never compiles).
-    `full_fp16`: the loss scaler unscales fp16 gradients (the LoRA weights are fp16 themselves)."""
+    `full_fp16`: the loss scaler unscales fp16 gradients (the LoRA weights are fp16 themselves).
+    `kwargs_handlers` and `deepspeed_plugin` (`distributed.py`) apply when there are several processes."""
     on_gpu = torch.cuda.is_available()
     if mixed_precision == "fp16" and not on_gpu:
         raise UserError(
@@ -35,16 +41,30 @@ def make_accelerator(
         gradient_accumulation_steps=gradient_accumulation_steps,
         cpu=not on_gpu,
         dynamo_backend=_KOHYA_SPELLINGS.get(dynamo_backend, dynamo_backend).upper(),
+        kwargs_handlers=list(kwargs_handlers),
+        deepspeed_plugin=deepspeed_plugin,
     )
-    if accelerator.num_processes > 1:
-        raise UserError(
-            f"this run was started as {accelerator.num_processes} processes (accelerate launch); loracraft "
-            "trains with one process for now: run `loracraft train` without `accelerate launch`, or with "
-            "--num_processes 1 (multi-GPU training comes with the data loader that splits the batches)"
-        )
     if full_fp16 and accelerator.scaler is not None:
         _unscale_fp16_gradients(accelerator.scaler)
     return accelerator
+
+
+def main_process_echo(accelerator: Accelerator, echo: Callable[[str], None]) -> Callable[[str], None]:
+    """`echo` in the main process; elsewhere nothing, so N processes print the run's notes once."""
+    if accelerator.is_main_process:
+        return echo
+    return lambda line: None
+
+
+def seed_step_draws(seed: int, accelerator: Accelerator) -> None:
+    """Give each process its own noise and timesteps, so N processes do not add the same noise to their
+    different images: process 0 goes on drawing as a one-process run does, process r > 0 draws from
+    seed + r (accelerate's device_specific seeding).
+
+    Call it once the LoRA is built: its initial weights come from the seed alone, the same in every
+    process (DDP also copies process 0's weights to the others when it wraps the model)."""
+    if accelerator.process_index > 0:
+        set_seed(seed + accelerator.process_index)
 
 
 # kohya's choice "tensort" is its spelling of TensorRT's backend.

@@ -36,11 +36,12 @@ from loracraft.models.loading import load_model_bundle
 from loracraft.networks.initial_weights import InitialWeights
 from loracraft.networks.lora_network import build_lora_network
 from loracraft.networks.merge_into_base import BaseMerge
-from loracraft.training.accelerator import make_accelerator, release_cached_memory
+from loracraft.training.accelerator import main_process_echo, make_accelerator, release_cached_memory
 from loracraft.training.batches import make_batch_loader
 from loracraft.training.caching import cached_text_inputs, fill_caches_only
 from loracraft.training.dataset_setup import plan_dataset
 from loracraft.training.diffusion_model import LoRADiffusionModel, takes_size_conditioning
+from loracraft.training.distributed import deepspeed_plugin, process_kwargs
 from loracraft.training.family_settings import (
     FamilySettings,
     dataset_defaults,
@@ -185,7 +186,11 @@ def start_run(config: TrainConfig, echo: Callable[[str], None]) -> RunStart:
         config.gradient_accumulation_steps,
         dynamo_backend=config.dynamo_backend if config.torch_compile else "no",
         full_fp16=config.full_fp16,
+        kwargs_handlers=process_kwargs(config),
+        deepspeed_plugin=deepspeed_plugin(config),
     )
+    # With `accelerate launch` every process runs this; the plan and the notes are printed once.
+    echo = main_process_echo(accelerator, echo)
     if config.fp8_base or config.fp8_base_unet:
         check_float8(accelerator.device)
     check_optimizer(config, accelerator.device, echo)
