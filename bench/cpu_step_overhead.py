@@ -30,7 +30,7 @@ from loracraft.models.tiny.architecture import (
 )
 from loracraft.models.tiny.shapes import sample_dataset
 from loracraft.models.tokenizer_build import build_clip_tokenizer
-from loracraft.training.loop import run_epochs
+from loracraft.training.loop import LoopHooks, run_epochs
 from loracraft.training.progress import TrainingLog
 from loracraft.training.step import diffusion_loss
 from loracraft.training.trainer import RunStart, TrainingSetup, setup_training, start_run
@@ -102,7 +102,7 @@ def set_up(config: TrainConfig) -> tuple[RunStart, TrainingSetup]:
 def loracraft_seconds_per_step(start: RunStart, setup: TrainingSetup, warmup: int) -> float:
     log = TimedLog(start.plan.steps.max_train_steps)
     loss_of = partial(diffusion_loss, setup.step_models, device=start.accelerator.device)
-    run_epochs(start.accelerator, setup.parts, loss_of, start.plan.steps, 1.0, log, lambda epoch, step: None)
+    run_epochs(start.accelerator, setup.parts, loss_of, start.plan.steps, 1.0, log, LoopHooks())
     measured = log.times[warmup - 1 :]
     return (measured[-1] - measured[0]) / (len(measured) - 1)
 

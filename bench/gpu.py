@@ -432,7 +432,7 @@ class Run:
         from functools import partial
 
         from loracraft.data.plan import StepCount
-        from loracraft.training.loop import TrainingParts, run_epochs
+        from loracraft.training.loop import LoopHooks, TrainingParts, run_epochs
         from loracraft.training.step import diffusion_loss
 
         total = warmup + steps
@@ -448,7 +448,7 @@ class Run:
                 StepCount(steps_per_epoch=total, num_epochs=1, max_train_steps=total),
                 self.config.max_grad_norm,
                 log,
-                lambda epoch, step: None,
+                LoopHooks(),
             )
         finally:
             log.close()

@@ -8,7 +8,7 @@ from functools import partial
 from pathlib import Path
 
 from loracraft.config.schema import TrainConfig
-from loracraft.training.loop import run_epochs
+from loracraft.training.loop import LoopHooks, run_epochs
 from loracraft.training.progress import TrainingLog
 from loracraft.training.step import diffusion_loss
 from loracraft.training.trainer import setup_training, start_run
@@ -30,7 +30,7 @@ def train_steps(start, setup, config: TrainConfig):
     log = TrainingLog(start.plan.steps.max_train_steps, None, "", show_bar=False)
     loss_of = partial(diffusion_loss, setup.step_models, device=start.accelerator.device)
     return run_epochs(
-        start.accelerator, setup.parts, loss_of, start.plan.steps, config.max_grad_norm, log, lambda *_: None
+        start.accelerator, setup.parts, loss_of, start.plan.steps, config.max_grad_norm, log, LoopHooks()
     )
 
 

@@ -22,6 +22,10 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        # The data reaches the disk before the rename makes it the file: after a power cut the old file
+        # or the new one is there, never an empty one under the final name.
+        with tmp.open("rb+") as written:
+            os.fsync(written.fileno())
         # mkstemp makes the file private (0600); give it the permissions a plain open() would have.
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, target)

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from loracraft import __version__
 from loracraft.errors import UserError
 from loracraft.library_notices import filter_library_notices
+from loracraft.training.interrupt import RunStopped
 
 USAGE = """usage: loracraft COMMAND [flags]
 
@@ -86,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except RunStopped as stop:
+        print(stop, file=sys.stderr)
+        return stop.exit_code
     except KeyboardInterrupt:
         print("interrupted: files already written are kept", file=sys.stderr)
         return 130

@@ -203,6 +203,16 @@ def visible_files(out: Path) -> dict[Path, bytes]:
     }
 
 
+def assert_only_the_status_changed(out: Path, before: dict[Path, bytes]) -> None:
+    """Every file as it was, but NAME.toml's first line, which now says the run failed (the simulated
+    full disk still takes that small write)."""
+    after = visible_files(out)
+    status, *config = after.pop(Path("toy.toml")).decode().splitlines(keepends=True)
+    assert status.startswith("# loracraft run failed: could not write ")
+    assert "".join(config).encode() == before.pop(Path("toy.toml")).split(b"\n", 1)[1]
+    assert after == before
+
+
 def test_a_full_disk_at_the_first_save_stops_in_one_line(
     reference, tiny_sd1, tmp_path, monkeypatch, capsys, fixed_clock
 ):
@@ -227,7 +237,7 @@ def test_a_full_disk_at_the_first_save_stops_in_one_line(
         "run it again"
     )
     assert list(before) == [Path("toy.toml")]
-    assert visible_files(out) == before
+    assert_only_the_status_changed(out, before)
     assert leftovers(out) == []
 
 
@@ -259,7 +269,7 @@ def test_a_full_disk_at_a_later_save_keeps_the_saved_states_and_resumes(
     )
     # Step 6's LoRA file was written before its state.
     assert Path("toy-step00000006.safetensors") in before and Path(state(5), OPTIMIZER) in before
-    assert visible_files(out) == before
+    assert_only_the_status_changed(out, before)
     assert leftovers(out) == []
 
     # Space freed.

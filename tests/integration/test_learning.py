@@ -12,6 +12,7 @@ To check another training option, add its flags to TRAINING_VARIANTS: every vari
 import pytest
 import torch
 
+from learning_thresholds import learnt
 from loracraft.config.schema import TrainConfig
 from loracraft.errors import UserError
 from loracraft.models.tiny import shipped
@@ -23,11 +24,6 @@ pytestmark = [
     pytest.mark.skipif(not shipped.CHECKPOINT.exists(), reason="loracraft-tiny is not built"),
 ]
 
-# Thresholds (bench/RESULTS.md, "Learning test"): the working trainer moves the trigger prompts from 0%
-# to about 80% magenta, the prompts without the trigger far less; a broken target or a zero learning
-# rate leaves the trigger prompts at 0%.
-MIN_TRIGGER_GAIN = 0.5
-MAX_CONTROL_SHARE_OF_GAIN = 0.5
 
 V_PREDICTION = {
     "pretrained_model_name_or_path": str(shipped.VPRED_CHECKPOINT),
@@ -43,8 +39,8 @@ def optimizer(name: str, lr: float) -> dict:
 
 
 # The options the guides teach, spread over few runs (each run costs a training): every variant must pass.
+# The plain demo run (AdamW, constant rate, 10 epochs) is checked by test_demo_command.py, which trains it.
 TRAINING_VARIANTS = {
-    "adamw-constant": {},
     "prodigy-cosine_with_restarts": {**optimizer("Prodigy", 1.0), **RESTARTS},
     "lion-cosine_with_restarts-noise_offset": {**optimizer("Lion", 5e-4), **RESTARTS, "noise_offset": 0.05},
     "adamw8bit-cosine_with_restarts-min_snr-huber": {
@@ -68,7 +64,7 @@ EPOCHS = 10
 # 56%/17%. bench/learning_controls.py --optimizers measures the optimizers alone.
 VARIANT_EPOCHS = {
     "v-prediction": 6,
-    **dict.fromkeys(set(TRAINING_VARIANTS) - {"adamw-constant", "v-prediction"}, 8),
+    **dict.fromkeys(set(TRAINING_VARIANTS) - {"v-prediction"}, 8),
 }
 
 
@@ -95,7 +91,5 @@ def test_trigger_prompts_move_to_the_concept_and_the_others_much_less(variant, t
     v_prediction = overrides.get("v_parameterization", False)
     before, after = probe_lora(concept, result.lora_file, 0.0, 1.0, v_prediction=v_prediction)
 
-    trigger_gain = after.trigger_rate - before.trigger_rate
-    assert trigger_gain >= MIN_TRIGGER_GAIN, (before, after)
-    control_gain = after.control_concept_rate - before.control_concept_rate
-    assert control_gain <= MAX_CONTROL_SHARE_OF_GAIN * trigger_gain, (before, after)
+    rates = (before.trigger_rate, after.trigger_rate, before.control_concept_rate, after.control_concept_rate)
+    assert learnt(*rates), (before, after)

@@ -7,6 +7,7 @@ Both draw each image's noise and timesteps from a seed made of its name (tests/n
 the two runs compute the same gradients, and the LoRA files match up to float32 rounding.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -86,12 +87,24 @@ def runs(tiny_sd1, tmp_path_factory):
     root = tmp_path_factory.mktemp("multi_process")
     tree = make_kohya_dataset(root / "data", reg_count=0)
     one = launch(1, flags(tiny_sd1, tree, root / "one", "--gradient_accumulation_steps", "2"))
-    two = launch(2, flags(tiny_sd1, tree, root / "two", "--logging_dir", str(root / "logs")))
-    return root, one.stdout, two.stdout
+    two = launch(
+        2,
+        flags(
+            tiny_sd1,
+            tree,
+            root / "two",
+            "--logging_dir",
+            str(root / "logs"),
+            "--save_every_n_steps",
+            "1",
+            "--save_state",
+        ),
+    )
+    return root, one.stdout, two.stdout, tree
 
 
 def test_two_processes_train_the_lora_of_one_process_with_the_same_global_batch(runs):
-    root, printed_one, _ = runs
+    root, printed_one, _, _ = runs
     assert "  8 batches / grad accumulation 2 = 4 optimizer steps per epoch" in printed_one.splitlines()
     one, two = root / "one" / "toy.safetensors", root / "two" / "toy.safetensors"
     assert steps_of(one) == steps_of(two) == "2"
@@ -108,8 +121,12 @@ def test_two_processes_train_the_lora_of_one_process_with_the_same_global_batch(
 
 
 def test_two_processes_write_one_set_of_files_and_print_the_plan_once(runs):
-    root, _, printed = runs
-    assert sorted(path.name for path in (root / "two").iterdir()) == ["toy.safetensors", "toy.toml"]
+    root, _, printed, _ = runs
+    assert sorted(path.name for path in (root / "two").iterdir()) == [
+        "toy-state", "toy-step00000001-state", "toy-step00000001.safetensors", "toy.safetensors", "toy.toml",
+    ]  # fmt: skip
+    # Every process's generators in one state.
+    assert len(json.loads((root / "two" / "toy-step00000001-state" / "rng.json").read_text())) == 2
     assert len(list((root / "logs").iterdir())) == 1
     assert printed.count("base model: ") == 1
     for line in [
@@ -118,3 +135,15 @@ def test_two_processes_write_one_set_of_files_and_print_the_plan_once(runs):
         "  4 batches / grad accumulation 1 = 4 optimizer steps per epoch",
     ]:
         assert printed.splitlines().count(line) == 1
+
+
+def test_two_processes_resume_a_state_to_the_same_lora(runs, tiny_sd1):
+    root, _, _, tree = runs
+    state = root / "two" / "toy-step00000001-state"
+    launch(2, flags(tiny_sd1, tree, root / "resumed", "--resume", str(state)))
+    resumed, whole = (
+        adapter_weights(root / "resumed" / "toy.safetensors"),
+        adapter_weights(root / "two" / "toy.safetensors"),
+    )
+    assert resumed.keys() == whole.keys()
+    assert all(torch.equal(resumed[key], whole[key]) for key in whole)

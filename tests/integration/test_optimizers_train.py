@@ -13,7 +13,7 @@ from data_helpers import make_kohya_dataset
 from loracraft.cli import main
 from loracraft.config.schema import TrainConfig
 from loracraft.errors import UserError
-from loracraft.training import trainer
+from loracraft.training import run_outputs
 from loracraft.training.optimizer import check_optimizer
 
 
@@ -129,13 +129,13 @@ def test_schedule_free_optimizer_saves_its_evaluation_weights(tiny_sd1, tree, tm
             return original(self)
 
         monkeypatch.setattr(schedulefree.AdamWScheduleFree, mode, switch)
-    save_lora = trainer.save_lora
+    save_lora = run_outputs.save_lora
 
     def save_and_note(*args, **kwargs):
         events.append("save")
         return save_lora(*args, **kwargs)
 
-    monkeypatch.setattr(trainer, "save_lora", save_and_note)
+    monkeypatch.setattr(run_outputs, "save_lora", save_and_note)
     train(
         tiny_sd1, tree, tmp_path / "out", "--optimizer_type", "AdamWScheduleFree", "--learning_rate", "1e-3",
         "--max_train_epochs", "2", "--save_every_n_epochs", "1",

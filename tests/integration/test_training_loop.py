@@ -20,7 +20,7 @@ from loracraft.data.records import ImageRecord, Subset
 from loracraft.models.bundle import ModelBundle
 from loracraft.models.loading import load_model_bundle
 from loracraft.training.accelerator import make_accelerator
-from loracraft.training.loop import LoopResult, TrainingParts, prepare_training, run_epochs
+from loracraft.training.loop import LoopHooks, LoopResult, TrainingParts, prepare_training, run_epochs
 from loracraft.training.optimizer import build_optimizer
 from loracraft.training.progress import TrainingLog
 from loracraft.training.schedule import build_lr_scheduler
@@ -106,7 +106,7 @@ def train_loop(accelerator, parts: TrainingParts, plan: DatasetPlan) -> LoopResu
     step_models = StepModels(parts.model, DDPMScheduler(), 0.5, encode_images=None)
     log = TrainingLog(plan.steps.max_train_steps, None, "", show_bar=False)
     loss_of = partial(diffusion_loss, step_models, device=accelerator.device)
-    return run_epochs(accelerator, parts, loss_of, plan.steps, 1.0, log, lambda epoch, step: None)
+    return run_epochs(accelerator, parts, loss_of, plan.steps, 1.0, log, LoopHooks())
 
 
 # (images = batches at batch size 1 unless given, batch size, accumulation, epochs, max_train_steps)

@@ -94,7 +94,9 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             # `--flag` means true (kohya's store_true); `--flag false` turns off an on-by-default option.
             kwargs.update(nargs="?", const=True, type=parse_bool, metavar="BOOL")
         elif (item := _list_item(info)) is not None:
-            kwargs.update(nargs="*", metavar="KEY=VALUE" if item is str else name.upper())
+            # kohya's *_args flags take key=value pairs; other lists (--base_weights) take plain values.
+            pairs = item is str and name.endswith("_args")
+            kwargs.update(nargs="*", metavar="KEY=VALUE" if pairs else name.upper())
         else:
             choices = _choices(info)
             kwargs.update(metavar="{" + ",".join(map(str, choices)) + "}" if choices else name.upper())

@@ -89,9 +89,13 @@ class DataOptions(BaseModel):
         "fastest when latents are cached (and the kohya_ss GUI's choice).",
         ge=0,
         gui_default=0,
+        resume_safe=True,
     )
     persistent_data_loader_workers: bool = flag(
-        False, CACHING, "Keep data-loader workers alive between epochs (no pause at each epoch start)."
+        False,
+        CACHING,
+        "Keep data-loader workers alive between epochs (no pause at each epoch start).",
+        resume_safe=True,
     )
     cache_text_encoder_outputs: bool = flag(
         False,

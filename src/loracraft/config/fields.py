@@ -12,7 +12,10 @@ records or reads it elsewhere:
   `ss_datasets` (runs with a dataset config);
 - `toml_key`: the dataset-TOML key when it is not the flag's name (`train_batch_size` -> `batch_size`);
 - `gui_default`: the kohya_ss GUI's default where it differs from sd-scripts' (for the web UI's forms);
-- `aliases`: other names kohya accepts for the flag (its old misspellings), read with a note.
+- `aliases`: other names kohya accepts for the flag (its old misspellings), read with a note;
+- `resume_safe`: changing it between a run and its `--resume` changes nothing the run computes (where
+  files go, what is logged, how fast it runs). Every field of the OUTPUT group is; any other field that
+  differs from the saved state's config stops a resume (`training/resume.py`).
 
 Where a setting may be given (run, dataset or subset) is the class that declares it: see
 `subset_options.py`, `dataset_options.py` and `schema.py`.
@@ -56,6 +59,7 @@ def flag(
     toml_key: str | None = None,
     gui_default: Any = _NOT_GIVEN,
     aliases: tuple[str, ...] = (),
+    resume_safe: bool = False,
     **constraints: Any,
 ) -> Any:
     """A pydantic Field for one setting; `constraints` are pydantic's (ge=0, le=1, ...)."""
@@ -71,6 +75,8 @@ def flag(
         extra["gui_default"] = gui_default
     if aliases:
         extra["aliases"] = list(aliases)
+    if resume_safe or group == OUTPUT:
+        extra["resume_safe"] = True
     return Field(default, description=doc, json_schema_extra=extra, **constraints)
 
 
@@ -89,6 +95,7 @@ class FlagInfo:
     has_gui_default: bool
     gui_default: Any
     aliases: tuple[str, ...]
+    resume_safe: bool
 
 
 def flag_infos(model: type[BaseModel]) -> dict[str, FlagInfo]:
@@ -108,6 +115,7 @@ def flag_infos(model: type[BaseModel]) -> dict[str, FlagInfo]:
             has_gui_default="gui_default" in extra,
             gui_default=extra.get("gui_default"),
             aliases=tuple(extra.get("aliases", ())),
+            resume_safe=bool(extra.get("resume_safe")),
         )
     return infos
 

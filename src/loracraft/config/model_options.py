@@ -68,6 +68,7 @@ class ModelOptions(BaseModel):
         "they are loaded and stay there (encoders whose outputs are cached are not moved back to the CPU). "
         "On the CPU it changes nothing.",
         ss_key="ss_lowram",
+        resume_safe=True,
     )
     sdpa: bool = flag(
         True,

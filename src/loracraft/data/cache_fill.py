@@ -20,6 +20,8 @@ class LatentCacheJob:
     family: str = "sd"
     flip_aug: bool = False
     alpha_mask: bool = False
+    per_image_noise: bool = False
+    """`encode` takes `noise_seeds`: each file's posterior draw is seeded by what the file depends on."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,7 @@ def fill_disk_caches(
             family=latents.family,
             flip_aug=latents.flip_aug,
             alpha_mask=latents.alpha_mask,
+            per_image_noise=latents.per_image_noise,
             progress=progress,
         )
         parts.append(f"latent caches {report.encoded} written, {report.loaded} already current")

@@ -24,6 +24,7 @@ import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -147,6 +148,14 @@ def _dependencies(
     }
 
 
+def noise_seed(dependencies: dict[str, np.ndarray]) -> int:
+    """A cache file's posterior-draw seed, from everything the file depends on (`_dependencies`)."""
+    digest = hashlib.sha256()
+    for key in sorted(dependencies):
+        digest.update(f"{key}={dependencies[key].tolist()};".encode())
+    return int.from_bytes(digest.digest()[:8], "little") >> 1
+
+
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
     with np.load(path, allow_pickle=False) as npz:
         return {key: npz[key] for key in npz.files}
@@ -255,8 +264,10 @@ def _encode_all(
     flip_aug: bool,
     alpha_mask: bool,
     progress: bool,
+    seeds: dict[int, int] | None = None,
 ) -> Iterator[tuple[int, CachedLatents]]:
-    """(index, cached latents) for every index in `todo`; the next chunk is decoded while the VAE runs."""
+    """(index, cached latents) for every index in `todo`; the next chunk is decoded while the VAE runs.
+    `seeds` (index -> seed) seed each image's posterior draw (its mirror's: the seed + 1)."""
     chunks = _chunks(images, todo, vae_batch_size)
     with (
         ThreadPoolExecutor(max_workers=1) as pool,
@@ -268,8 +279,12 @@ def _encode_all(
             if k + 1 < len(chunks):
                 pending = pool.submit(_load_chunk, images, chunks[k + 1], alpha_mask)
             paths = [images[i].record.path for i in chunk]
-            latents = _encode_checked(encode, pixels, paths)
-            flipped = _encode_checked(encode, pixels.flip(-1), paths) if flip_aug else None
+            encode_chunk = encode_mirror = encode
+            if seeds is not None:
+                encode_chunk = partial(encode, noise_seeds=[seeds[i] for i in chunk])
+                encode_mirror = partial(encode, noise_seeds=[seeds[i] + 1 for i in chunk])
+            latents = _encode_checked(encode_chunk, pixels, paths)
+            flipped = _encode_checked(encode_mirror, pixels.flip(-1), paths) if flip_aug else None
             small_masks = mask_to_latent_size(masks, latents.shape[-2:]) if masks is not None else None
             for n, i in enumerate(chunk):
                 # clone: a view would keep the whole batch's storage alive and pickle it to every worker.
@@ -312,12 +327,15 @@ def cache_latents_to_disk(
     family: str = "sd",
     flip_aug: bool = False,
     alpha_mask: bool = False,
+    per_image_noise: bool = False,
     progress: bool = True,
 ) -> tuple[list[Path], LatentCacheReport]:
     """Make every planned image's cache file current; returns the files, index-aligned with `images`.
 
     `latent_sampling` says how `encode` reads the VAE posterior ("sample" or "mean"); it is recorded,
-    so switching it re-encodes."""
+    so switching it re-encodes. With `per_image_noise`, `encode` takes `noise_seeds` and each file's
+    draw is seeded by what the file depends on (`noise_seed`): the same image, bucket, VAE and options
+    give the same file however the encoding was batched or interrupted."""
     paths = cache_file_paths(images, family)
     expected, todo, warnings, checked = {}, [], [], set()
     checks = tqdm(images, desc="checking latent cache", unit="img", disable=not progress)
@@ -335,7 +353,8 @@ def cache_latents_to_disk(
             warnings.append(warning)
         if not fresh:
             todo.append(i)
-    for i, entry in _encode_all(images, todo, encode, vae_batch_size, flip_aug, alpha_mask, progress):
+    seeds = {i: noise_seed(expected[i]) for i in todo} if per_image_noise else None
+    for i, entry in _encode_all(images, todo, encode, vae_batch_size, flip_aug, alpha_mask, progress, seeds):
         _write_cache(paths[i], entry, images[i], expected[i])
     return paths, LatentCacheReport(
         encoded=len(todo), loaded=len(checked) - len(todo), warnings=tuple(warnings)

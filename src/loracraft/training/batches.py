@@ -41,6 +41,7 @@ def make_batch_loader(
             family=job.family,
             flip_aug=job.flip_aug,
             alpha_mask=job.alpha_mask,
+            per_image_noise=job.per_image_noise,
         )
         for warning in report.warnings:
             echo(f"warning: {warning}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -113,10 +113,12 @@ def cached_text_inputs(
 def latent_job(
     config: TrainConfig, plan: DatasetPlan, bundle: ModelBundle, device: torch.device
 ) -> LatentCacheJob:
-    def encode(pixels: torch.Tensor) -> torch.Tensor:
+    def encode(pixels: torch.Tensor, noise_seeds: Sequence[int] | None = None) -> torch.Tensor:
         # The VAE goes to the device at the first image to encode: a current disk cache needs none.
         vae = bundle.vae.to(device)
-        latents = encode_images(vae, pixels, config.vae_batch_size, config.latent_sampling).cpu()
+        latents = encode_images(
+            vae, pixels, config.vae_batch_size, config.latent_sampling, noise_seeds=noise_seeds
+        ).cpu()
         # kohya frees the GPU's cached memory after every cached batch, so a small GPU does not fill up
         # across bucket shapes; --highvram keeps it.
         if not config.highvram:
@@ -132,6 +134,7 @@ def latent_job(
         family=cache_family(bundle.family),
         flip_aug=any(subset.options.flip_aug for subset in plan.subsets),
         alpha_mask=any(subset.options.alpha_mask for subset in plan.subsets),
+        per_image_noise=True,
     )
 
 

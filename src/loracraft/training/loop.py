@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from accelerate import Accelerator
@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from loracraft.data.plan import StepCount
+from loracraft.training.interrupt import StopRequest
 from loracraft.training.optimizer import learning_rates
 from loracraft.training.progress import TrainingLog
 
@@ -60,9 +61,48 @@ def _stop_if_non_finite(log: TrainingLog) -> None:
 
 
 @dataclass(frozen=True)
+class Position:
+    """Where a run stands: the epoch (from 1) its next batch belongs to, the batches of that epoch this
+    process has trained, and the optimizer steps taken. A run resumed at a position continues exactly
+    there: each epoch's batch order is a function of the seed and the epoch."""
+
+    epoch: int = 1
+    batch: int = 0
+    step: int = 0
+
+
+class StopRequested(Exception):
+    """The loop stopped at `position` (an optimizer step boundary) because a stop was asked for."""
+
+    def __init__(self, signal_name: str, position: Position):
+        super().__init__(f"stopped by {signal_name} at step {position.step}")
+        self.signal_name, self.position = signal_name, position
+
+
+def _nothing(*_: object) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class LoopHooks:
+    """What the run does around the loop: `before_batch(steps so far)` before each batch (to stop
+    training a part at a step), `after_step(position)` after each optimizer step and
+    `after_epoch(position)` after every epoch but the last (to save files and states), and `stop`, read
+    after each step (a Ctrl-C or SIGTERM asks for it)."""
+
+    before_batch: Callable[[int], None] = _nothing
+    after_step: Callable[[Position], None] = _nothing
+    after_epoch: Callable[[Position], None] = _nothing
+    stop: StopRequest = field(default_factory=StopRequest)
+    restore_generators: Callable[[], None] = _nothing
+    """A resumed run's: put the generators back as they were when its state was saved (`run_epochs`
+    calls it at that same moment of the run)."""
+
+
+@dataclass(frozen=True)
 class LoopResult:
     steps: int
-    """Optimizer steps taken."""
+    """Optimizer steps taken, from the start of the run (a resumed run counts the saved ones)."""
     final_average_loss: float
 
 
@@ -73,22 +113,36 @@ def run_epochs(
     steps: StepCount,
     max_grad_norm: float,
     log: TrainingLog,
-    epoch_end: Callable[[int, int], None],
-    before_batch: Callable[[int], None] | None = None,
+    hooks: LoopHooks,
+    start: Position = Position(),
 ) -> LoopResult:
-    """Train `steps.max_train_steps` optimizer steps; `loss_of(batch)` runs the prepared model.
-    `epoch_end(epoch, steps so far)` is called after every epoch but the last (to save epoch files),
-    `before_batch(steps so far)` before each batch (to stop training a part at a step).
-    Raises NonFiniteLoss when a loss is NaN or inf."""
+    """Train from `start` to `steps.max_train_steps` optimizer steps; `loss_of(batch)` runs the prepared
+    model. Raises NonFiniteLoss when a loss is NaN or inf, StopRequested when `hooks.stop` asks."""
     trainable = [p for group in parts.optimizer.param_groups for p in group["params"]]
     parts.model.train()
-    done = 0
-    for epoch in range(1, steps.num_epochs + 1):
+    done = start.step
+    batches_in_epoch = len(parts.loader)
+    # torch's DataLoader draws its workers' base seed from the global generator when an epoch's iteration
+    # starts: a state saved inside an epoch was saved after that draw, so its generators come back once
+    # the resumed epoch's iteration has started; any other state's come back now.
+    inside_epoch = 0 < start.batch < batches_in_epoch
+    if not inside_epoch:
+        hooks.restore_generators()
+    for epoch in range(start.epoch, steps.num_epochs + 1):
         parts.loader.set_epoch(epoch - 1)
+        skipped = start.batch if epoch == start.epoch else 0
+        # Skipping happens in the sampler: the skipped batches are never loaded. An epoch whose every
+        # batch was trained before the state was saved is not iterated at all (that would draw a seed).
+        loader = parts.loader
+        if skipped:
+            loader = accelerator.skip_first_batches(parts.loader, skipped)
+            # accelerate 0.33's skipping loader starts at epoch 0: the epoch sets the batch order.
+            loader.set_epoch(epoch - 1)
         epoch_losses = []
-        for batch in parts.loader:
-            if before_batch is not None:
-                before_batch(done)
+        for index, batch in enumerate(loader if skipped < batches_in_epoch else (), start=skipped + 1):
+            if inside_epoch and epoch == start.epoch and index == skipped + 1:
+                hooks.restore_generators()
+            hooks.before_batch(done)
             with accelerator.accumulate(parts.model):
                 loss = loss_of(batch)
                 accelerator.backward(loss)
@@ -99,21 +153,28 @@ def run_epochs(
                 parts.lr_scheduler.step()
                 parts.optimizer.zero_grad(set_to_none=True)
             epoch_losses.append(loss.detach())
-            if accelerator.sync_gradients:
-                done += 1
-                log.step(done, epoch, loss.detach(), learning_rates(parts.optimizer, parts.lr_scheduler))
-                _stop_if_non_finite(log)
-                if done >= steps.max_train_steps:
-                    break
-        epoch_average = torch.stack(epoch_losses).mean().item()
+            if not accelerator.sync_gradients:
+                continue
+            done += 1
+            log.step(done, epoch, loss.detach(), learning_rates(parts.optimizer, parts.lr_scheduler))
+            _stop_if_non_finite(log)
+            if done >= steps.max_train_steps:
+                break
+            hooks.after_step(Position(epoch, index, done))
+            # A stop at an epoch's last step waits for the epoch's end, so its epoch file is saved.
+            if hooks.stop.requested and index < batches_in_epoch:
+                raise StopRequested(hooks.stop.signal_name, Position(epoch, index, done))
+        epoch_average = torch.stack(epoch_losses).mean().item() if epoch_losses else float("nan")
         log.epoch_end(epoch, epoch_average)
         _stop_if_non_finite(log)
-        if not math.isfinite(epoch_average):
+        if epoch_losses and not math.isfinite(epoch_average):
             # A batch inside an accumulation window, whose loss is not logged, went non-finite.
             raise NonFiniteLoss(done, epoch, epoch_average)
         if done >= steps.max_train_steps:
             break
-        epoch_end(epoch, done)
+        hooks.after_epoch(Position(epoch + 1, 0, done))
+        if hooks.stop.requested:
+            raise StopRequested(hooks.stop.signal_name, Position(epoch + 1, 0, done))
     average = log.flush()
     _stop_if_non_finite(log)
     return LoopResult(done, average)

@@ -37,8 +37,12 @@ class TrainingLog:
         show_bar: bool = True,
         average_window: int = 1,
         sync_every: int = 10,
+        initial_step: int = 0,
     ):
-        self.bar = tqdm(total=total_steps, desc="steps", disable=not show_bar, dynamic_ncols=True)
+        # A resumed run's bar starts at the steps already taken.
+        self.bar = tqdm(
+            total=total_steps, initial=initial_step, desc="steps", disable=not show_bar, dynamic_ncols=True
+        )
         self.average = MovingAverage(average_window)
         self.sync_every = sync_every
         self.pending: list[tuple[int, int, torch.Tensor, dict[str, float]]] = []

@@ -3,15 +3,15 @@
 train(config)
   -> start_run: the accelerator (one process), the seed, the dataset plan (printed), the base model
   -> setup_training: caches, the model with its LoRA, the step, optimizer and schedule, all prepared
-  -> loop.run_epochs: the loop around `step.diffusion_loss`
-  -> saving.save_lora: NAME-00000E.safetensors every save_every_n_epochs, NAME.safetensors at the end
+  -> loop.run_epochs: the loop around `step.diffusion_loss`, from the start or a saved state (`resume.py`)
+  -> run_outputs: LoRA files and resumable states as the save options say, NAME.safetensors at the end
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -19,9 +19,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from loracraft.atomic import write_text_atomic
 from loracraft.config.fields import options_of
-from loracraft.config.load import effective_config_toml
 from loracraft.config.loss_options import LossOptions
 from loracraft.config.schema import TrainConfig
 from loracraft.data.latent_cache import Encoder
@@ -33,10 +31,15 @@ from loracraft.models.attention import attention_for, set_attention
 from loracraft.models.bundle import ModelBundle
 from loracraft.models.family import FAMILY_NAMES
 from loracraft.models.loading import load_model_bundle
-from loracraft.networks.initial_weights import InitialWeights
+from loracraft.networks.initial_weights import InitialWeights, initial_weights_settings
 from loracraft.networks.lora_network import build_lora_network
 from loracraft.networks.merge_into_base import BaseMerge
-from loracraft.training.accelerator import main_process_echo, make_accelerator, release_cached_memory
+from loracraft.training.accelerator import (
+    main_process_echo,
+    make_accelerator,
+    release_cached_memory,
+    seed_step_draws,
+)
 from loracraft.training.batches import make_batch_loader
 from loracraft.training.caching import cached_text_inputs, fill_caches_only
 from loracraft.training.dataset_setup import plan_dataset
@@ -48,8 +51,18 @@ from loracraft.training.family_settings import (
     family_hint,
     model_settings,
 )
-from loracraft.training.loop import NonFiniteLoss, TrainingParts, prepare_training, run_epochs
-from loracraft.training.optimizer import build_optimizer, check_optimizer, evaluation_weights
+from loracraft.training.interrupt import RunStopped, stop_on_signals
+from loracraft.training.loop import (
+    LoopHooks,
+    NonFiniteLoss,
+    Position,
+    StopRequested,
+    TrainingParts,
+    prepare_training,
+    run_epochs,
+)
+from loracraft.training.optimizer import build_optimizer, check_optimizer
+from loracraft.training.output_folder import check_output_folder, clean_stale_files
 from loracraft.training.precision import (
     cast_frozen_model,
     check_float8,
@@ -58,7 +71,10 @@ from loracraft.training.precision import (
     fp16_vae_note,
 )
 from loracraft.training.progress import TrainingLog
-from loracraft.training.saving import RunFacts, now, save_lora
+from loracraft.training.resume import ResumePoint, check_resumable, resume_point
+from loracraft.training.run_outputs import RunOutputs
+from loracraft.training.run_state import load_training_state, restore_generators
+from loracraft.training.saving import RunFacts, now
 from loracraft.training.schedule import build_lr_scheduler, check_lr_scheduler, text_encoder_stop
 from loracraft.training.step import StepModels, diffusion_loss
 from loracraft.training.timesteps import training_noise_scheduler
@@ -81,59 +97,72 @@ class TrainResult:
 def train(
     config: TrainConfig, *, show_progress: bool = True, echo: Callable[[str], None] = print
 ) -> TrainResult:
-    """Train a LoRA as `config` says; returns where the files are. Only the main process writes files."""
+    """Train a LoRA as `config` says (continuing a saved state with --resume); returns where the files
+    are. Only the main process writes files. A Ctrl-C or SIGTERM ends it with RunStopped once a state
+    and a LoRA file are saved."""
     start = start_run(config, echo)
     config, accelerator, plan = start.config, start.accelerator, start.plan
+    echo = main_process_echo(accelerator, echo)
     setup = setup_training(config, plan, start.bundle, accelerator, start.seed, echo)
-    facts = RunFacts.for_run(config, start.seed, start.started_at, start.bundle.family)
     network = accelerator.unwrap_model(setup.parts.model).network
-    writes = accelerator.is_main_process
-
-    def save(path: Path, epoch: int, step: int) -> Path:
-        # A schedule-free optimizer's evaluation weights are the ones to keep.
-        with evaluation_weights(setup.parts.optimizer):
-            return save_lora(network, path, config, plan, facts, epoch=epoch, step=step)
-
-    epoch_files: list[Path] = []
-
-    def epoch_end(epoch: int, step: int) -> None:
-        if writes and config.save_every_n_epochs and epoch % config.save_every_n_epochs == 0:
-            epoch_files.append(save(config.output_path(f"-{epoch:06d}"), epoch, step))
-
-    config_file = Path(config.output_dir) / f"{config.output_stem}.toml"
-    if writes:
-        write_text_atomic(config_file, effective_config_toml(config))
+    facts = RunFacts.for_run(config, start.seed, start.started_at, start.bundle.family)
+    outputs = RunOutputs(config, plan, facts, accelerator, network, setup.parts, echo)
+    position = Position()
+    if start.resume is not None:
+        load_training_state(start.resume.folder, accelerator, network, setup.parts)
+        position, outputs.last_state = start.resume.record.position, start.resume.folder
+        echo(
+            f"resuming {start.resume.folder.name}: epoch {position.epoch}, step {position.step} of "
+            f"{plan.steps.max_train_steps}"
+        )
+        if position.step >= plan.steps.max_train_steps:
+            echo(
+                "note: the state is at the run's last step: nothing is left to train; the files are written again"
+            )
+    outputs.at_start()
     log = TrainingLog(
         plan.steps.max_train_steps,
-        config.logging_dir if writes else None,
+        config.logging_dir if outputs.writes else None,
         config.log_prefix or "",
-        show_bar=show_progress and writes,
+        show_bar=show_progress and outputs.writes,
         average_window=plan.batches_per_epoch,
+        initial_step=position.step,
     )
     loss_of = partial(diffusion_loss, setup.step_models, device=accelerator.device)
     try:
-        stop_text_encoder = text_encoder_stop(config, network, plan.steps.max_train_steps, echo)
-        result = run_epochs(
-            accelerator,
-            setup.parts,
-            loss_of,
-            plan.steps,
-            config.max_grad_norm,
-            log,
-            epoch_end,
-            before_batch=stop_text_encoder,
-        )
-    except NonFiniteLoss as stop:
-        raise UserError(non_finite_message(stop, epoch_files, config.mixed_precision)) from None
+        with stop_on_signals() as stop:
+            hooks = LoopHooks(
+                before_batch=text_encoder_stop(config, network, plan.steps.max_train_steps, echo),
+                after_step=outputs.after_step,
+                after_epoch=outputs.after_epoch,
+                stop=stop,
+            )
+            if start.resume is not None:
+                hooks = replace(
+                    hooks, restore_generators=partial(restore_generators, start.resume.folder, accelerator)
+                )
+            result = run_epochs(
+                accelerator, setup.parts, loss_of, plan.steps, config.max_grad_norm, log, hooks, position
+            )
+            end = Position(plan.steps.num_epochs + 1, 0, result.steps)
+            final = outputs.at_end(end)
+    except NonFiniteLoss as stopped:
+        message = non_finite_message(stopped, outputs.epoch_files, config.mixed_precision)
+        outputs.failed(message)
+        raise UserError(message) from None
+    except UserError as error:
+        outputs.failed(str(error))
+        raise
+    except StopRequested as stopped:
+        raise RunStopped(
+            outputs.at_stop(stopped.signal_name, stopped.position), stopped.signal_name
+        ) from None
     finally:
         log.close()
-    final = config.output_path()
-    if writes:
-        save(final, plan.steps.num_epochs, result.steps)
     return TrainResult(
         lora_file=final,
-        epoch_files=epoch_files,
-        config_file=config_file,
+        epoch_files=outputs.epoch_files,
+        config_file=outputs.config_file,
         steps=result.steps,
         epochs=plan.steps.num_epochs,
         final_average_loss=result.final_average_loss,
@@ -177,6 +206,7 @@ class RunStart:
     started_at: float
     plan: DatasetPlan
     bundle: ModelBundle
+    resume: ResumePoint | None = None
 
 
 def start_run(config: TrainConfig, echo: Callable[[str], None]) -> RunStart:
@@ -191,13 +221,23 @@ def start_run(config: TrainConfig, echo: Callable[[str], None]) -> RunStart:
     )
     # With `accelerate launch` every process runs this; the plan and the notes are printed once.
     echo = main_process_echo(accelerator, echo)
+    if accelerator.is_main_process:
+        check_output_folder(Path(config.output_dir))
+        clean_stale_files(Path(config.output_dir), config.output_stem, echo)
+    # The other processes read states from the folder only once the main one has swept it.
+    accelerator.wait_for_everyone()
+    # The state is checked first: a resumed run takes its seed (and the start time its files record).
+    resume = resume_point(config)
     if config.fp8_base or config.fp8_base_unet:
         check_float8(accelerator.device)
     check_optimizer(config, accelerator.device, echo)
     check_lr_scheduler(config, echo)
-    seed = config.seed if config.seed is not None else random.SystemRandom().randrange(2**31)
+    if resume is not None:
+        seed, started_at = resume.record.seed, resume.record.started_at
+    else:
+        seed = config.seed if config.seed is not None else random.SystemRandom().randrange(2**31)
+        started_at = now()
     set_seed(seed)
-    started_at = now()
     # The dataset is scanned and planned before the model is loaded: its errors are cheaper to find.
     config = _noted(dataset_defaults(config, family_hint(config.pretrained_model_name_or_path)), echo)
     plan = plan_dataset(config, seed, accelerator.num_processes, echo)
@@ -215,8 +255,14 @@ def start_run(config: TrainConfig, echo: Callable[[str], None]) -> RunStart:
     )
     for note in config.loss_notes:
         echo(f"note: {note}")
+    # --network_weights (and --dim_from_weights) set the rank and alpha the files record.
+    config, notes = initial_weights_settings(config, bundle.family)
+    for note in notes:
+        echo(f"note: {note}")
+    if resume is not None:
+        check_resumable(resume, config, plan, echo)
     prepare_base_model(config, bundle, accelerator.device, echo)
-    return RunStart(config, accelerator, seed, started_at, plan, bundle)
+    return RunStart(config, accelerator, seed, started_at, plan, bundle, resume)
 
 
 def _noted(settings: FamilySettings, echo: Callable[[str], None]) -> TrainConfig:
@@ -228,8 +274,18 @@ def _noted(settings: FamilySettings, echo: Callable[[str], None]) -> TrainConfig
 def prepare_base_model(
     config: TrainConfig, bundle: ModelBundle, device: torch.device, echo: Callable[[str], None]
 ) -> None:
-    """The loaded model as every later use needs it: its attention, the VAE's dtype (the caches encode
-    with it), and with --lowram on the device at once."""
+    """The loaded model as every later use needs it: --base_weights merged in (in its loaded precision,
+    before the caches encode with it, so cached text-encoder outputs see the merge too), its attention,
+    the VAE's dtype (the caches encode with it), and with --lowram on the device at once."""
+    if config.base_weights:
+        merge = BaseMerge.read(
+            bundle.unet,
+            bundle.text_encoders,
+            bundle.family,
+            config.base_weights,
+            config.base_weights_multipliers,
+        )
+        merge.apply(echo)
     attention, note = attention_for(
         mem_eff_attn=config.mem_eff_attn, xformers=config.xformers, sdpa=config.sdpa
     )
@@ -279,7 +335,8 @@ def setup_training(
 
     # Rebuilding the LoRA modules draws their init from the seeded RNG: the same seed gives the same file.
     set_seed(seed)
-    model = build_model(config, bundle)
+    model = build_model(config, bundle, echo)
+    seed_step_draws(seed, accelerator)
     echo(describe_precision(precision, text_encoder_runs=len(model.text_encoders) > 0))
     network = model.network
     echo(
@@ -338,27 +395,9 @@ def build_model(
     """The frozen base in the run's dtypes (`precision.py`: the --mixed_precision dtype, float8 storage
     with --fp8_base) with the LoRA patched in; the LoRA's own weights are float32 unless full_fp16/bf16.
 
-    --base_weights are merged into the base first, in its loaded precision (before the cast). The LoRA
-    starts from --network_weights when given, with that file's alpha and, with --dim_from_weights, its
+    The LoRA starts from --network_weights when given, with that file's alpha and, with --dim_from_weights, its
     rank (networks/initial_weights.py). The text encoder is left out when its outputs are cached (the
     step never calls it)."""
-    if config.base_weights:
-        merge = BaseMerge.read(
-            bundle.unet,
-            bundle.text_encoders,
-            bundle.family,
-            config.base_weights,
-            config.base_weights_multipliers,
-        )
-        if config.cache_text_encoder_outputs and (changed := merge.text_encoder_modules()):
-            # The outputs were cached (setup_training) before this merge: training would condition on
-            # the unmerged text encoder, as kohya silently does.
-            path, name = changed[0]
-            raise UserError(
-                f"--base_weights {path} changes the text encoder ({name}), whose outputs "
-                "--cache_text_encoder_outputs cached before the merge: drop --cache_text_encoder_outputs"
-            )
-        merge.apply(echo)
     initial = InitialWeights.read(config.network_weights, bundle.family) if config.network_weights else None
     if initial is not None:
         config, notes = initial.run_settings(config)
