@@ -31,21 +31,9 @@ from loracraft.models.tiny.architecture import (
 from loracraft.models.tiny.shapes import sample_dataset
 from loracraft.models.tokenizer_build import build_clip_tokenizer
 from loracraft.training.loop import LoopHooks, run_epochs
-from loracraft.training.progress import TrainingLog
 from loracraft.training.step import diffusion_loss
 from loracraft.training.trainer import RunStart, TrainingSetup, setup_training, start_run
-
-
-class TimedLog(TrainingLog):
-    """The real progress log, also recording when each optimizer step finished."""
-
-    def __init__(self, total_steps: int):
-        super().__init__(total_steps, None, "", show_bar=False)
-        self.times: list[float] = []
-
-    def step(self, step, epoch, loss, lrs) -> None:
-        super().step(step, epoch, loss, lrs)
-        self.times.append(time.perf_counter())
+from step_timing import TimedLog
 
 
 def make_model_and_data(root: Path) -> tuple[Path, Path]:

@@ -50,12 +50,12 @@ from loracraft.tools.demo import DemoConcept, demo_config, make_demo_dataset
 from loracraft.training.accelerator import make_accelerator
 from loracraft.training.loop import LoopHooks, Position, TrainingParts, run_epochs
 from loracraft.training.optimizer import build_optimizer
-from loracraft.training.progress import TrainingLog
 from loracraft.training.run_state import RunRecord, save_training_state
 from loracraft.training.schedule import build_lr_scheduler
 from loracraft.training.state_folder import file_digest, remove_state_folder
 from loracraft.training.step import diffusion_loss
 from loracraft.training.trainer import setup_training, start_run
+from step_timing import TimedLog
 
 SAVE_INTERVAL = 100
 
@@ -75,18 +75,6 @@ class Row:
     @property
     def state_bytes(self) -> int:
         return sum(self.state_files.values())
-
-
-class TimedLog(TrainingLog):
-    """The real progress log, also recording when each optimizer step finished."""
-
-    def __init__(self, total_steps: int):
-        super().__init__(total_steps, None, "", show_bar=False)
-        self.times: list[float] = []
-
-    def step(self, step, epoch, loss, lrs) -> None:
-        super().step(step, epoch, loss, lrs)
-        self.times.append(time.perf_counter())
 
 
 def measure_saves(

@@ -10,6 +10,7 @@ SD15_RANK32_PARAMS = 18_874_368  # 192 U-Net + 72 text-encoder modules (kohya's 
 
 
 def load_bench():
+    sys.path.insert(0, str(BENCH.parent))  # as `python bench/state_saving.py` has it: its sibling modules
     spec = importlib.util.spec_from_file_location("state_saving", BENCH)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclasses look their module up
