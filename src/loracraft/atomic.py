@@ -1,5 +1,6 @@
 """Atomic file writes: a reader never sees half a file, and a crash never destroys the old one."""
 
+import glob
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -32,6 +33,12 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def leftover_temp_files(target: str | os.PathLike) -> list[Path]:
+    """The temporary files `atomic_path` made for `target` that were never renamed (a killed writer's)."""
+    target = Path(target)
+    return sorted(target.parent.glob(f".{glob.escape(target.name)}.*.tmp"))
 
 
 def _umask() -> int:

@@ -231,3 +231,21 @@ def test_memory_entries_without_flip_or_mask_hold_latents_only(tree):
         assert entry.latents_flipped is None and entry.alpha_mask is None
     with pytest.raises(ValueError, match="without flip_aug"):
         entries[0].for_sample(True)
+
+
+def test_a_killed_writers_temporary_file_is_removed_when_its_cache_is_written(tree):
+    images = plan_images(tree)
+    _, paths, _ = run_disk_cache(images)
+    paths[1].unlink()
+    # What atomic_path leaves when the process dies before the rename.
+    leftover = paths[1].with_name(f".{paths[1].name}.k9x_2.tmp")
+    leftover.write_bytes(b"half a file")
+    unrelated = paths[1].with_name(".notes.txt.tmp")
+    unrelated.write_bytes(b"mine")
+
+    _, _, report = run_disk_cache(images)
+
+    assert report.encoded == 1 and not leftover.exists() and unrelated.exists()
+    assert report.warnings == (
+        f"removed 1 unfinished latent cache file(s) a stopped run left, e.g. {leftover}",
+    )

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from loracraft.atomic import write_atomic
+from loracraft.atomic import leftover_temp_files, write_atomic
 from loracraft.config.subset_options import SubsetOptions
 from loracraft.data.augment import load_training_image, mask_to_latent_size
 from loracraft.data.buckets import Size, center_crop_box
@@ -353,6 +353,14 @@ def cache_latents_to_disk(
             warnings.append(warning)
         if not fresh:
             todo.append(i)
+    # A run killed while writing a cache file left its temporary file beside it.
+    stale = [tmp for i in todo for tmp in leftover_temp_files(paths[i])]
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    if stale:
+        warnings.append(
+            f"removed {len(stale)} unfinished latent cache file(s) a stopped run left, e.g. {stale[0]}"
+        )
     seeds = {i: noise_seed(expected[i]) for i in todo} if per_image_noise else None
     for i, entry in _encode_all(images, todo, encode, vae_batch_size, flip_aug, alpha_mask, progress, seeds):
         _write_cache(paths[i], entry, images[i], expected[i])
