@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 from accelerate import Accelerator, DeepSpeedPlugin
-from accelerate.state import AcceleratorState, GradientState
+from accelerate.state import AcceleratorState, GradientState, PartialState
 from accelerate.utils import DynamoBackend, KwargsHandler, set_seed
 
 from loracraft.errors import UserError
@@ -54,6 +54,11 @@ def main_process_echo(accelerator: Accelerator, echo: Callable[[str], None]) -> 
     if accelerator.is_main_process:
         return echo
     return lambda line: None
+
+
+def shows_progress() -> bool:
+    """Whether this process draws progress bars: one process per machine does (the first)."""
+    return PartialState().is_local_main_process
 
 
 def seed_step_draws(seed: int, accelerator: Accelerator) -> None:

@@ -14,6 +14,7 @@ from loracraft.data.latent_cache import cache_latents_to_disk, encode_latents_in
 from loracraft.data.plan import DatasetPlan
 from loracraft.data.text_cache import TextOutput
 from loracraft.models.bundle import ModelBundle
+from loracraft.training.accelerator import shows_progress
 from loracraft.training.caching import latent_job
 
 
@@ -41,6 +42,7 @@ def make_batch_loader(
             family=job.family,
             flip_aug=job.flip_aug,
             alpha_mask=job.alpha_mask,
+            progress=shows_progress(),
             per_image_noise=job.per_image_noise,
         )
         for warning in report.warnings:
@@ -53,6 +55,7 @@ def make_batch_loader(
             vae_batch_size=job.vae_batch_size,
             flip_aug=job.flip_aug,
             alpha_mask=job.alpha_mask,
+            progress=shows_progress(),
         )
     dataset = BucketBatchDataset(
         plan,

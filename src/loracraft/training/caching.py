@@ -21,7 +21,7 @@ from loracraft.models.text_encoding import (
     encode_sdxl_captions,
     encode_weighted_captions,
 )
-from loracraft.training.accelerator import release_cached_memory
+from loracraft.training.accelerator import release_cached_memory, shows_progress
 from loracraft.training.vae_encoding import encode_images
 
 TextInputs = tuple[list[torch.Tensor] | None, list[Path] | None]
@@ -97,12 +97,21 @@ def cached_text_inputs(
     captions = static_captions(plan)
     if not config.cache_text_encoder_outputs_to_disk:
         states = cache_text_states(
-            captions, encode=job.encode, identity=job.identity, batch_size=job.batch_size
+            captions,
+            encode=job.encode,
+            identity=job.identity,
+            batch_size=job.batch_size,
+            progress=shows_progress(),
         )
         return states, None
     files = text_cache_file_paths([image.record.path for image in plan.images], captions, job.family)
     files, report = cache_text_states(
-        captions, encode=job.encode, identity=job.identity, batch_size=job.batch_size, files=files
+        captions,
+        encode=job.encode,
+        identity=job.identity,
+        batch_size=job.batch_size,
+        files=files,
+        progress=shows_progress(),
     )
     for warning in report.warnings:
         echo(f"warning: {warning}")

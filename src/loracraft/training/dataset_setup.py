@@ -23,6 +23,7 @@ from loracraft.data.image_check import (
 from loracraft.data.plan import DatasetPlan, DatasetSpec, build_run_plan
 from loracraft.data.scan import FolderScan, ScanResult, scan_dreambooth_root, scan_subset_dir
 from loracraft.errors import UserError
+from loracraft.training.accelerator import shows_progress
 
 
 def scan_planned_subset(planned: SubsetBlueprint) -> FolderScan:
@@ -104,7 +105,7 @@ def screen_datasets(
     whose header failed in the scan (`unreadable`) and those that fail to decode: stop with one error
     listing them, or with `--skip_bad_images` drop each with a warning."""
     records = {record.path: record for spec in specs for subset in spec.subsets for record in subset.records}
-    bad = _unique([*unreadable, *check_images(list(records.values()))])
+    bad = _unique([*unreadable, *check_images(list(records.values()), progress=shows_progress())])
     if not bad:
         return specs, []
     if not skip_bad_images:
