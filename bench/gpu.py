@@ -519,8 +519,8 @@ class TimedLog(TrainingLog):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def step(self, step, epoch, loss, lrs) -> None:
-        super().step(step, epoch, loss, lrs)
+    def step(self, step, epoch, loss, lrs) -> bool:
+        flushed = super().step(step, epoch, loss, lrs)
         if step == 1:
             self._sync()
             self.first = time.perf_counter()
@@ -534,6 +534,7 @@ class TimedLog(TrainingLog):
             self.end = time.perf_counter()
             if self.device.type == "cuda":
                 self.peak = torch.cuda.max_memory_allocated(self.device)
+        return flushed
 
     def flush(self) -> float:
         average = super().flush()

@@ -14,6 +14,7 @@ class TimedLog(TrainingLog):
         super().__init__(total_steps, None, "", show_bar=False)
         self.times: list[float] = []
 
-    def step(self, step, epoch, loss, lrs) -> None:
-        super().step(step, epoch, loss, lrs)
+    def step(self, step, epoch, loss, lrs) -> bool:
+        flushed = super().step(step, epoch, loss, lrs)
         self.times.append(time.perf_counter())
+        return flushed

@@ -17,6 +17,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
+import nan_on_one_process
 import noise_per_image
 from data_helpers import make_kohya_dataset
 from run_helpers import train_argv
@@ -65,17 +66,17 @@ def relative_difference(ours: dict, theirs: dict, prefix: str) -> float:
     return ((a - b).norm() / a.norm()).item()
 
 
-def launch(processes: int, flags: list[str]) -> subprocess.CompletedProcess:
+def launch(processes: int, flags: list[str], script=noise_per_image, expect: int = 0, **env: str):
     """`loracraft train` as `processes` processes of torch.distributed.run, seeded per image."""
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
     ran = subprocess.run(
-        [*launcher, str(processes), noise_per_image.__file__, *flags],
+        [*launcher, str(processes), script.__file__, *flags],
         capture_output=True,
         text=True,
-        timeout=600,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        timeout=300,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
     )
-    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert (ran.returncode == 0) == (expect == 0), ran.stderr[-3000:]
     return ran
 
 
@@ -147,3 +148,17 @@ def test_two_processes_resume_a_state_to_the_same_lora(runs, tiny_sd1):
     )
     assert resumed.keys() == whole.keys()
     assert all(torch.equal(resumed[key], whole[key]) for key in whole)
+
+
+def test_a_nan_on_one_process_stops_every_process_in_one_line(tiny_sd1, tmp_path):
+    # The second process's last loss is NaN: it spreads to every process's weights with the gradients,
+    # so the first process must stop too (alone, it would save NaN weights or wait for the other).
+    tree = make_kohya_dataset(tmp_path / "data", reg_count=0)
+    out = tmp_path / "out"
+    ran = launch(
+        2, flags(tiny_sd1, tree, out), nan_on_one_process, expect=1, POISON_RANK="1", POISON_BATCH="2"
+    )
+    # Each process says it (a progress bar may end on the same line as one of them).
+    assert ran.stderr.count("error: the loss became nan at step 2 (epoch 1)") == 2, ran.stderr[-3000:]
+    assert not list(out.glob("*.safetensors"))
+    assert "failed: the loss became nan" in (out / "toy.toml").read_text().splitlines()[0]

@@ -55,9 +55,20 @@ class NonFiniteLoss(Exception):
         self.step, self.epoch, self.value = step, epoch, value
 
 
-def _stop_if_non_finite(log: TrainingLog) -> None:
-    if log.non_finite is not None:
-        raise NonFiniteLoss(*log.non_finite)
+def _stop_if_non_finite(log: TrainingLog, accelerator: Accelerator, step: int, epoch: int) -> None:
+    """Raise NonFiniteLoss when a loss read back so far was NaN or inf. Call it where every process
+    has just read its losses back (the same steps in each): with several processes, one that saw a NaN
+    (whose gradients already reached every process) stops all of them together, where alone it would
+    leave the others waiting for it in the next gradient exchange."""
+    found = log.non_finite
+    if accelerator.num_processes > 1:
+        flag = torch.tensor([0.0 if found is None else 1.0], device=accelerator.device)
+        if found is None and accelerator.reduce(flag, "sum").item() > 0:
+            found = (step, epoch, math.nan)
+        elif found is not None:
+            accelerator.reduce(flag, "sum")
+    if found is not None:
+        raise NonFiniteLoss(*found)
 
 
 @dataclass(frozen=True)
@@ -156,8 +167,8 @@ def run_epochs(
             if not accelerator.sync_gradients:
                 continue
             done += 1
-            log.step(done, epoch, loss.detach(), learning_rates(parts.optimizer, parts.lr_scheduler))
-            _stop_if_non_finite(log)
+            if log.step(done, epoch, loss.detach(), learning_rates(parts.optimizer, parts.lr_scheduler)):
+                _stop_if_non_finite(log, accelerator, done, epoch)
             if done >= steps.max_train_steps:
                 break
             hooks.after_step(Position(epoch, index, done))
@@ -166,7 +177,7 @@ def run_epochs(
                 raise StopRequested(hooks.stop.signal_name, Position(epoch, index, done))
         epoch_average = torch.stack(epoch_losses).mean().item() if epoch_losses else float("nan")
         log.epoch_end(epoch, epoch_average)
-        _stop_if_non_finite(log)
+        _stop_if_non_finite(log, accelerator, done, epoch)
         if epoch_losses and not math.isfinite(epoch_average):
             # A batch inside an accumulation window, whose loss is not logged, went non-finite.
             raise NonFiniteLoss(done, epoch, epoch_average)
@@ -176,5 +187,5 @@ def run_epochs(
         if hooks.stop.requested:
             raise StopRequested(hooks.stop.signal_name, Position(epoch + 1, 0, done))
     average = log.flush()
-    _stop_if_non_finite(log)
+    _stop_if_non_finite(log, accelerator, done, steps.num_epochs)
     return LoopResult(done, average)

@@ -57,11 +57,14 @@ class TrainingLog:
             self.run_dir = Path(logging_dir) / f"{log_prefix}{time.strftime('%Y%m%d%H%M%S')}"
             self.writer = SummaryWriter(log_dir=str(self.run_dir))
 
-    def step(self, step: int, epoch: int, loss: torch.Tensor, lrs: dict[str, float]) -> None:
+    def step(self, step: int, epoch: int, loss: torch.Tensor, lrs: dict[str, float]) -> bool:
+        """Record a step's loss; True when the pending losses were read back (every `sync_every` steps)."""
         self.bar.update(1)
         self.pending.append((step, epoch, loss, lrs))
-        if len(self.pending) >= self.sync_every:
-            self.flush()
+        if len(self.pending) < self.sync_every:
+            return False
+        self.flush()
+        return True
 
     def flush(self) -> float:
         """Read back the pending losses, update the bar and TensorBoard; returns the moving average."""
