@@ -132,6 +132,26 @@ def test_an_unreadable_concept_folder_stops_the_scan_naming_it(tree, tmp_path, l
     assert snapshot(tmp_path) == before
 
 
+def test_a_concept_folder_the_system_refuses_is_one_line_as_root_too(tree, tmp_path, monkeypatch):
+    # Root reads any folder, so what the system answers an ordinary user is simulated here.
+    scandir = os.scandir
+
+    def refuse_the_concept_folder(path):
+        if Path(path) == tree.concept_dir:
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr("loracraft.data.scan.os.scandir", refuse_the_concept_folder)
+    before = snapshot(tmp_path)
+    with pytest.raises(UserError) as err:
+        scan_root(tree.train_dir)
+    assert str(err.value) == (
+        f"cannot read image folder {tree.concept_dir} (permission denied); fix the folder's permissions "
+        "(e.g. chmod u+rx)"
+    )
+    assert snapshot(tmp_path) == before
+
+
 @needs_non_root
 def test_an_unreadable_root_names_the_flag(tree, locked):
     locked(tree.train_dir)

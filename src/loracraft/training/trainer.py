@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -102,7 +102,7 @@ def train(
     and a LoRA file are saved."""
     start = start_run(config, echo)
     config, accelerator, plan = start.config, start.accelerator, start.plan
-    echo = main_process_echo(accelerator, echo)
+    echo = main_process_echo(accelerator, echo)  # start_run's own echo was wrapped inside it
     setup = setup_training(config, plan, start.bundle, accelerator, start.seed, echo)
     network = accelerator.unwrap_model(setup.parts.model).network
     facts = RunFacts.for_run(config, start.seed, start.started_at, start.bundle.family)
@@ -136,11 +136,10 @@ def train(
                 after_step=outputs.after_step,
                 after_epoch=outputs.after_epoch,
                 stop=stop,
+                restore_generators=partial(restore_generators, start.resume.folder, accelerator)
+                if start.resume is not None
+                else LoopHooks.restore_generators,
             )
-            if start.resume is not None:
-                hooks = replace(
-                    hooks, restore_generators=partial(restore_generators, start.resume.folder, accelerator)
-                )
             result = run_epochs(
                 accelerator, setup.parts, loss_of, plan.steps, config.max_grad_norm, log, hooks, position
             )
