@@ -24,12 +24,14 @@ from loracraft.config.network_options import NetworkOptions
 from loracraft.config.optimizer_options import OptimizerOptions
 from loracraft.config.output_options import OutputOptions
 from loracraft.config.rules import RuleViolation, run_conflict_with_subset
+from loracraft.config.sample_options import SampleOptions
 from loracraft.config.schedule_options import ScheduleOptions, optimizer_schedule_conflict
 from loracraft.config.subset_options import SubsetOptions
 from loracraft.config.training_options import TrainingOptions
 
 
 class TrainConfig(
+    SampleOptions,
     OutputOptions,
     DistributedOptions,
     TrainingOptions,
