@@ -12,7 +12,7 @@ from loracraft.config.values import OptionalPath
 
 
 class OutputOptions(BaseModel):
-    """The LoRA files, their metadata and the logs."""
+    """The LoRA files, their metadata and the resumable states."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -86,10 +86,6 @@ class OutputOptions(BaseModel):
         None, OUTPUT, "Free text stored in the file's ss_training_comment.", ss_key="ss_training_comment"
     )
     no_metadata: bool = flag(False, OUTPUT, "Write only the minimum metadata (no dataset, tags or settings).")
-    logging_dir: OptionalPath = flag(
-        None, OUTPUT, "Write TensorBoard logs under logging_dir/{log_prefix}{timestamp}."
-    )
-    log_prefix: str | None = flag(None, OUTPUT, "Prefix of the TensorBoard run folder name.")
 
     @property
     def output_stem(self) -> str:

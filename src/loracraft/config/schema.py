@@ -18,6 +18,7 @@ from pydantic import ConfigDict, model_validator
 from loracraft.config.data_options import DataOptions
 from loracraft.config.dataset_options import DatasetOptions
 from loracraft.config.distributed_options import DistributedOptions
+from loracraft.config.logging_options import LoggingOptions
 from loracraft.config.loss_options import LossOptions
 from loracraft.config.model_options import ModelOptions
 from loracraft.config.network_options import NetworkOptions
@@ -32,6 +33,7 @@ from loracraft.config.training_options import TrainingOptions
 
 class TrainConfig(
     SampleOptions,
+    LoggingOptions,
     OutputOptions,
     DistributedOptions,
     TrainingOptions,
