@@ -27,7 +27,7 @@ def set_up(config: TrainConfig, adjust_bundle: Callable | None = None):
 
 def train_steps(start, setup, config: TrainConfig):
     """Run the planned steps quietly (no log files, no epoch files); returns the loop's result."""
-    log = TrainingLog(start.plan.steps.max_train_steps, None, "", show_bar=False)
+    log = TrainingLog(start.plan.steps.max_train_steps, show_bar=False)
     loss_of = partial(diffusion_loss, setup.step_models, device=start.accelerator.device)
     return run_epochs(
         start.accelerator, setup.parts, loss_of, start.plan.steps, config.max_grad_norm, log, LoopHooks()

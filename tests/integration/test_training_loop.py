@@ -104,7 +104,7 @@ def prepared(config: TrainConfig, bundle: ModelBundle, plan: DatasetPlan, loader
 
 def train_loop(accelerator, parts: TrainingParts, plan: DatasetPlan) -> LoopResult:
     step_models = StepModels(parts.model, DDPMScheduler(), 0.5, encode_images=None)
-    log = TrainingLog(plan.steps.max_train_steps, None, "", show_bar=False)
+    log = TrainingLog(plan.steps.max_train_steps, show_bar=False)
     loss_of = partial(diffusion_loss, step_models, device=accelerator.device)
     return run_epochs(accelerator, parts, loss_of, plan.steps, 1.0, log, LoopHooks())
 

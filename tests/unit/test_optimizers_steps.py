@@ -137,7 +137,7 @@ def test_evaluation_weights_leave_other_optimizers_alone():
 
 
 def test_progress_bar_shows_d_times_lr():
-    log = TrainingLog(total_steps=2, logging_dir=None, log_prefix="", show_bar=True)
+    log = TrainingLog(total_steps=2, show_bar=True)
     log.step(1, 1, torch.tensor(0.25), {"unet": 1.0, "text_encoder": 1.0, "d*lr/unet": 3e-6})
     log.flush()
     assert "lr=1.00e+00" in log.bar.postfix and "d*lr=3.00e-06" in log.bar.postfix

@@ -113,7 +113,7 @@ def test_full_fp16_lets_the_scaler_unscale_fp16_gradients():
 
 
 def test_the_log_finds_the_first_non_finite_loss_and_logs_nothing_after_it():
-    log = TrainingLog(10, None, "", show_bar=False, average_window=10, sync_every=4)
+    log = TrainingLog(10, show_bar=False, average_window=10, sync_every=4)
     for step, value in enumerate([1.0, 3.0, math.inf, math.nan], start=1):
         log.step(step, 1, torch.tensor(value), {"unet": 1e-4})
     assert log.non_finite == (3, 1, math.inf)
@@ -121,7 +121,7 @@ def test_the_log_finds_the_first_non_finite_loss_and_logs_nothing_after_it():
 
 
 def test_the_log_reads_finite_losses_without_a_stop():
-    log = TrainingLog(10, None, "", show_bar=False, sync_every=2)
+    log = TrainingLog(10, show_bar=False, sync_every=2)
     for step in (1, 2, 3):
         log.step(step, 1, torch.tensor(0.5), {})
     assert log.non_finite is None and log.flush() == 0.5

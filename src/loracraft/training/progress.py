@@ -1,14 +1,32 @@
-"""Progress bar and TensorBoard scalars for the loop."""
+"""The loop's progress: the console bar, and per optimizer step the numbers the trackers get.
+
+Per step: loss/current, loss/average (over the last epoch's worth of steps), lr/<group> (and
+lr/d*lr/<group> for D-Adaptation and Prodigy), in kohya's names; at each read-back, the speed
+(throughput/images_per_s, throughput/s_per_step) and the peak memory (memory/peak_gib); per epoch,
+loss/epoch_average against the epoch number. The validation and the sampler log through `log_scalars`
+and `log_images`, so every number of a run reaches the same trackers.
+"""
 
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
+
+from loracraft.data.plan import DatasetPlan
+from loracraft.training.run_log import RunLog
+from loracraft.training.trackers import TensorBoardTracker, Tracker
+
+GIB = 1024**3
+CPU = torch.device("cpu")
 
 
 class MovingAverage:
@@ -22,44 +40,119 @@ class MovingAverage:
         return sum(self.values) / len(self.values)
 
 
+class StepClock:
+    """Seconds per optimizer step, measured from one read-back of the losses to the next.
+
+    Reading the losses back waits for the device to finish the steps before them, so the time between
+    two read-backs is the device's time for the steps between them, with no extra wait at every step.
+    The clock starts at a run's (or an epoch's) first step and leaves out the time spent `excluding()`
+    (saving, sampling, validating), which is not training."""
+
+    def __init__(self) -> None:
+        self.started: float | None = None
+        self.steps = 0
+        self.excluded = 0.0
+
+    def step(self) -> None:
+        # The first step after a start only sets the clock: the time before it was not measured.
+        if self.started is None:
+            self.started, self.steps, self.excluded = time.perf_counter(), 0, 0.0
+        else:
+            self.steps += 1
+
+    def lap(self) -> float | None:
+        """Seconds per step since the last lap (None when no step was timed); call it right after a
+        read-back."""
+        if self.started is None:
+            return None
+        now = time.perf_counter()
+        seconds = (now - self.started - self.excluded) / self.steps if self.steps else None
+        self.started, self.steps, self.excluded = now, 0, 0.0
+        return seconds
+
+    def stop(self) -> None:
+        self.started = None
+
+    @contextmanager
+    def excluding(self) -> Iterator[None]:
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.started is not None:
+                self.excluded += time.perf_counter() - began
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    """The most memory the run has held: the CUDA allocator's peak on a GPU, the process's peak
+    resident memory otherwise."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / GIB
+    if sys.platform == "win32":
+        import psutil  # accelerate's dependency; Windows has no `resource`
+
+        return psutil.Process().memory_info().peak_wset / GIB
+    import resource  # POSIX only
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Linux counts KiB, macOS bytes.
+    return peak / GIB if sys.platform == "darwin" else peak * 1024 / GIB
+
+
+def images_per_step(plan: DatasetPlan) -> float:
+    """Images one optimizer step learns from, over all processes (an epoch's mean: a bucket's last
+    batch may be short)."""
+    return (plan.num_train_samples + plan.num_reg_samples) / plan.steps.steps_per_epoch
+
+
 class TrainingLog:
-    """The console progress bar and, when logging_dir is set, TensorBoard scalars.
+    """The console progress bar and the trackers (`trackers.py`; an empty list logs nowhere).
 
     Losses arrive as device tensors and are read back every `sync_every` steps, so the loop does not wait
-    for the device at each step.
+    for the device at each step. `run_log` (NAME.log) gets each epoch's average loss.
     """
 
     def __init__(
         self,
         total_steps: int,
-        logging_dir: str | None,
-        log_prefix: str,
+        trackers: Sequence[Tracker] = (),
+        *,
         show_bar: bool = True,
         average_window: int = 1,
         sync_every: int = 10,
         initial_step: int = 0,
+        images_per_step: float = 1.0,
+        device: torch.device = CPU,
+        run_log: RunLog | None = None,
     ):
         # A resumed run's bar starts at the steps already taken.
         self.bar = tqdm(
             total=total_steps, initial=initial_step, desc="steps", disable=not show_bar, dynamic_ncols=True
         )
+        self.trackers = list(trackers)
         self.average = MovingAverage(average_window)
         self.sync_every = sync_every
+        self.images_per_step = images_per_step
+        self.device = device
+        self.run_log = run_log
+        self.clock = StepClock()
         self.pending: list[tuple[int, int, torch.Tensor, dict[str, float]]] = []
         self.last_average = float("nan")
+        self.last_step = initial_step
         self.non_finite: tuple[int, int, float] | None = None
         """(step, epoch, loss) of the first NaN or inf loss read back, for the loop to stop at."""
-        self.writer = None
-        self.run_dir: Path | None = None
-        if logging_dir:
-            from torch.utils.tensorboard import SummaryWriter
 
-            self.run_dir = Path(logging_dir) / f"{log_prefix}{time.strftime('%Y%m%d%H%M%S')}"
-            self.writer = SummaryWriter(log_dir=str(self.run_dir))
+    @property
+    def run_dir(self) -> Path | None:
+        """The TensorBoard folder of this run, for the user to open."""
+        return next(
+            (tracker.folder for tracker in self.trackers if isinstance(tracker, TensorBoardTracker)), None
+        )
 
     def step(self, step: int, epoch: int, loss: torch.Tensor, lrs: dict[str, float]) -> bool:
         """Record a step's loss; True when the pending losses were read back (every `sync_every` steps)."""
         self.bar.update(1)
+        self.clock.step()
         self.pending.append((step, epoch, loss, lrs))
         if len(self.pending) < self.sync_every:
             return False
@@ -67,21 +160,37 @@ class TrainingLog:
         return True
 
     def flush(self) -> float:
-        """Read back the pending losses, update the bar and TensorBoard; returns the moving average."""
+        """Read back the pending losses, update the bar and the trackers; returns the moving average."""
         if not self.pending:
             return self.last_average
         values = torch.stack([loss for _, _, loss, _ in self.pending]).float().cpu().tolist()
-        for (step, epoch, _, lrs), value in zip(self.pending, values, strict=True):
+        seconds_per_step = self.clock.lap()
+        last = len(values) - 1
+        for index, ((step, epoch, _, lrs), value) in enumerate(zip(self.pending, values, strict=True)):
             self.last_average = self.average.add(value)
-            if self.writer is not None:
-                self.writer.add_scalar("loss/current", value, step)
-                self.writer.add_scalar("loss/average", self.last_average, step)
-                for name, lr in lrs.items():
-                    self.writer.add_scalar(f"lr/{name}", lr, step)
+            self.last_step = step
+            scalars = {"loss/current": value, "loss/average": self.last_average}
+            scalars |= {f"lr/{name}": lr for name, lr in lrs.items()}
+            if index == last:
+                scalars |= self._speed_and_memory(seconds_per_step)
+            self.log_scalars(scalars, step)
             if not math.isfinite(value):
                 # The steps after it trained on broken weights: they are not logged.
                 self.non_finite = (step, epoch, value)
                 break
+        self._show(epoch, value, lrs)
+        self.pending.clear()
+        return self.last_average
+
+    def _speed_and_memory(self, seconds_per_step: float | None) -> dict[str, float]:
+        numbers = {}
+        if seconds_per_step:
+            numbers["throughput/s_per_step"] = seconds_per_step
+            numbers["throughput/images_per_s"] = self.images_per_step / seconds_per_step
+        numbers["memory/peak_gib"] = peak_memory_gib(self.device)
+        return numbers
+
+    def _show(self, epoch: int, value: float, lrs: dict[str, float]) -> None:
         first_lr = next(iter(lrs.values()), 0.0)
         shown = {"epoch": epoch, "loss": f"{value:.4f}", "avr_loss": f"{self.last_average:.4f}"}
         shown["lr"] = f"{first_lr:.2e}"
@@ -90,16 +199,39 @@ class TrainingLog:
         if effective_lr is not None:
             shown["d*lr"] = f"{effective_lr:.2e}"
         self.bar.set_postfix(shown)
-        self.pending.clear()
-        return self.last_average
 
     def epoch_end(self, epoch: int, epoch_average: float) -> None:
         self.flush()
-        if self.writer is not None:
-            self.writer.add_scalar("loss/epoch_average", epoch_average, epoch)
+        # What runs between epochs (saving, sampling) is not training time.
+        self.clock.stop()
+        self.log_scalars({"loss/epoch_average": epoch_average}, epoch)
+        if self.run_log is not None:
+            self.run_log.epoch(epoch, self.last_step, epoch_average)
+
+    @contextmanager
+    def not_timed(self) -> Iterator[None]:
+        """Work inside (saving, sampling, validating between steps) is left out of the speed."""
+        with self.clock.excluding():
+            yield
+
+    def log_scalars(self, values: Mapping[str, float], step: int) -> None:
+        """`values` to every tracker at `step` (the epoch number for a name ending in epoch_...)."""
+        self._to_trackers(lambda tracker: tracker.log_scalars(values, step))
+
+    def log_images(self, images: Mapping[str, Image.Image], step: int, captions: Mapping[str, str]) -> None:
+        self._to_trackers(lambda tracker: tracker.log_images(images, step, captions))
+
+    def _to_trackers(self, call: Callable[[Tracker], None]) -> None:
+        for tracker in list(self.trackers):
+            # A tracker that fails (a full disk, a lost wandb connection) is dropped: a log must never end
+            # the training it records.
+            try:
+                call(tracker)
+            except Exception as error:
+                self.trackers.remove(tracker)
+                tqdm.write(f"warning: {type(tracker).__name__} stopped logging ({error}); training goes on")
 
     def close(self) -> None:
         self.flush()
         self.bar.close()
-        if self.writer is not None:
-            self.writer.close()
+        self._to_trackers(lambda tracker: tracker.close())

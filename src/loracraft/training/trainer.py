@@ -70,7 +70,7 @@ from loracraft.training.precision import (
     describe_precision,
     fp16_vae_note,
 )
-from loracraft.training.progress import TrainingLog
+from loracraft.training.progress import TrainingLog, images_per_step
 from loracraft.training.resume import ResumePoint, check_resumable, resume_point
 from loracraft.training.run_outputs import RunOutputs
 from loracraft.training.run_state import load_training_state, restore_generators
@@ -78,6 +78,7 @@ from loracraft.training.saving import RunFacts, now
 from loracraft.training.schedule import build_lr_scheduler, check_lr_scheduler, text_encoder_stop
 from loracraft.training.step import StepModels, diffusion_loss
 from loracraft.training.timesteps import training_noise_scheduler
+from loracraft.training.trackers import open_trackers
 from loracraft.training.vae_encoding import encode_images, vae_upcast_note
 
 
@@ -122,11 +123,12 @@ def train(
     outputs.at_start()
     log = TrainingLog(
         plan.steps.max_train_steps,
-        config.logging_dir if outputs.writes else None,
-        config.log_prefix or "",
+        open_trackers(config) if outputs.writes else [],
         show_bar=show_progress and outputs.writes,
         average_window=plan.batches_per_epoch,
         initial_step=position.step,
+        images_per_step=images_per_step(plan),
+        device=accelerator.device,
     )
     loss_of = partial(diffusion_loss, setup.step_models, device=accelerator.device)
     try:
