@@ -177,8 +177,8 @@ def test_alpha_mask_gives_masks_with_pixels_and_with_cached_latents(tmp_path):
 def test_no_alpha_mask_means_no_masks_key(tmp_path):
     item = BucketBatchDataset(make_plan(tmp_path))[0]
     assert "masks" not in item and "text_states" not in item
-    assert set(item) == {"pixels", "captions", "paths", "loss_weights", "is_reg", "original_sizes_hw",
-                         "crop_top_lefts", "target_sizes_hw"}  # fmt: skip
+    assert set(item) == {"pixels", "captions", "paths", "loss_weights", "is_reg", "subset_indices",
+                         "original_sizes_hw", "crop_top_lefts", "target_sizes_hw"}  # fmt: skip
 
 
 def fake_text_encoder(captions: list[str]) -> torch.Tensor:

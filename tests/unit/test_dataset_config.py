@@ -196,8 +196,8 @@ def test_json_dataset_config(tmp_path):
             "pass --prior_loss_weight",
         ),
         (
-            one_subset("validation_split = 0.1"),
-            "x.toml [[datasets]][0]: kohya key 'validation_split' is not supported by loracraft; remove it",
+            one_subset("network_multiplier = 0.5"),
+            "x.toml [[datasets]][0]: kohya key 'network_multiplier' is not supported by loracraft; remove it",
         ),
     ],
 )

@@ -2,13 +2,15 @@
 
     [general]                 keys for every dataset and subset
     [[datasets]]              resolution, batch_size, bucket keys (+ subset keys for its subsets)
-      [[datasets.subsets]]    image_dir (required), num_repeats, is_reg, caption and augmentation keys
+      [[datasets.subsets]]    image_dir (required), num_repeats, is_reg, is_validation, caption and
+                              augmentation keys
 
 The tables are derived from the settings' declarations: a `DatasetOptions` field is a dataset key, a
 `SubsetOptions` field a subset key (both under their `toml_key`), each with the field's type and checks.
 A value is looked up in the subset, then its dataset, then `[general]`, then the command-line flags
 (TrainConfig, which carries the schema defaults); the keys that exist only in TOML (`image_dir`,
-`num_repeats`, `class_tokens`, `is_reg`) have kohya's defaults. The resolved options then pass the same
+`num_repeats`, `class_tokens`, `is_reg`) have kohya's defaults. `is_validation = true` is loracraft's: the
+folder's images are held out whole for the validation loss and never train. The resolved options then pass the same
 rules as the flags. Every error is one line naming the file, the table and the key, e.g.
 `x.toml [[datasets]][0].subsets[1]: unknown key 'num_repeat' (did you mean num_repeats?)`.
 
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from loracraft.config.dataset_options import DatasetOptions
 from loracraft.config.fields import flag_infos
@@ -35,8 +37,7 @@ from loracraft.errors import UserError
 
 # kohya keys loracraft does not implement: named as such instead of "unknown", so a kohya user knows why.
 UNSUPPORTED_KOHYA_KEYS = frozenset({
-    "metadata_file", "cache_info", "custom_attributes", "validation_split",
-    "validation_seed", "network_multiplier", "resize_interpolation",
+    "metadata_file", "cache_info", "custom_attributes", "network_multiplier", "resize_interpolation",
 })  # fmt: skip
 
 
@@ -88,6 +89,16 @@ class SubsetTable(SubsetKeys):
 
     image_dir: str = Field(min_length=1)
     is_reg: bool = False
+    is_validation: bool = False
+
+    @model_validator(mode="after")
+    def _validation_never_regularizes(self) -> SubsetTable:
+        if self.is_reg and self.is_validation:
+            raise ValueError(
+                "is_reg and is_validation exclude each other: validation images are measured, reg images "
+                "train; pick one"
+            )
+        return self
 
 
 class DatasetTable(DatasetKeys, SubsetKeys):
@@ -111,6 +122,7 @@ class SubsetBlueprint:
     class_tokens: str | None
     options: SubsetOptions
     label: str
+    is_validation: bool = False
 
 
 @dataclass(frozen=True)
@@ -245,6 +257,7 @@ def _subset_blueprint(
         class_tokens=_folder_key("class_tokens", tables),
         options=options,
         label=label,
+        is_validation=subset.is_validation,
     )
 
 
@@ -260,7 +273,23 @@ def resolve_datasets(file: DatasetConfigFile, config: TrainConfig, source: str) 
         )
         options = _resolved(DatasetOptions, tables, config, label)
         blueprints.append(DatasetBlueprint(subsets=subsets, options=options, label=label))
+    _refuse_trained_validation_folders(blueprints, source)
     return blueprints
+
+
+def _refuse_trained_validation_folders(blueprints: Sequence[DatasetBlueprint], source: str) -> None:
+    """A folder held out as a validation subset must not train elsewhere in the file: its validation
+    loss would measure images the LoRA learns."""
+    subsets = [subset for blueprint in blueprints for subset in blueprint.subsets]
+    trained = {subset.image_dir.resolve(): subset for subset in subsets if not subset.is_validation}
+    for subset in subsets:
+        other = trained.get(subset.image_dir.resolve()) if subset.is_validation else None
+        if other is not None:
+            raise UserError(
+                f"{subset.label}: image_dir {subset.image_dir} is a validation subset (is_validation = true) "
+                f"but also trains as {other.label.removeprefix(source).strip()}; a folder is either held out or "
+                "trained, so remove one"
+            )
 
 
 def load_dataset_config(path: str | Path, config: TrainConfig) -> list[DatasetBlueprint]:

@@ -1,4 +1,5 @@
-"""The settings one dataset may have of its own: resolution, batch size and aspect-ratio buckets.
+"""The settings one dataset may have of its own: resolution, batch size, aspect-ratio buckets and the
+share of its images held out for validation.
 
 Each is a command-line flag for a plain-folder run (which is one dataset), and a key that a dataset
 TOML's `[general]` or `[[datasets]]` table may set. The rules here run on the flags and on every
@@ -29,7 +30,8 @@ Resolution = Annotated[
 
 
 class DatasetOptions(BaseModel):
-    """Resolution, batch size and bucket settings of one dataset, in kohya's names and defaults."""
+    """Resolution, batch size, bucket and validation-split settings of one dataset, in kohya's names and
+    defaults."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -84,6 +86,23 @@ class DatasetOptions(BaseModel):
         gui_default=True,
         ss_key="ss_bucket_no_upscale",
         ss_folders_only=True,
+    )
+    validation_split: float = flag(
+        0.0,
+        DATASET,
+        "Share of each training folder's images held out for the validation loss (never trained): "
+        "round(images x share), at least one per folder that has two or more images.",
+        ss_key="ss_validation_split",
+        ge=0,
+        lt=1,
+    )
+    validation_seed: int | None = flag(
+        None,
+        DATASET,
+        "Seed of the choice of held-out images (per dataset in a dataset TOML) and, as a flag, of the "
+        "validation loss's fixed noise. Empty: --seed.",
+        ss_key="ss_validation_seed",
+        ge=0,
     )
 
     @model_validator(mode="after")

@@ -29,9 +29,11 @@ from loracraft.config.sample_options import SampleOptions
 from loracraft.config.schedule_options import ScheduleOptions, optimizer_schedule_conflict
 from loracraft.config.subset_options import SubsetOptions
 from loracraft.config.training_options import TrainingOptions
+from loracraft.config.validation_options import ValidationOptions
 
 
 class TrainConfig(
+    ValidationOptions,
     SampleOptions,
     LoggingOptions,
     OutputOptions,

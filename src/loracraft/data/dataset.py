@@ -50,6 +50,7 @@ class BucketBatchDataset(Dataset):
       `pixels` (B, 3, H, W) float32 in [-1, 1], augmented as the sample's subset says;
     - `captions` (list of B str) after the subset's caption processing; `paths` (list of B str);
     - `loss_weights` (B,) float32: `prior_loss_weight` for reg samples, 1.0 otherwise; `is_reg` (B,) bool;
+    - `subset_indices` (B,) int64: each sample's folder in `plan.subsets` (a loss per concept);
     - `original_sizes_hw`, `crop_top_lefts`, `target_sizes_hw` (B, 2) int64: SDXL's size conditioning
       (the image size before resizing, the crop offset in the resized image, the bucket size);
     - `masks` (B, 1, H, W) float32 in [0, 1] when any subset has `alpha_mask` or a
@@ -181,6 +182,7 @@ class BucketBatchDataset(Dataset):
                 dtype=torch.float32,
             ),
             "is_reg": torch.tensor([image.record.is_reg for image in images], dtype=torch.bool),
+            "subset_indices": torch.tensor([image.subset_index for image in images], dtype=torch.int64),
             "original_sizes_hw": torch.tensor(
                 [(image.record.height, image.record.width) for image in images]
             ),

@@ -119,6 +119,9 @@ class DatasetPlan:
     # True when the step count came from --max_train_epochs, False when from --max_train_steps.
     epochs_given: bool
     warnings: tuple[str, ...]
+    # The images held out for the validation loss, planned as one epoch of the same datasets' settings
+    # (`data/validation_split.py`); None when nothing is held out.
+    validation: "DatasetPlan | None" = None
 
     @property
     def buckets(self) -> tuple[Size, ...]:

@@ -1,11 +1,13 @@
 """The dataset plan as text, printed before training so users can check the arithmetic the guides teach:
 images x repeats = samples, + reg samples, / batch size = batches, (/ processes,) / accumulation = steps,
 x epochs.
-With a dataset config every dataset gets its own block, and the batches of all of them add up."""
+With a dataset config every dataset gets its own block, and the batches of all of them add up. Images
+held out for the validation loss are counted apart, per folder: what trains, what validates."""
 
 import math
 
 from loracraft.data.plan import DatasetPlan, PlannedDataset
+from loracraft.data.records import Subset
 
 
 def _plural(count: int, word: str) -> str:
@@ -48,6 +50,11 @@ def _dataset_lines(plan: DatasetPlan, dataset: PlannedDataset) -> list[str]:
         f"{dataset.num_train_samples + dataset.num_reg_samples}"
     )
     lines.append(_bucket_header(dataset))
+    return lines + _bucket_lines(dataset)
+
+
+def _bucket_lines(dataset: PlannedDataset) -> list[str]:
+    lines = []
     for bucket, samples in zip(dataset.buckets, dataset.bucket_samples, strict=True):
         batches = math.ceil(len(samples) / dataset.batch_size)
         lines.append(
@@ -117,6 +124,36 @@ def _step_lines(plan: DatasetPlan) -> list[str]:
     return lines
 
 
+def _held_out_line(plan: DatasetPlan, dataset: PlannedDataset, held_out: Subset) -> str:
+    """One folder's split: how many of its images train and how many validate."""
+    trained = {
+        plan.subsets[index].dir: len(plan.subsets[index].records)
+        for planned in plan.datasets
+        if planned.label == dataset.label
+        for index in planned.subset_indices
+    }
+    validating = _plural(len(held_out.records), "image")
+    if held_out.dir not in trained:
+        return f"  {held_out.name}: {validating} validate (is_validation subset: the folder never trains)"
+    share = dataset.options.validation_split
+    return (
+        f"  {held_out.name}: {_plural(trained[held_out.dir], 'image')} train, {validating} validate "
+        f"(validation_split {share:g})"
+    )
+
+
+def _validation_lines(plan: DatasetPlan, validation: DatasetPlan) -> list[str]:
+    """The held-out images per folder, then their buckets and batches (one epoch, each image once)."""
+    lines = ["Validation set (held out, never trained; each image once per evaluation)"]
+    for dataset in validation.datasets:
+        if len(validation.datasets) > 1:
+            lines.append(f"  {dataset.label} (batch size {dataset.batch_size})")
+        lines += [_held_out_line(plan, dataset, validation.subsets[i]) for i in dataset.subset_indices]
+        lines += _bucket_lines(dataset)
+    lines.append(f"  {_plural(validation.batches_per_epoch, 'batch')} per evaluation")
+    return lines
+
+
 def format_plan(plan: DatasetPlan) -> str:
     """The multi-line plan: per dataset its subsets, samples and buckets; then batches, steps and epochs."""
     if len(plan.datasets) == 1:
@@ -132,4 +169,6 @@ def format_plan(plan: DatasetPlan) -> str:
             lines += _dataset_lines(plan, dataset)
     lines.append("Steps")
     lines += _step_lines(plan)
+    if plan.validation is not None:
+        lines += _validation_lines(plan, plan.validation)
     return "\n".join(lines)

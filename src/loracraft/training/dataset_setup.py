@@ -1,10 +1,11 @@
-"""From TrainConfig to the dataset plan: read the dataset config or scan the kohya folders, then balance,
-bucket and count steps over every dataset."""
+"""From TrainConfig to the dataset plan: read the dataset config or scan the kohya folders, hold out the
+validation images, then balance, bucket and count steps over every dataset (and plan the held-out
+images as one epoch of their own)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from loracraft.config.dataset_config import DatasetBlueprint, SubsetBlueprint, load_dataset_config
@@ -22,6 +23,7 @@ from loracraft.data.image_check import (
 )
 from loracraft.data.plan import DatasetPlan, DatasetSpec, build_run_plan
 from loracraft.data.scan import FolderScan, ScanResult, scan_dreambooth_root, scan_subset_dir
+from loracraft.data.validation_split import split_datasets
 from loracraft.errors import UserError
 from loracraft.training.accelerator import shows_progress
 
@@ -70,13 +72,23 @@ def _folder_subsets(config: TrainConfig) -> ScanResult:
     return replace(result, subsets=tuple(replace(subset, options=options) for subset in result.subsets))
 
 
-def dataset_specs(config: TrainConfig) -> tuple[list[DatasetSpec], list[str], list[BadImage]]:
-    """The run's datasets, scanned, with warnings and the images whose header cannot be read: the
-    dataset config's, or one made of the folders."""
+@dataclass(frozen=True)
+class ScannedDatasets:
+    """The run's datasets as scanned, with the scan's warnings, the images whose header cannot be read,
+    and the folders the dataset config holds out whole for validation (`is_validation = true`)."""
+
+    specs: list[DatasetSpec]
+    warnings: list[str]
+    bad: list[BadImage]
+    held_out_dirs: frozenset[Path] = frozenset()
+
+
+def dataset_specs(config: TrainConfig) -> ScannedDatasets:
+    """The dataset config's datasets, or one made of the folders, scanned."""
     if not config.dataset_config:
         result = _folder_subsets(config)
         spec = DatasetSpec(result.subsets, options_of(DatasetOptions, config))
-        return [spec], list(result.warnings), list(result.bad)
+        return ScannedDatasets([spec], list(result.warnings), list(result.bad))
     warnings = []
     if config.train_data_dir or config.reg_data_dir:
         warnings.append(
@@ -90,7 +102,10 @@ def dataset_specs(config: TrainConfig) -> tuple[list[DatasetSpec], list[str], li
         specs.append(spec)
         warnings += result.warnings
         bad += result.bad
-    return specs, warnings, bad
+    held_out = frozenset(
+        s.image_dir for blueprint in blueprints for s in blueprint.subsets if s.is_validation
+    )
+    return ScannedDatasets(specs, warnings, bad, held_out)
 
 
 def _unique(bad: Iterable[BadImage]) -> list[BadImage]:
@@ -120,20 +135,36 @@ def screen_datasets(
     return kept, [skipped_image_warning(item) for item in bad]
 
 
+def validation_plan(config: TrainConfig, specs: Sequence[DatasetSpec], seed: int) -> DatasetPlan | None:
+    """The held-out images as one epoch of their datasets' buckets and batch sizes, ordered by the
+    validation seed (else the run's). Every process evaluates all of it, so it is planned for one."""
+    if not specs:
+        return None
+    return build_run_plan(
+        specs,
+        seed=seed if config.validation_seed is None else config.validation_seed,
+        max_train_epochs=1,
+        max_train_steps=None,
+    )
+
+
 def plan_dataset(
     config: TrainConfig, seed: int, num_processes: int, echo: Callable[[str], None]
 ) -> DatasetPlan:
-    specs, warnings, unreadable = dataset_specs(config)
-    specs, screen_warnings = screen_datasets(specs, unreadable, config.skip_bad_images)
-    warnings += screen_warnings
+    scanned = dataset_specs(config)
+    specs, screen_warnings = screen_datasets(scanned.specs, scanned.bad, config.skip_bad_images)
+    split = split_datasets(specs, scanned.held_out_dirs, seed)
     plan = build_run_plan(
-        specs,
+        split.train,
         seed=seed,
         max_train_epochs=config.max_train_epochs,
         max_train_steps=config.max_train_steps,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         num_processes=num_processes,
     )
-    for warning in [*warnings, *plan.warnings]:
+    validation = validation_plan(config, split.validation, seed)
+    warnings = [*scanned.warnings, *screen_warnings, *split.warnings, *plan.warnings]
+    warnings += [f"validation set: {warning}" for warning in validation.warnings] if validation else []
+    for warning in warnings:
         echo(f"warning: {warning}")
-    return plan
+    return replace(plan, validation=validation)
