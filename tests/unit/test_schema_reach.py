@@ -40,6 +40,7 @@ COMPANIONS: dict[str, dict] = {
     "conditioning_data_dir": {"masked_loss": True},
     "dim_from_weights": {"network_weights": "start.safetensors"},
     "base_weights_multiplier": {"base_weights": ["a.safetensors"]},
+    "log_with": {"logging_dir": "logs"},
 }
 # Values the type alone cannot suggest.
 CHANGED: dict[str, object] = {

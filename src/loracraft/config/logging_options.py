@@ -58,7 +58,12 @@ class LoggingOptions(BaseModel):
         "a --config_file rather than on the command line, where it stays in the shell history. It is never "
         "written to a log or a saved config.",
     )
-    wandb_run_name: str | None = flag(None, OUTPUT, "The run's name in wandb; empty: a name wandb makes up.")
+    wandb_run_name: str | None = flag(
+        None,
+        OUTPUT,
+        "The run's name in wandb; empty: a name wandb makes up (the kohya_ss GUI fills in the output name).",
+        gui_default="last",
+    )
     log_config: bool = flag(
         False,
         OUTPUT,
