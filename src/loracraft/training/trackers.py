@@ -174,8 +174,8 @@ def open_trackers(config: TrainConfig, run_name: str | None = None) -> list[Trac
         if "tensorboard" in names:
             trackers.append(open_tensorboard(config, folder, settings.get("tensorboard", {})))
         if "wandb" in names:
-            kwargs = wandb_init_kwargs(config, folder, settings.get("wandb", {}))
             wandb = import_wandb(f"--log_with {config.log_with}")
+            kwargs = wandb_init_kwargs(config, folder, settings.get("wandb", {}))
             trackers.append(WandbTracker(wandb, kwargs, config.wandb_api_key, _source(config, "wandb")))
         if config.log_config:
             values = sanitized_config(config)
