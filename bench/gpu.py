@@ -508,7 +508,7 @@ class TimedLog(TrainingLog):
     A NaN/inf loss is recorded instead of stopping the loop: random weights time the same."""
 
     def __init__(self, total: int, warmup: int, device: torch.device):
-        super().__init__(total, None, "", show_bar=False)
+        super().__init__(total, show_bar=False)
         self.total, self.warmup, self.device = total, warmup, device
         self.start = self.end = self.first = math.nan
         self.began = time.perf_counter()

@@ -15,7 +15,9 @@ records or reads it elsewhere:
 - `aliases`: other names kohya accepts for the flag (its old misspellings), read with a note;
 - `resume_safe`: changing it between a run and its `--resume` changes nothing the run computes (where
   files go, what is logged, how fast it runs). Every field of the OUTPUT group is; any other field that
-  differs from the saved state's config stops a resume (`training/resume.py`).
+  differs from the saved state's config stops a resume (`training/resume.py`);
+- `secret`: the value (an API key) is never written anywhere: not in NAME.toml, a state's config, NAME.log,
+  a resume note or the trackers' config.
 
 Where a setting may be given (run, dataset or subset) is the class that declares it: see
 `subset_options.py`, `dataset_options.py` and `schema.py`.
@@ -60,6 +62,7 @@ def flag(
     gui_default: Any = _NOT_GIVEN,
     aliases: tuple[str, ...] = (),
     resume_safe: bool = False,
+    secret: bool = False,
     **constraints: Any,
 ) -> Any:
     """A pydantic Field for one setting; `constraints` are pydantic's (ge=0, le=1, ...)."""
@@ -77,6 +80,8 @@ def flag(
         extra["aliases"] = list(aliases)
     if resume_safe or group == OUTPUT:
         extra["resume_safe"] = True
+    if secret:
+        extra["secret"] = True
     return Field(default, description=doc, json_schema_extra=extra, **constraints)
 
 
@@ -96,6 +101,7 @@ class FlagInfo:
     gui_default: Any
     aliases: tuple[str, ...]
     resume_safe: bool
+    secret: bool
 
 
 def flag_infos(model: type[BaseModel]) -> dict[str, FlagInfo]:
@@ -116,6 +122,7 @@ def flag_infos(model: type[BaseModel]) -> dict[str, FlagInfo]:
             gui_default=extra.get("gui_default"),
             aliases=tuple(extra.get("aliases", ())),
             resume_safe=bool(extra.get("resume_safe")),
+            secret=bool(extra.get("secret")),
         )
     return infos
 
@@ -132,3 +139,8 @@ def alias_note(alias: str, name: str, prefix: str = "") -> str:
 def options_of(model: type[OptionsModel], values: BaseModel) -> OptionsModel:
     """`model`'s fields taken from `values` (e.g. a TrainConfig's subset options), validated again."""
     return model.model_validate({name: getattr(values, name) for name in model.model_fields})
+
+
+def secret_names(model: type[BaseModel]) -> tuple[str, ...]:
+    """The fields of `model` whose values are never written anywhere."""
+    return tuple(name for name, info in flag_infos(model).items() if info.secret)

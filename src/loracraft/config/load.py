@@ -71,11 +71,13 @@ def describe_validation_error(err: ValidationError, source: str = "") -> str:
 
 
 def effective_config_toml(config: TrainConfig) -> str:
-    """The run's settings as flat TOML, reloadable with --config_file (None values are left out)."""
+    """The run's settings as flat TOML, reloadable with --config_file (None values and secrets such as
+    API keys are left out)."""
     import tomli_w
 
-    values = config.model_dump(exclude_none=True)
-    groups = {name: GROUPS.index(info.group) for name, info in flag_infos(TrainConfig).items()}
+    infos = flag_infos(TrainConfig)
+    values = config.model_dump(exclude_none=True, exclude={name for name, info in infos.items() if info.secret})
+    groups = {name: GROUPS.index(info.group) for name, info in infos.items()}
     # In --help's group order; pairs (resolution, face_crop_aug_range) spelt as kohya's flags: "512,512".
     return tomli_w.dumps(
         {

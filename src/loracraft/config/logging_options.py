@@ -11,12 +11,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from loracraft.config.fields import OUTPUT, flag
+from loracraft.config.fields import OUTPUT, flag, secret_names
 from loracraft.config.rules import RuleViolation
 from loracraft.config.values import OptionalPath
-
-# Settings whose values must never be written anywhere: not in the logs, not in the trackers' config.
-SECRET_SETTINGS = ("wandb_api_key",)
 
 # kohya's default project name of a LoRA run's trackers (train_network.py's init_trackers call).
 DEFAULT_TRACKER_NAME = "network_train"
@@ -57,6 +54,7 @@ class LoggingOptions(BaseModel):
         "Log in to wandb with this key before training (without it, wandb uses your `wandb login`). Put it in "
         "a --config_file rather than on the command line, where it stays in the shell history. It is never "
         "written to a log or a saved config.",
+        secret=True,
     )
     wandb_run_name: str | None = flag(
         None,
@@ -89,3 +87,7 @@ class LoggingOptions(BaseModel):
         if self.log_with == "all":
             return ("tensorboard", "wandb")
         return (self.log_with,)
+
+
+# Settings whose values must never be written anywhere: not in the logs, not in the trackers' config.
+SECRET_SETTINGS = secret_names(LoggingOptions)

@@ -95,11 +95,12 @@ def check_resumable(
 
 
 def changed_settings(saved: TrainConfig, current: TrainConfig) -> tuple[list[str], list[str]]:
-    """(settings that would change the run, harmless ones), each as `name (old -> new)`."""
+    """(settings that would change the run, harmless ones), each as `name (old -> new)`. Secrets are
+    never saved with a state, so they are not compared (nor shown)."""
     refused, allowed = [], []
     for name, info in flag_infos(TrainConfig).items():
         old, new = getattr(saved, name), getattr(current, name)
-        if name == "resume" or _same(old, new):
+        if name == "resume" or info.secret or _same(old, new):
             continue
         (allowed if info.resume_safe else refused).append(f"{name} ({_shown(old)} -> {_shown(new)})")
     return refused, allowed

@@ -28,9 +28,10 @@ def _now() -> str:
 
 
 def settings_lines(config: TrainConfig) -> list[str]:
-    """The run's settings as `key = value` lines (NAME.toml's format), secrets shown as (hidden)."""
-    hidden = {name: HIDDEN for name in SECRET_SETTINGS if getattr(config, name) is not None}
-    return effective_config_toml(config.model_copy(update=hidden)).splitlines()
+    """The run's settings as `key = value` lines (NAME.toml's format, which leaves secrets out); a
+    secret that is set is shown as (hidden), so the reader knows it was given."""
+    hidden = [f'{name} = "{HIDDEN}"' for name in SECRET_SETTINGS if getattr(config, name) is not None]
+    return effective_config_toml(config).splitlines() + hidden
 
 
 class RunLog:
