@@ -11,7 +11,7 @@ class TimedLog(TrainingLog):
     """The real progress log, also recording when each optimizer step finished."""
 
     def __init__(self, total_steps: int):
-        super().__init__(total_steps, None, "", show_bar=False)
+        super().__init__(total_steps, show_bar=False)
         self.times: list[float] = []
 
     def step(self, step, epoch, loss, lrs) -> bool:
