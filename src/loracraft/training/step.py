@@ -1,4 +1,7 @@
-"""One training step: the diffusion loss of a batch, read top to bottom."""
+"""One training step: the diffusion loss of a batch, read top to bottom.
+
+`sample_losses` gives each sample's loss; training averages them (`diffusion_loss`). The validation loss
+(`validation.py`) passes its own fixed noise and timesteps instead of random ones."""
 
 from __future__ import annotations
 
@@ -41,8 +44,24 @@ class StepModels:
     """SDXL: the model takes each image's size and crop (`diffusion_model.size_conditioning`)."""
 
 
+@dataclass(frozen=True)
+class FixedDraws:
+    """Noise (shaped like the batch's latents) and one timestep per sample, chosen by the caller."""
+
+    noise: torch.Tensor
+    timesteps: torch.Tensor
+
+
 def diffusion_loss(models: StepModels, batch: dict, device: torch.device) -> torch.Tensor:
     """The batch's diffusion loss: noise or v prediction, each sample weighted, then averaged."""
+    return sample_losses(models, batch, device).mean()
+
+
+def sample_losses(
+    models: StepModels, batch: dict, device: torch.device, draws: FixedDraws | None = None
+) -> torch.Tensor:
+    """Each sample's diffusion loss (B,), weighted as training weighs it. With `draws`, the latents are
+    noised with exactly that noise at those timesteps (no offset, multires noise or input perturbation)."""
     options, scheduler = models.options, models.noise_scheduler
     # Latents come from the cache when it is on; otherwise the VAE encodes the images now.
     if "latents" in batch:
@@ -52,12 +71,18 @@ def diffusion_loss(models: StepModels, batch: dict, device: torch.device) -> tor
     latents = latents * models.vae_scaling_factor
 
     # Sample the noise to add (with offset and multires noise when on) and a random timestep for each image.
-    noise = sample_noise(latents, options)
-    timesteps = sample_timesteps(*options.timestep_range, latents.shape[0], device)
+    # Input perturbation noises the latents a little more than the target says.
+    if draws is None:
+        noise = sample_noise(latents, options)
+        timesteps = sample_timesteps(*options.timestep_range, latents.shape[0], device)
+        added_noise = perturbed_noise(noise, options)
+    else:
+        noise = draws.noise.to(device, latents.dtype)
+        timesteps = draws.timesteps.to(device)
+        added_noise = noise
 
-    # Forward diffusion: noisy latents at each image's timestep. Input perturbation noises them a little
-    # more than the target says.
-    noisy_latents = scheduler.add_noise(latents, perturbed_noise(noise, options), timesteps)
+    # Forward diffusion: noisy latents at each image's timestep.
+    noisy_latents = scheduler.add_noise(latents, added_noise, timesteps)
 
     # The U-Net predicts the noise (or v), conditioned on the captions (encoded inside the model, through
     # the text encoders' LoRA) or on the cached text-encoder outputs; SDXL's also on each image's size
@@ -83,11 +108,10 @@ def diffusion_loss(models: StepModels, batch: dict, device: torch.device) -> tor
     loss = elementwise_loss(model_pred.float(), target.float(), options.loss_type, huber_c)
 
     # Per-sample mean (over the mask's area when the batch has masks), weighted (prior_loss_weight for reg
-    # images), weighted by the SNR options, then averaged over the batch.
+    # images), weighted by the SNR options.
     if "masks" in batch:
         loss = masked_mean(loss, batch["masks"].to(device))
     else:
         loss = loss.mean(dim=(1, 2, 3))
     loss = loss * batch["loss_weights"].to(device)
-    loss = snr_weighted(loss, snr(alphas_cumprod_t), options)
-    return loss.mean()
+    return snr_weighted(loss, snr(alphas_cumprod_t), options)
