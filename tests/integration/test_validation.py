@@ -13,6 +13,8 @@ import torch
 from data_helpers import make_kohya_dataset, write_test_image
 from loracraft.config.loss_options import LossOptions
 from loracraft.config.schema import TrainConfig
+from loracraft.data.summary import format_plan
+from loracraft.training.dataset_setup import plan_dataset
 from loracraft.training.loop import LoopHooks, run_epochs
 from loracraft.training.progress import TrainingLog
 from loracraft.training.rng_state import capture_rng
@@ -183,6 +185,40 @@ def test_a_run_with_validation_trains_exactly_like_one_without(tiny_sd1, train_d
     assert with_validation.keys() == without.keys()
     assert all(torch.equal(with_validation[key], without[key]) for key in without)
     assert generators == generators_without
+
+
+def test_a_dataset_config_holds_out_a_marked_folder_whole_and_names_a_lone_image(train_dir, tmp_path):
+    lone = tmp_path / "1_lone"
+    lone.mkdir()
+    write_test_image(lone / "only.png", (64, 64), seed=9)
+    (lone / "only.txt").write_text("lone", encoding="utf-8")
+    config_file = tmp_path / "data.toml"
+    config_file.write_text(
+        f"[general]\nvalidation_split = 0.5\n[[datasets]]\nresolution = 64\n"
+        f"[[datasets.subsets]]\nimage_dir = '{train_dir / '2_sks toy'}'\n"
+        f"[[datasets.subsets]]\nimage_dir = '{lone}'\n"
+        f"[[datasets.subsets]]\nimage_dir = '{train_dir / '1_other'}'\nis_validation = true\n",
+        encoding="utf-8",
+    )
+    config = TrainConfig(dataset_config=str(config_file), caption_extension=".txt", max_train_epochs=1)
+    lines = []
+    plan = plan_dataset(config, seed=3, num_processes=1, echo=lines.append)
+    assert [subset.name for subset in plan.subsets] == ["2_sks toy", "1_lone"]
+    assert [(s.name, len(s.records), s.num_repeats) for s in plan.validation.subsets] == [
+        ("2_sks toy", 2, 1),
+        ("1_other", 3, 1),
+    ]
+    assert lines == [
+        f"warning: {config_file} [[datasets]][0]: {lone} has a single image, so validation_split 0.5 cannot "
+        "hold one out; it trains, and that concept has no validation loss"
+    ]
+    assert format_plan(plan).splitlines()[-5:] == [
+        "Validation set (held out, never trained; each image once per evaluation)",
+        "  2_sks toy: 2 images train, 2 images validate (validation_split 0.5)",
+        "  1_other: 3 images validate (is_validation subset: the folder never trains)",
+        "  64x64: 5 samples -> 5 batches",
+        "  5 batches per evaluation",
+    ]
 
 
 def test_without_held_out_images_the_schedule_flags_are_noted(tiny_sd1, train_dir, tmp_path):
