@@ -13,11 +13,7 @@ from loracraft.config.schema import TrainConfig
 from loracraft.data.plan import DatasetSpec, build_run_plan
 from loracraft.data.records import ImageRecord, Subset
 from loracraft.data.summary import format_plan
-from loracraft.data.validation_split import (
-    held_out_count,
-    split_datasets,
-    split_subset,
-)
+from loracraft.data.validation_split import SubsetSplit, held_out_count, split_datasets, split_subset
 from loracraft.errors import UserError
 
 
@@ -119,7 +115,7 @@ def test_a_single_image_keeps_training_and_says_so():
 @pytest.mark.parametrize("split", [0.0, 0.5])
 def test_reg_folders_never_split(split):
     reg = folder("1_reg", 6, is_reg=True)
-    assert split_subset(reg, split, seed=0) == split_subset(reg, split, seed=0).__class__(reg, None)
+    assert split_subset(reg, split, seed=0) == SubsetSplit(reg, None)
 
 
 def spec(*subsets: Subset, label: str = "", **options) -> DatasetSpec:
