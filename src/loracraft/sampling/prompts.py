@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from typing import Any
 from loracraft.config.sample_options import SAMPLERS, SampleOptions
 from loracraft.config.suggest import did_you_mean
 from loracraft.errors import UserError
+from loracraft.sampling.samplers import check_sampler
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -130,11 +131,24 @@ def read_prompts(path: str | Path, flag: str = "--sample_prompts") -> PromptFile
 
 
 def check_sample_prompts(options: SampleOptions) -> PromptFile | None:
-    """The run's prompt file, read once before training so a bad one stops the run at its start (None
-    when the run draws no samples)."""
+    """The run's prompt file, read and its samplers checked before training, so a bad one stops the run
+    at its start (None when the run draws no samples)."""
     if not options.samples_anything:
         return None
-    return read_prompts(options.sample_prompts)
+    prompt_file = read_prompts(options.sample_prompts)
+    check_prompt_samplers(options.sample_sampler, prompt_file.prompts, options.sample_prompts)
+    return prompt_file
+
+
+def check_prompt_samplers(default: str, prompts: Sequence[SamplePrompt], source: str | Path) -> None:
+    """Every prompt's sampler (its own, or `default`, the run's --sample_sampler) can draw it."""
+    for prompt in prompts:
+        where = f"{source} prompt {prompt.index + 1}"
+        check_sampler(
+            prompt.sampler or default,
+            prompt.steps,
+            where if prompt.sampler else f"--sample_sampler ({where})",
+        )
 
 
 def line_values(line: str) -> tuple[dict[str, str], list[str]]:
