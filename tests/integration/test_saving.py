@@ -40,7 +40,7 @@ def test_step_and_epoch_files_and_states_keep_the_newest_as_asked(tiny_sd1, data
     assert names == [
         "toy-000002-state", "toy-000002.safetensors", "toy-000003-state", "toy-000003.safetensors",
         "toy-state", "toy-step00000012.safetensors", "toy-step00000015-state", "toy-step00000015.safetensors",
-        "toy.safetensors", "toy.toml",
+        "toy.log", "toy.safetensors", "toy.toml",
     ]  # fmt: skip
     printed = capsys.readouterr().out
     assert "removed old LoRA file toy-step00000003.safetensors" in printed

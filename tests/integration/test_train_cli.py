@@ -78,9 +78,20 @@ def trained(tiny_sd1, tmp_path_factory):
 def test_writes_epoch_files_final_file_and_effective_config(trained):
     _, output_dir, _ = trained
     names = sorted(p.name for p in output_dir.iterdir())
-    assert names == ["toy-000001.safetensors", "toy.safetensors", "toy.toml"]
+    assert names == ["toy-000001.safetensors", "toy.log", "toy.safetensors", "toy.toml"]
     config = read_config_file(output_dir / "toy.toml")
     assert config["network_dim"] == 4 and config["resolution"] == "64,64" and config["seed"] == 7
+
+
+def test_the_run_is_told_in_name_log(trained):
+    """NAME.log holds the plan, the settings, each epoch's loss and the end, in plain text."""
+    _, output_dir, _ = trained
+    lines = (output_dir / "toy.log").read_text().splitlines()
+    assert "training toy" in lines[0] and lines[1] == "plan:"
+    assert "  Steps" in lines and "  network_dim = 4" in lines
+    epochs = [line for line in lines if " epoch " in f" {line.split('  ', 1)[-1]}"]
+    assert [line.split("  ", 1)[1].split(":")[0] for line in epochs] == ["epoch 1", "epoch 2"]
+    assert lines[-1].endswith("finished: toy.safetensors after 16 steps")
 
 
 def test_final_file_has_kohya_keys_precision_and_metadata(trained):

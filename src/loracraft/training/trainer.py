@@ -78,7 +78,8 @@ from loracraft.training.saving import RunFacts, now
 from loracraft.training.schedule import build_lr_scheduler, check_lr_scheduler, text_encoder_stop
 from loracraft.training.step import StepModels, diffusion_loss
 from loracraft.training.timesteps import training_noise_scheduler
-from loracraft.training.trackers import open_trackers
+from loracraft.training.run_log import RunLog
+from loracraft.training.trackers import check_trackers, open_trackers
 from loracraft.training.vae_encoding import encode_images, vae_upcast_note
 
 
@@ -121,6 +122,8 @@ def train(
                 "note: the state is at the run's last step: nothing is left to train; the files are written again"
             )
     outputs.at_start()
+    run_log = RunLog.for_run(config, echo, outputs.writes)
+    run_log.begin(config, format_plan(plan), resumed_at=position.step if start.resume is not None else None)
     log = TrainingLog(
         plan.steps.max_train_steps,
         open_trackers(config) if outputs.writes else [],
@@ -129,6 +132,7 @@ def train(
         initial_step=position.step,
         images_per_step=images_per_step(plan),
         device=accelerator.device,
+        run_log=run_log,
     )
     loss_of = partial(diffusion_loss, setup.step_models, device=accelerator.device)
     try:
@@ -147,17 +151,20 @@ def train(
             )
             end = Position(plan.steps.num_epochs + 1, 0, result.steps)
             final = outputs.at_end(end)
+            run_log.end("finished", f"{final.name} after {result.steps} steps")
     except NonFiniteLoss as stopped:
         message = non_finite_message(stopped, outputs.epoch_files, config.mixed_precision)
         outputs.failed(message)
+        run_log.end("failed", message)
         raise UserError(message) from None
     except UserError as error:
         outputs.failed(str(error))
+        run_log.end("failed", str(error))
         raise
     except StopRequested as stopped:
-        raise RunStopped(
-            outputs.at_stop(stopped.signal_name, stopped.position), stopped.signal_name
-        ) from None
+        resume_with = outputs.at_stop(stopped.signal_name, stopped.position)
+        run_log.end("stopped", resume_with.removeprefix("stopped "))
+        raise RunStopped(resume_with, stopped.signal_name) from None
     finally:
         log.close()
     return TrainResult(
@@ -212,6 +219,7 @@ class RunStart:
 
 def start_run(config: TrainConfig, echo: Callable[[str], None]) -> RunStart:
     check_required(config)
+    check_trackers(config)
     accelerator = make_accelerator(
         config.mixed_precision,
         config.gradient_accumulation_steps,
