@@ -16,6 +16,7 @@ commands:
   train   train a LoRA with kohya sd-scripts' flags (loracraft train --help)
   demo    train a LoRA on the embedded tiny model and render a comparison grid
   dataset prepare (kohya folder tree from your images) | check (the dataset doctor)
+  sample  draw a prompt file's images from saved LoRA files, several side by side (loracraft sample --help)
 
 loracraft {version}
 """
@@ -60,10 +61,17 @@ def run_dataset(argv: list[str]) -> int:
     return action(argv[1:])
 
 
+def run_sample(argv: list[str]) -> int:
+    from loracraft.tools.sample import main as sample_main
+
+    return sample_main(argv)
+
+
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "train": run_train,
     "demo": run_demo,
     "dataset": run_dataset,
+    "sample": run_sample,
 }
 
 

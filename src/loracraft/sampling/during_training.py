@@ -34,9 +34,9 @@ from loracraft.config.fields import options_of
 from loracraft.config.sample_options import SampleOptions
 from loracraft.config.schema import TrainConfig
 from loracraft.models.bundle import ModelBundle
-from loracraft.sampling.png_info import write_sample_png
+from loracraft.sampling.png_info import image_settings, write_sample_png
 from loracraft.sampling.prompts import SamplePrompt, check_prompt_samplers, check_sample_prompts, read_prompts
-from loracraft.sampling.render import RenderedImage, SamplingModels, render_image
+from loracraft.sampling.render import SamplingModels, render_image
 from loracraft.sampling.schedule import SamplePoint, sample_file_name, sample_folder
 from loracraft.training.accelerator import release_cached_memory
 from loracraft.training.rng_state import capture_rng, restore_rng
@@ -114,33 +114,18 @@ class TrainingSamples:
         )
         name = sample_file_name(self.output_name, point, prompt.index, prompt.seed, datetime.now())
         path = self.folder / name
-        settings = sample_settings(prompt, rendered, point, self.lora_name, self.base_model)
+        settings = image_settings(
+            prompt,
+            rendered,
+            lora=self.lora_name,
+            base_model=self.base_model,
+            epoch=point.epoch,
+            step=point.step,
+        )
         write_sample_png(path, rendered.image, settings)
         if rendered.problem is not None:
             self.echo(f"warning: sample image {path} is no picture: {rendered.problem} (saved all the same)")
         return SampleImage(path, rendered.image, prompt, settings, rendered.problem)
-
-
-def sample_settings(
-    prompt: SamplePrompt, rendered: RenderedImage, point: SamplePoint, lora_name: str, base_model: str
-) -> dict[str, Any]:
-    """What a sample image's PNG records: the prompt, every drawing setting and where in the run."""
-    return {
-        "prompt": prompt.prompt,
-        "negative_prompt": prompt.negative_prompt,
-        "width": prompt.width,
-        "height": prompt.height,
-        "seed": rendered.seed,
-        "steps": prompt.steps,
-        "scale": prompt.scale,
-        "sampler": rendered.sampler,
-        "index": prompt.index,
-        "epoch": point.epoch,
-        "step": point.step,
-        "lora": lora_name,
-        "base_model": base_model,
-        "problem": rendered.problem,
-    }
 
 
 def _reason(error: Exception) -> str:

@@ -3,7 +3,7 @@
 Two text chunks:
 - "parameters", AUTOMATIC1111's infotext, which A1111's PNG Info tab, Forge, ComfyUI loaders, civitai and
   image browsers read: the prompt, "Negative prompt: ..." and one "Key: value, ..." line (Steps,
-  Sampler, CFG scale, Seed, Size, Model, then the LoRA, epoch and step). Samplers are named as A1111
+  Sampler, CFG scale, Seed, Size, Model, then the LoRA, its weight, the epoch and step). Samplers are named as A1111
   names them where it has the same one; a value with a comma, colon or newline is JSON-quoted, as A1111
   writes it.
 - "loracraft": every setting as JSON, in loracraft's (kohya's) names, the sampler as kohya names it.
@@ -22,6 +22,8 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from loracraft.atomic import write_atomic
+from loracraft.sampling.prompts import SamplePrompt
+from loracraft.sampling.render import RenderedImage
 
 PARAMETERS_KEY = "parameters"
 SETTINGS_KEY = "loracraft"
@@ -34,8 +36,26 @@ A1111_SAMPLERS = {
 }  # fmt: skip
 
 
+def image_settings(prompt: SamplePrompt, rendered: RenderedImage, **context: Any) -> dict[str, Any]:
+    """What a sample image's PNG records: the prompt, every drawing setting, and `context` (the LoRA,
+    the base model, the epoch and step of a run, the multiplier of `loracraft sample`)."""
+    return {
+        "prompt": prompt.prompt,
+        "negative_prompt": prompt.negative_prompt,
+        "width": prompt.width,
+        "height": prompt.height,
+        "seed": rendered.seed,
+        "steps": prompt.steps,
+        "scale": prompt.scale,
+        "sampler": rendered.sampler,
+        "index": prompt.index,
+        **context,
+        "problem": rendered.problem,
+    }
+
+
 def parameters_text(settings: Mapping[str, Any]) -> str:
-    """A1111's infotext for `settings` (the keys `sample_settings` in during_training.py fills)."""
+    """A1111's infotext for `settings` (an `image_settings` result)."""
     lines = [settings["prompt"]]
     if settings.get("negative_prompt"):
         lines.append(f"Negative prompt: {settings['negative_prompt']}")
@@ -47,6 +67,7 @@ def parameters_text(settings: Mapping[str, Any]) -> str:
         "Size": f"{settings['width']}x{settings['height']}",
         "Model": settings.get("base_model"),
         "LoRA": settings.get("lora"),
+        "LoRA weight": settings.get("multiplier"),
         "Epoch": settings.get("epoch"),
         "Step": settings.get("step"),
     }

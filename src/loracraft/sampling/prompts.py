@@ -140,15 +140,16 @@ def check_sample_prompts(options: SampleOptions) -> PromptFile | None:
     return prompt_file
 
 
-def check_prompt_samplers(default: str, prompts: Sequence[SamplePrompt], source: str | Path) -> None:
-    """Every prompt's sampler (its own, or `default`, the run's --sample_sampler) can draw it."""
+def check_prompt_samplers(
+    default: str, prompts: Sequence[SamplePrompt], source: str | Path, default_flag: str = "--sample_sampler"
+) -> None:
+    """Every prompt's sampler (its own, or `default`, which `default_flag` chose) can draw it."""
     for prompt in prompts:
         where = f"{source} prompt {prompt.index + 1}"
-        check_sampler(
-            prompt.sampler or default,
-            prompt.steps,
-            where if prompt.sampler else f"--sample_sampler ({where})",
-        )
+        if prompt.sampler is None:
+            check_sampler(default, prompt.steps, f"{default_flag} ({where})")
+        else:
+            check_sampler(prompt.sampler, prompt.steps, where)
 
 
 def line_values(line: str) -> tuple[dict[str, str], list[str]]:
