@@ -79,6 +79,8 @@ class RunSummary:
     total_batch_size: int
     optimizer: str
     """kohya style: `module.Class` plus `(key=value,...)` when optimizer args were given."""
+    num_validation_images: int = 0
+    """Held-out images (each counts once) whose loss is the validation loss."""
     network_module: str = "networks.lora"
     """kohya's module name, so A1111 and other tools recognise a plain LoRA."""
     network_dropout: float | None = None
@@ -148,6 +150,7 @@ def _ss_metadata(info: RunSummary, v_parameterization: bool) -> dict[str, object
         "ss_training_started_at": info.training_started_at,
         "ss_num_train_images": info.num_train_images,
         "ss_num_reg_images": info.num_reg_images,
+        "ss_num_validation_images": info.num_validation_images,
         "ss_num_batches_per_epoch": info.num_batches_per_epoch,
         "ss_num_epochs": info.num_epochs,
         "ss_max_train_steps": info.max_train_steps,

@@ -68,6 +68,7 @@ def run_summary(config: TrainConfig, plan: DatasetPlan, facts: RunFacts, epoch: 
         seed=facts.seed,
         num_train_images=plan.num_train_samples,
         num_reg_images=plan.num_reg_images,
+        num_validation_images=len(plan.validation.images) if plan.validation is not None else 0,
         num_batches_per_epoch=plan.batches_per_epoch,
         num_epochs=plan.steps.num_epochs,
         max_train_steps=plan.steps.max_train_steps,
