@@ -252,6 +252,19 @@ def test_cache_only_fills_disk_caches_and_trains_nothing(tiny_sd1, tmp_path, cap
     assert not out.exists() or not any(out.glob("*.safetensors"))
 
 
+def test_cache_only_fills_the_validation_images_caches_too(tiny_sd1, tmp_path, capsys):
+    tree = make_kohya_dataset(tmp_path / "data", reg_count=0)
+    flags = train_flags(
+        tiny_sd1, tree, tmp_path / "out", "--cache_only", "--network_train_unet_only",
+        "--cache_text_encoder_outputs", "--validation_split", "0.25", reg=False,
+    )  # fmt: skip
+    assert main(flags) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[-2].startswith("cache_only: 3 images: latent caches 3 written")
+    assert printed[-1].startswith("validation set: 1 image: latent caches 1 written")
+    assert len(list(tree.concept_dir.glob("*_sd.npz"))) == 8  # every image's latent and text cache
+
+
 def test_dataset_config_run_records_ss_datasets(tiny_sd1, tmp_path):
     tree = make_kohya_dataset(tmp_path / "data", reg_count=0)
     toml = tmp_path / "dataset.toml"

@@ -74,4 +74,5 @@ def fill_disk_caches(
         )
         warnings += text_report.warnings
     done = "; ".join(parts) if parts else "no disk cache is enabled, nothing written"
-    return f"cache_only: {len(images)} images: {done}; no training was run", warnings
+    count = f"{len(images)} image{'' if len(images) == 1 else 's'}"
+    return f"cache_only: {count}: {done}; no training was run", warnings

@@ -154,14 +154,20 @@ def fill_caches_only(
     device: torch.device,
     echo: Callable[[str], None],
 ) -> str:
-    """`--cache_only`: write the latent disk caches (and text-encoder caches when enabled), then stop."""
-    text = None
-    if config.cache_text_encoder_outputs:
-        job = text_encoder_job(config, bundle, device)
-        text = TextCacheJob(static_captions(plan), job.encode, job.identity, job.batch_size, job.family)
-    summary, warnings = fill_disk_caches(
-        plan.images, latents=latent_job(config, plan, bundle, device), text=text
-    )
-    for warning in warnings:
-        echo(f"warning: {warning}")
-    return summary
+    """`--cache_only`: write the latent disk caches (and text-encoder caches when enabled) of the
+    training images and of the held-out validation images, then stop."""
+    summaries = []
+    for part in (plan, plan.validation):
+        if part is None:
+            continue
+        text = None
+        if config.cache_text_encoder_outputs:
+            job = text_encoder_job(config, bundle, device)
+            text = TextCacheJob(static_captions(part), job.encode, job.identity, job.batch_size, job.family)
+        summary, warnings = fill_disk_caches(
+            part.images, latents=latent_job(config, part, bundle, device), text=text
+        )
+        for warning in warnings:
+            echo(f"warning: {warning}")
+        summaries.append(summary if part is plan else f"validation set: {summary.removeprefix('cache_only: ')}")
+    return "\n".join(summaries)
