@@ -70,7 +70,7 @@ class SampleOptions(BaseModel):
         return self
 
     @property
-    def samples_anything(self) -> bool:
+    def draws_samples(self) -> bool:
         return bool(self.sample_prompts) and bool(
             self.sample_at_first or self.sample_every_n_epochs or self.sample_every_n_steps
         )

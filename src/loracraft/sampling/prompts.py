@@ -91,8 +91,8 @@ class PromptFile:
 
 @dataclass(frozen=True)
 class _Entry:
-    """One prompt as written: `values` under kohya's prompt-dict keys; `options` the .txt options kohya
-    does not know (None for a TOML/JSON table, whose keys are its values' keys)."""
+    """One prompt as written: `values` under kohya's prompt-dict keys; `unknown_options` the .txt options
+    kohya does not know (None for a TOML/JSON table, whose unknown keys are among `values`)."""
 
     where: str
     values: dict[str, Any]
@@ -133,7 +133,7 @@ def read_prompts(path: str | Path, flag: str = "--sample_prompts") -> PromptFile
 def check_sample_prompts(options: SampleOptions) -> PromptFile | None:
     """The run's prompt file, read and its samplers checked before training, so a bad one stops the run
     at its start (None when the run draws no samples)."""
-    if not options.samples_anything:
+    if not options.draws_samples:
         return None
     prompt_file = read_prompts(options.sample_prompts)
     check_prompt_samplers(options.sample_sampler, prompt_file.prompts, options.sample_prompts)

@@ -7,8 +7,8 @@ LoRA patched in as it is; SDXL gets its size conditioning (original size = targe
 crop 0, 0, as kohya's SDXL pipeline passes them) and TE2's pooled output.
 
 Each image draws its starting noise (and an ancestral sampler's noise) from its own CPU generator seeded
-with the image's seed: an image never depends on the other prompts, on the device, or on the global
-random state, which this module never touches. The U-Net runs under `autocast` (the run's precision);
+with the image's seed: its random draws never depend on the other prompts, on the device, or on the
+global random state, which this module never touches. The U-Net runs under `autocast` (the run's precision);
 the VAE decodes outside it in its own dtype, and a half-precision VAE that overflows (NaN pixels, the
 classic black SDXL sample) decodes once more in float32, then goes back to its dtype.
 """
