@@ -21,6 +21,7 @@ from accelerate.utils import set_seed
 
 from loracraft.config.fields import options_of
 from loracraft.config.loss_options import LossOptions
+from loracraft.config.sample_options import SampleOptions
 from loracraft.config.schema import TrainConfig
 from loracraft.data.latent_cache import Encoder
 from loracraft.data.masks import mask_files
@@ -34,6 +35,8 @@ from loracraft.models.loading import load_model_bundle
 from loracraft.networks.initial_weights import InitialWeights, initial_weights_settings
 from loracraft.networks.lora_network import build_lora_network
 from loracraft.networks.merge_into_base import BaseMerge
+from loracraft.sampling.during_training import TrainingSamples
+from loracraft.sampling.prompts import check_sample_prompts
 from loracraft.training.accelerator import (
     main_process_echo,
     make_accelerator,
@@ -45,6 +48,7 @@ from loracraft.training.caching import cached_text_inputs, fill_caches_only
 from loracraft.training.dataset_setup import plan_dataset
 from loracraft.training.diffusion_model import LoRADiffusionModel, takes_size_conditioning
 from loracraft.training.distributed import deepspeed_plugin, process_kwargs
+from loracraft.training.evaluations import RunEvaluations
 from loracraft.training.family_settings import (
     FamilySettings,
     dataset_defaults,
@@ -72,15 +76,16 @@ from loracraft.training.precision import (
 )
 from loracraft.training.progress import TrainingLog, images_per_step
 from loracraft.training.resume import ResumePoint, check_resumable, resume_point
+from loracraft.training.run_log import RunLog
 from loracraft.training.run_outputs import RunOutputs
 from loracraft.training.run_state import load_training_state, restore_generators
 from loracraft.training.saving import RunFacts, now
 from loracraft.training.schedule import build_lr_scheduler, check_lr_scheduler, text_encoder_stop
 from loracraft.training.step import StepModels, diffusion_loss
 from loracraft.training.timesteps import training_noise_scheduler
-from loracraft.training.run_log import RunLog
 from loracraft.training.trackers import check_trackers, open_trackers
 from loracraft.training.vae_encoding import encode_images, vae_upcast_note
+from loracraft.training.validation import Validation, make_validation_set
 
 
 @dataclass
@@ -135,12 +140,35 @@ def train(
         run_log=run_log,
     )
     loss_of = partial(diffusion_loss, setup.step_models, device=accelerator.device)
+    evaluations = RunEvaluations(
+        TrainingSamples(config, start.bundle, setup.parts.model, accelerator, echo)
+        if options_of(SampleOptions, config).draws_samples
+        else None,
+        setup.validation,
+        setup.step_models,
+        accelerator,
+        setup.parts.optimizer,
+        log,
+        run_log,
+        echo,
+    )
+
+    def between_steps(*calls: Callable[[Position], None]) -> Callable[[Position], None]:
+        # Saving, sampling and validating are not training: the speed the trackers get leaves them out.
+        def run(position: Position) -> None:
+            with log.not_timed():
+                for call in calls:
+                    call(position)
+
+        return run
+
     try:
         with stop_on_signals() as stop:
+            evaluations.at_start(position)
             hooks = LoopHooks(
                 before_batch=text_encoder_stop(config, network, plan.steps.max_train_steps, echo),
-                after_step=outputs.after_step,
-                after_epoch=outputs.after_epoch,
+                after_step=between_steps(outputs.after_step, evaluations.after_step),
+                after_epoch=between_steps(outputs.after_epoch, evaluations.after_epoch),
                 stop=stop,
                 restore_generators=partial(restore_generators, start.resume.folder, accelerator)
                 if start.resume is not None
@@ -151,6 +179,7 @@ def train(
             )
             end = Position(plan.steps.num_epochs + 1, 0, result.steps)
             final = outputs.at_end(end)
+            evaluations.at_end(result.steps, plan.steps.num_epochs)
             run_log.end("finished", f"{final.name} after {result.steps} steps")
     except NonFiniteLoss as stopped:
         message = non_finite_message(stopped, outputs.epoch_files, config.mixed_precision)
@@ -241,6 +270,7 @@ def start_run(config: TrainConfig, echo: Callable[[str], None]) -> RunStart:
         check_float8(accelerator.device)
     check_optimizer(config, accelerator.device, echo)
     check_lr_scheduler(config, echo)
+    check_sample_prompts(options_of(SampleOptions, config))  # a bad prompt file stops the run here
     if resume is not None:
         seed, started_at = resume.record.seed, resume.record.started_at
     else:
@@ -319,6 +349,7 @@ def cache_only(config: TrainConfig, echo: Callable[[str], None] = print) -> str:
 class TrainingSetup:
     step_models: StepModels
     parts: TrainingParts
+    validation: Validation | None = None
 
 
 def setup_training(
@@ -337,6 +368,8 @@ def setup_training(
         loader = make_batch_loader(
             config, plan, bundle, device, echo, text_states=text_states, text_state_files=text_state_files
         )
+        # The held-out images go through the same caches, while the encoders are still on the device.
+        validation = make_validation_set(config, plan.validation, bundle, device, echo)
     precision = config_precision(config, bundle)
     if bundle.vae.dtype != precision.vae:
         echo(f"note: {vae_upcast_note(precision.vae)}")
@@ -366,7 +399,7 @@ def setup_training(
         options=options_of(LossOptions, config),
         size_conditioned=takes_size_conditioning(bundle.unet),
     )
-    return TrainingSetup(step_models, parts)
+    return TrainingSetup(step_models, parts, validation)
 
 
 def release_cached_encoders(
