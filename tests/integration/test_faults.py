@@ -204,12 +204,15 @@ def visible_files(out: Path) -> dict[Path, bytes]:
 
 
 def assert_only_the_status_changed(out: Path, before: dict[Path, bytes]) -> None:
-    """Every file as it was, but NAME.toml's first line, which now says the run failed (the simulated
-    full disk still takes that small write)."""
+    """Every file as it was, but NAME.toml's first line, which now says the run failed, and NAME.log,
+    which ends with it (the simulated full disk still takes those small writes)."""
     after = visible_files(out)
     status, *config = after.pop(Path("toy.toml")).decode().splitlines(keepends=True)
     assert status.startswith("# loracraft run failed: could not write ")
     assert "".join(config).encode() == before.pop(Path("toy.toml")).split(b"\n", 1)[1]
+    log_before, log_after = before.pop(Path("toy.log")), after.pop(Path("toy.log"))
+    assert log_after.startswith(log_before)
+    assert log_after[len(log_before) :].decode().split("  ", 1)[1].startswith("failed: could not write ")
     assert after == before
 
 
@@ -236,7 +239,7 @@ def test_a_full_disk_at_the_first_save_stops_in_one_line(
         "is full; free some space (or choose another --output_dir). The files saved before are intact; then "
         "run it again"
     )
-    assert list(before) == [Path("toy.toml")]
+    assert sorted(before) == [Path("toy.log"), Path("toy.toml")]
     assert_only_the_status_changed(out, before)
     assert leftovers(out) == []
 

@@ -33,7 +33,7 @@ from loracraft.models.bundle import ModelBundle
 from loracraft.models.family import FAMILY_NAMES
 from loracraft.models.loading import load_model_bundle
 from loracraft.networks.initial_weights import InitialWeights, initial_weights_settings
-from loracraft.networks.lora_network import build_lora_network
+from loracraft.networks.lora_network import LoRANetwork, build_lora_network
 from loracraft.networks.merge_into_base import BaseMerge
 from loracraft.sampling.during_training import TrainingSamples
 from loracraft.sampling.prompts import check_sample_prompts
@@ -114,18 +114,7 @@ def train(
     network = accelerator.unwrap_model(setup.parts.model).network
     facts = RunFacts.for_run(config, start.seed, start.started_at, start.bundle.family)
     outputs = RunOutputs(config, plan, facts, accelerator, network, setup.parts, echo)
-    position = Position()
-    if start.resume is not None:
-        load_training_state(start.resume.folder, accelerator, network, setup.parts)
-        position, outputs.last_state = start.resume.record.position, start.resume.folder
-        echo(
-            f"resuming {start.resume.folder.name}: epoch {position.epoch}, step {position.step} of "
-            f"{plan.steps.max_train_steps}"
-        )
-        if position.step >= plan.steps.max_train_steps:
-            echo(
-                "note: the state is at the run's last step: nothing is left to train; the files are written again"
-            )
+    position = resume_training(start, accelerator, network, setup.parts, outputs, echo)
     outputs.at_start()
     run_log = RunLog.for_run(config, echo, outputs.writes)
     run_log.begin(config, format_plan(plan), resumed_at=position.step if start.resume is not None else None)
@@ -140,18 +129,7 @@ def train(
         run_log=run_log,
     )
     loss_of = partial(diffusion_loss, setup.step_models, device=accelerator.device)
-    evaluations = RunEvaluations(
-        TrainingSamples(config, start.bundle, setup.parts.model, accelerator, echo)
-        if options_of(SampleOptions, config).draws_samples
-        else None,
-        setup.validation,
-        setup.step_models,
-        accelerator,
-        setup.parts.optimizer,
-        log,
-        run_log,
-        echo,
-    )
+    evaluations = run_evaluations(config, start, setup, log, run_log, echo)
 
     def between_steps(*calls: Callable[[Position], None]) -> Callable[[Position], None]:
         # Saving, sampling and validating are not training: the speed the trackers get leaves them out.
@@ -218,6 +196,54 @@ def non_finite_message(stop: NonFiniteLoss, epoch_files: list[Path], mixed_preci
     return (
         f"the loss became {stop.value} at step {stop.step} (epoch {stop.epoch}), so training stopped there; "
         f"{kept}. Likely causes: {causes[0]}, or {causes[1]}"
+    )
+
+
+def resume_training(
+    start: RunStart,
+    accelerator: Accelerator,
+    network: LoRANetwork,
+    parts: TrainingParts,
+    outputs: RunOutputs,
+    echo: Callable[[str], None],
+) -> Position:
+    """Where training starts: at the beginning, or with --resume where the saved state stopped (its
+    adapter, optimizer, schedule and scaler loaded)."""
+    if start.resume is None:
+        return Position()
+    load_training_state(start.resume.folder, accelerator, network, parts)
+    position, outputs.last_state = start.resume.record.position, start.resume.folder
+    max_steps = start.plan.steps.max_train_steps
+    echo(f"resuming {start.resume.folder.name}: epoch {position.epoch}, step {position.step} of {max_steps}")
+    if position.step >= max_steps:
+        echo(
+            "note: the state is at the run's last step: nothing is left to train; the files are written again"
+        )
+    return position
+
+
+def run_evaluations(
+    config: TrainConfig,
+    start: RunStart,
+    setup: TrainingSetup,
+    log: TrainingLog,
+    run_log: RunLog,
+    echo: Callable[[str], None],
+) -> RunEvaluations:
+    """The run's sample images (when its flags ask for them) and validation loss (when images are held
+    out), drawn with the prepared model."""
+    samples = None
+    if options_of(SampleOptions, config).draws_samples:
+        samples = TrainingSamples(config, start.bundle, setup.parts.model, start.accelerator, echo)
+    return RunEvaluations(
+        samples,
+        setup.validation,
+        setup.step_models,
+        start.accelerator,
+        setup.parts.optimizer,
+        log,
+        run_log,
+        echo,
     )
 
 
