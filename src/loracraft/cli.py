@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from loracraft import __version__
 from loracraft.errors import UserError
 from loracraft.library_notices import filter_library_notices
 from loracraft.training.interrupt import RunStopped
 
+if TYPE_CHECKING:
+    from loracraft.config.schema import TrainConfig
+
 USAGE = """usage: loracraft COMMAND [flags]
 
 commands:
   train   train a LoRA with kohya sd-scripts' flags (loracraft train --help)
+  plan    the run train's flags describe, without training: steps, files, memory, time, LR curve PNG
   demo    train a LoRA on the embedded tiny model and render a comparison grid
   dataset prepare (kohya folder tree from your images) | check (the dataset doctor)
   sample  draw a prompt file's images from saved LoRA files, several side by side (loracraft sample --help)
@@ -22,20 +27,42 @@ loracraft {version}
 """
 
 
-def run_train(argv: list[str]) -> int:
+def config_from_flags(
+    argv: list[str], prog: str = "loracraft train", description: str | None = None
+) -> TrainConfig:
+    """`loracraft train`'s flags (over --config_file) as a TrainConfig: `plan` takes exactly the same."""
     from loracraft.config.cli_args import make_train_parser, parse_train_flags
     from loracraft.config.load import build_config, read_config_file
 
-    parser = make_train_parser()
+    parser = make_train_parser(prog)
+    if description is not None:
+        parser.description = description
     config_file, flags = parse_train_flags(parser, argv)
     file_values = read_config_file(config_file) if config_file else {}
-    config = build_config(file_values, flags)
+    return build_config(file_values, flags)
+
+
+def run_train(argv: list[str]) -> int:
+    config = config_from_flags(argv)
     from loracraft.training.trainer import cache_only, train
 
     if config.cache_only:
         print(cache_only(config))
     else:
         train(config)
+    return 0
+
+
+def run_plan(argv: list[str]) -> int:
+    config = config_from_flags(
+        argv,
+        "loracraft plan",
+        "Print what `loracraft train` with these flags would do (dataset arithmetic, files, peak memory, time) "
+        "and draw its learning-rate curve as OUTPUT_DIR/NAME-lr.png, without training.",
+    )
+    from loracraft.tools.plan import plan_run
+
+    plan_run(config)
     return 0
 
 
@@ -69,6 +96,7 @@ def run_sample(argv: list[str]) -> int:
 
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "train": run_train,
+    "plan": run_plan,
     "demo": run_demo,
     "dataset": run_dataset,
     "sample": run_sample,
