@@ -131,8 +131,8 @@ def test_the_table_shows_each_part_the_total_and_the_other_setting():
     )  # fmt: skip
     assert format_memory(estimate, "cuda:0 (RTX 4090)", "AdamW") == [
         "Memory (estimated peak on cuda:0 (RTX 4090) with 24.0 GiB; largest bucket 1024x768, batch 2)",
-        "  U-Net weights             4.8 GiB  float16",
-        "  VAE weights             160.0 MiB  float32",
+        "  U-Net                     4.8 GiB  float16",
+        "  VAE                     160.0 MiB  float32",
         "  LoRA weights             88.0 MiB  float32",
         "  LoRA gradients           88.0 MiB",
         "  optimizer state         176.0 MiB  AdamW",

@@ -19,6 +19,7 @@ from loracraft.config.load import updated_config
 from loracraft.config.schema import TrainConfig
 from loracraft.data.plan import DatasetPlan
 from loracraft.sampling.prompts import check_sample_prompts
+from loracraft.training.accelerator import main_process_echo
 from loracraft.training.lr_curve import LRCurve, describe_lr_curve, lr_curve, write_lr_curve
 from loracraft.training.memory_estimate import MemoryEstimate, estimate_memory, format_memory
 from loracraft.training.run_files import PlannedFile, format_run_files, planned_files
@@ -62,6 +63,7 @@ def plan_run(config: TrainConfig, echo: Callable[[str], None] = print) -> RunPla
 
 def _plan_started(start: RunStart, echo: Callable[[str], None]) -> RunPlan:
     config, plan, device = start.config, start.plan, start.accelerator.device
+    echo = main_process_echo(start.accelerator, echo)  # under `accelerate launch`, printed once
     steps = plan.steps
     prompts = check_sample_prompts(config)
     resumed_at = start.resume.record.position.step if start.resume is not None else 0
@@ -80,11 +82,10 @@ def _plan_started(start: RunStart, echo: Callable[[str], None]) -> RunPlan:
     echo(f"Time: {describe_throughput(throughput, steps.max_train_steps - resumed_at)}")
 
     schedule = config.lr_scheduler_type or config.lr_scheduler
-    curve_file = write_lr_curve(
-        curve,
-        lr_curve_path(config),
-        f"{config.output_stem}: learning rate per parameter group ({schedule}, {steps.max_train_steps} steps)",
-    )
+    curve_file = lr_curve_path(config)
+    if start.accelerator.is_main_process:
+        title = f"{config.output_stem}: learning rate per parameter group ({schedule}, {steps.max_train_steps} steps)"
+        write_lr_curve(curve, curve_file, title)
     echo("\n".join([f"Learning rate (drawn in {curve_file})", *describe_lr_curve(curve)]))
     return RunPlan(plan, files, curve, curve_file, memory, throughput)
 

@@ -22,7 +22,6 @@ import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
 # The CUDA caching allocator hands out blocks in multiples of 512 bytes.
 CUDA_BLOCK = 512
@@ -68,14 +67,12 @@ class LiveBytes(TorchDispatchMode):
             self.peak, self.peak_at = self.live, self.operations
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        for value in tree_flatten((args, kwargs))[0]:
-            if isinstance(value, torch.Tensor):
-                self._watch(value, counted=False)
+        for tensor in _tensors((args, kwargs)):
+            self._watch(tensor, counted=False)
         self.operations += 1
         result = func(*args, **(kwargs or {}))
-        for value in tree_flatten(result)[0]:
-            if isinstance(value, torch.Tensor):
-                self._watch(value, counted=True)
+        for tensor in _tensors(result):
+            self._watch(tensor, counted=True)
         return result
 
     def counted_before_peak(self, tensors: Iterable[torch.Tensor]) -> int:
@@ -86,6 +83,19 @@ class LiveBytes(TorchDispatchMode):
             if made is not None and made[0] <= self.peak_at:
                 total += made[1]
         return total
+
+
+def _tensors(value: object) -> Iterator[torch.Tensor]:
+    """The tensors in an operation's arguments or results (nested tuples, lists and dicts); a plain
+    walk, several times faster than torch's general pytree flattening on the hot path."""
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, (tuple, list)):
+        for item in value:
+            yield from _tensors(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _tensors(item)
 
 
 @contextmanager

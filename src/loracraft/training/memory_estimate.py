@@ -280,7 +280,7 @@ def format_memory(estimate: MemoryEstimate, device_label: str, optimizer: str) -
         f"Memory (estimated peak on {device_label}{capacity}; largest bucket {width}x{height}, "
         f"batch {estimate.batch_size})"
     ]
-    rows = [(f"{part.name} weights", part.bytes, part.dtypes) for part in estimate.weights]
+    rows = [(part.name, part.bytes, part.dtypes) for part in estimate.weights]
     rows.append(("LoRA weights", estimate.adapters.bytes, estimate.adapters.dtypes))
     rows.append(("LoRA gradients", estimate.gradients, ""))
     guessed = "" if estimate.optimizer_known else " (not known: counted as AdamW's 2 states)"
