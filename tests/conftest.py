@@ -9,6 +9,7 @@ widths and depths shrunk to the shapes of tests/model_helpers.py. Nothing touche
 """
 
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -244,3 +245,10 @@ def pytest_collection_modifyitems(config, items):
 def pytest_configure(config):
     # Tiny models: one thread is as fast, and torch's worker threads stall when the cores are shared.
     torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _tests_cache_folder(tmp_path_factory):
+    """A finished run records its speed in the user's cache folder (training/throughput_record.py); the
+    tests' runs record theirs in a temporary one (child processes inherit it)."""
+    os.environ["LORACRAFT_CACHE"] = str(tmp_path_factory.mktemp("loracraft-cache"))

@@ -38,6 +38,10 @@ def config_from_flags(
     if description is not None:
         parser.description = description
     config_file, flags = parse_train_flags(parser, argv)
+    from loracraft.training.trackers import api_key_warning
+
+    if warning := api_key_warning(flags):
+        print(warning, file=sys.stderr)
     file_values = read_config_file(config_file) if config_file else {}
     return build_config(file_values, flags)
 

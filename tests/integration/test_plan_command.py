@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -53,9 +54,13 @@ def test_plan_lists_the_steps_and_files_train_then_makes(tiny_sd1, dataset, tmp_
         "--save_every_n_epochs", "1", "--save_last_n_epochs", "1", "--save_every_n_steps", "2",
         "--save_last_n_steps", "2", "--save_state",
     )  # fmt: skip
+    # What a live (or killed) training of the same name is writing: a plan leaves it alone.
+    out.mkdir()
+    (out / ".toy-000001.safetensors.k3x9q.tmp").write_bytes(b"half written")
     printed: list[str] = []
     planned = plan_run(config_from_flags(argv[1:]), printed.append)
-    assert sorted(path.name for path in out.iterdir()) == ["toy-lr.png"]  # the plan writes nothing else
+    # The plan writes nothing else.
+    assert sorted(path.name for path in out.iterdir()) == [".toy-000001.safetensors.k3x9q.tmp", "toy-lr.png"]
     assert planned.curve_file == out / "toy-lr.png"
     text = "\n".join(printed)
     assert "  3 epochs x 2 = 6 optimizer steps" in text
@@ -225,3 +230,19 @@ def test_the_estimate_is_within_a_fifth_of_a_real_steps_memory(tiny_sd1, tmp_pat
             measured,
         )
     assert memory.activations[True] < memory.activations[False] / 1.5
+
+
+@pytest.mark.slow
+def test_a_finished_run_records_its_speed_for_the_next_plan(tiny_sd1, dataset, tmp_path, cache):
+    """20 steps of batch 2 (one batch a step): the run times its steps (not the first after each epoch's
+    start) and `plan` of the same settings then tells the duration from that record."""
+    argv = train_argv(
+        tiny_sd1.single_file, dataset.train_dir, tmp_path / "out", *FLAGS,
+        "--gradient_accumulation_steps", "1", "--max_train_epochs", "5",
+    )  # fmt: skip
+    assert main(argv) == 0
+    assert (cache / "throughput.json").is_file()
+    planned = plan_run(config_from_flags(argv[1:]), lambda _: None)
+    measured = planned.throughput
+    assert measured is not None and 10 <= measured.steps < 20 and 0 < measured.seconds_per_step < 10
+    assert measured.date == time.strftime("%Y-%m-%d")

@@ -28,3 +28,13 @@ def test_a_resume_neither_compares_nor_shows_the_key(tmp_path):
     refused, allowed = changed_settings(saved, current)
     assert refused == [] and len(allowed) == 1 and allowed[0].startswith("logging_dir (unset -> ")
     assert not any(KEY in line for line in allowed)
+
+
+def test_a_key_on_the_command_line_is_warned_about_and_never_printed(tmp_path, capsys):
+    from loracraft.cli import main
+
+    assert main(["train", "--wandb_api_key", KEY, "--output_dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("warning: --wandb_api_key on the command line stays in your shell history")
+    assert err[-1] == "error: --pretrained_model_name_or_path is required"
+    assert not any(KEY in line for line in err)

@@ -54,7 +54,7 @@ def plan_run(config: TrainConfig, echo: Callable[[str], None] = print) -> RunPla
     """Start the run as `loracraft train` would, stop before training, and print the plan."""
     created = missing_folders(Path(config.output_dir)) if config.output_dir else []
     try:
-        start = start_run(config, echo)
+        start = start_run(config, echo, sweep_stale_files=False)
         return _plan_started(start, echo)
     except BaseException:
         remove_if_empty(created)

@@ -52,6 +52,9 @@ class StepClock:
         self.started: float | None = None
         self.steps = 0
         self.excluded = 0.0
+        self.total_seconds = 0.0
+        self.total_steps = 0
+        """Over every lap of the run: what `mean` divides."""
 
     def step(self) -> None:
         # The first step after a start only sets the clock: the time before it was not measured.
@@ -67,8 +70,16 @@ class StepClock:
             return None
         now = time.perf_counter()
         seconds = (now - self.started - self.excluded) / self.steps if self.steps else None
+        if seconds is not None:
+            self.total_seconds += seconds * self.steps
+            self.total_steps += self.steps
         self.started, self.steps, self.excluded = now, 0, 0.0
         return seconds
+
+    @property
+    def mean(self) -> float | None:
+        """Seconds per step over every step timed so far (None before the first lap)."""
+        return self.total_seconds / self.total_steps if self.total_steps else None
 
     def stop(self) -> None:
         self.started = None

@@ -82,10 +82,14 @@ from loracraft.training.run_state import load_training_state, restore_generators
 from loracraft.training.saving import RunFacts, now
 from loracraft.training.schedule import build_lr_scheduler, check_lr_scheduler, text_encoder_stop
 from loracraft.training.step import StepModels, diffusion_loss
+from loracraft.training.throughput_record import ThroughputKey, record_throughput
 from loracraft.training.timesteps import training_noise_scheduler
 from loracraft.training.trackers import check_trackers, open_trackers
 from loracraft.training.vae_encoding import encode_images, vae_upcast_note
 from loracraft.training.validation import Validation, make_validation_set
+
+# Fewer timed steps than this say more about warming up than about the run's speed.
+MIN_TIMED_STEPS = 10
 
 
 @dataclass
@@ -158,6 +162,8 @@ def train(
             end = Position(plan.steps.num_epochs + 1, 0, result.steps)
             final = outputs.at_end(end)
             evaluations.at_end(result.steps, plan.steps.num_epochs)
+            if outputs.writes:
+                remember_speed(config, start, log, echo)
             run_log.end("finished", f"{final.name} after {result.steps} steps")
     except NonFiniteLoss as stopped:
         message = non_finite_message(stopped, outputs.epoch_files, config.mixed_precision)
@@ -247,6 +253,22 @@ def run_evaluations(
     )
 
 
+def remember_speed(
+    config: TrainConfig, start: RunStart, log: TrainingLog, echo: Callable[[str], None]
+) -> None:
+    """Record the run's measured seconds per step for this device and these settings, for `loracraft
+    plan` to tell the next run how long it will take (`throughput_record.py`). A run too short to time
+    leaves no record; a cache folder that cannot be written costs a warning."""
+    seconds, steps = log.clock.mean, log.clock.total_steps
+    if seconds is None or steps < MIN_TIMED_STEPS:
+        return
+    key = ThroughputKey.for_run(config, start.plan, start.bundle.family, start.accelerator.device)
+    try:
+        record_throughput(key, seconds, steps)
+    except OSError as error:
+        echo(f"warning: could not record the run's speed for `loracraft plan` ({error})")
+
+
 def check_required(config: TrainConfig) -> None:
     for flag in ("pretrained_model_name_or_path", "output_dir"):
         if not getattr(config, flag):
@@ -272,7 +294,11 @@ class RunStart:
     resume: ResumePoint | None = None
 
 
-def start_run(config: TrainConfig, echo: Callable[[str], None]) -> RunStart:
+def start_run(
+    config: TrainConfig, echo: Callable[[str], None], *, sweep_stale_files: bool = True
+) -> RunStart:
+    """`sweep_stale_files` False leaves what killed runs left in --output_dir alone: `loracraft plan`
+    may run beside a live training of the same name, whose half-written files those are."""
     check_required(config)
     check_trackers(config)
     accelerator = make_accelerator(
@@ -287,7 +313,8 @@ def start_run(config: TrainConfig, echo: Callable[[str], None]) -> RunStart:
     echo = main_process_echo(accelerator, echo)
     if accelerator.is_main_process:
         check_output_folder(Path(config.output_dir))
-        clean_stale_files(Path(config.output_dir), config.output_stem, echo)
+        if sweep_stale_files:
+            clean_stale_files(Path(config.output_dir), config.output_stem, echo)
     # The other processes read states from the folder only once the main one has swept it.
     accelerator.wait_for_everyone()
     # The state is checked first: a resumed run takes its seed (and the start time its files record).
