@@ -75,7 +75,7 @@ def run(root: Path, args: argparse.Namespace) -> None:
     for steps in args.sample_steps:
         prompts.write_text(f"a zxq circle on white --w 64 --h 64 --d 1 --l 7.5 --s {steps}\n")
         samples = TrainingSamples(config, start.bundle, setup.parts.model, start.accelerator, quiet)
-        seconds = timed(lambda: samples.draw(step=1, epoch=None), args.rounds)
+        seconds = timed(partial(samples.draw, step=1, epoch=None), args.rounds)
         rows.append((f"sample, 1 image, DDIM {steps} steps", seconds))
     validation = setup.validation
     batches = validation.batch_count
