@@ -76,7 +76,9 @@ def effective_config_toml(config: TrainConfig) -> str:
     import tomli_w
 
     infos = flag_infos(TrainConfig)
-    values = config.model_dump(exclude_none=True, exclude={name for name, info in infos.items() if info.secret})
+    values = config.model_dump(
+        exclude_none=True, exclude={name for name, info in infos.items() if info.secret}
+    )
     groups = {name: GROUPS.index(info.group) for name, info in infos.items()}
     # In --help's group order; pairs (resolution, face_crop_aug_range) spelt as kohya's flags: "512,512".
     return tomli_w.dumps(

@@ -169,5 +169,7 @@ def fill_caches_only(
         )
         for warning in warnings:
             echo(f"warning: {warning}")
-        summaries.append(summary if part is plan else f"validation set: {summary.removeprefix('cache_only: ')}")
+        summaries.append(
+            summary if part is plan else f"validation set: {summary.removeprefix('cache_only: ')}"
+        )
     return "\n".join(summaries)
