@@ -41,6 +41,9 @@ COMPANIONS: dict[str, dict] = {
     "dim_from_weights": {"network_weights": "start.safetensors"},
     "base_weights_multiplier": {"base_weights": ["a.safetensors"]},
     "log_with": {"logging_dir": "logs"},
+    "sample_every_n_steps": {"sample_prompts": "prompts.txt"},
+    "sample_every_n_epochs": {"sample_prompts": "prompts.txt"},
+    "sample_at_first": {"sample_prompts": "prompts.txt"},
 }
 # Values the type alone cannot suggest.
 CHANGED: dict[str, object] = {
