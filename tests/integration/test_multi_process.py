@@ -124,8 +124,12 @@ def test_two_processes_train_the_lora_of_one_process_with_the_same_global_batch(
 def test_two_processes_write_one_set_of_files_and_print_the_plan_once(runs):
     root, _, printed, _ = runs
     assert sorted(path.name for path in (root / "two").iterdir()) == [
-        "toy-state", "toy-step00000001-state", "toy-step00000001.safetensors", "toy.safetensors", "toy.toml",
+        "toy-state", "toy-step00000001-state", "toy-step00000001.safetensors", "toy.log", "toy.safetensors",
+        "toy.toml",
     ]  # fmt: skip
+    # NAME.log is written by the main process alone: one header, one end.
+    log = (root / "two" / "toy.log").read_text()
+    assert log.count("plan:") == 1 and log.count("finished: toy.safetensors") == 1
     # Every process's generators in one state.
     assert len(json.loads((root / "two" / "toy-step00000001-state" / "rng.json").read_text())) == 2
     assert len(list((root / "logs").iterdir())) == 1
@@ -162,3 +166,26 @@ def test_a_nan_on_one_process_stops_every_process_in_one_line(tiny_sd1, tmp_path
     assert ran.stderr.count("error: the loss became nan at step 2 (epoch 1)") == 2, ran.stderr[-3000:]
     assert not list(out.glob("*.safetensors"))
     assert "failed: the loss became nan" in (out / "toy.toml").read_text().splitlines()[0]
+
+
+def test_two_processes_sample_on_one_and_validate_on_both(tiny_sd1, tmp_path):
+    """The main process draws the samples while the other waits at the next step; both evaluate the
+    validation set (their forward passes must match under DDP) and the main one logs it, once."""
+    tree = make_kohya_dataset(tmp_path / "data", reg_count=0)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle --d 1 --s 2 --w 64 --h 64\n")
+    out = tmp_path / "out"
+    extra = (
+        "--sample_prompts", str(prompts), "--sample_every_n_steps", "1",
+        "--validation_split", "0.25", "--validate_every_n_steps", "1",
+    )  # fmt: skip
+    launch(2, flags(tiny_sd1, tree, out, *extra))
+    samples = sorted(path.name.rsplit("_", 2)[0] for path in (out / "sample").iterdir())
+    assert samples == ["toy_000001_00", "toy_000002_00"]
+    events = [line.split("  ", 1)[1].split(":")[0] for line in (out / "toy.log").read_text().splitlines()
+              if line[:4].isdigit()]  # fmt: skip
+    # The run's last step and its epoch's end come after the epoch's loss (the loop has ended there).
+    assert events == [
+        "samples at step 1", "validation loss at step 1", "epoch 1", "samples at step 2",
+        "validation loss at step 2", "validation loss at epoch 1 (step 2)", "finished",
+    ]  # fmt: skip
