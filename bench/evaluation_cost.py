@@ -29,13 +29,8 @@ from pathlib import Path
 
 import torch
 
-from loracraft.config.load import updated_config
 from loracraft.sampling.during_training import TrainingSamples
-from loracraft.tools.demo import DemoConcept, demo_config, make_demo_dataset
-from loracraft.training.loop import LoopHooks, run_epochs
-from loracraft.training.step import diffusion_loss
-from loracraft.training.trainer import setup_training, start_run
-from step_timing import TimedLog
+from step_timing import timed_demo_run
 
 INTERVALS = (10, 100)
 
@@ -49,28 +44,14 @@ def timed(call, rounds: int) -> list[float]:
     return seconds
 
 
-def run(root: Path, args: argparse.Namespace) -> None:
-    data_dir = make_demo_dataset(root / "dataset", DemoConcept(), seed=0)
+def run(root: Path, args: argparse.Namespace) -> tuple[float, list[tuple[str, list[float]]]]:
+    """(training step seconds, [(what, seconds of each round)])."""
     prompts = root / "prompts.txt"
-    config = updated_config(
-        demo_config(data_dir, root / "out", seed=0, epochs=1),
-        {
-            "logging_dir": None,
-            "save_every_n_epochs": None,
-            "max_train_epochs": None,
-            "max_train_steps": args.warmup + args.steps,
-            "validation_split": 0.25,
-            "sample_prompts": str(prompts),
-        },
+    timed_run = timed_demo_run(
+        root, args.steps, args.warmup, validation_split=0.25, sample_prompts=str(prompts)
     )
+    config, start, setup, step = timed_run.config, timed_run.start, timed_run.setup, timed_run.step_seconds
     quiet = lambda _: None  # noqa: E731
-    start = start_run(config, quiet)
-    setup = setup_training(config, start.plan, start.bundle, start.accelerator, start.seed, quiet)
-    log = TimedLog(start.plan.steps.max_train_steps)
-    loss_of = partial(diffusion_loss, setup.step_models, device=start.accelerator.device)
-    run_epochs(start.accelerator, setup.parts, loss_of, start.plan.steps, 1.0, log, LoopHooks())
-    times = log.times[args.warmup - 1 :]
-    step = (times[-1] - times[0]) / (len(times) - 1)
     rows = []
     for steps in args.sample_steps:
         prompts.write_text(f"a zxq circle on white --w 64 --h 64 --d 1 --l 7.5 --s {steps}\n")
@@ -83,7 +64,7 @@ def run(root: Path, args: argparse.Namespace) -> None:
         lambda: validation.evaluate(setup.step_models, start.accelerator, setup.parts.optimizer), args.rounds
     )
     rows.append((f"validation, {batches} batch x 4 timesteps", seconds))
-    report(step, rows, args)
+    return step, rows
 
 
 def report(step: float, rows: list[tuple[str, list[float]]], args: argparse.Namespace) -> None:
@@ -98,16 +79,18 @@ def report(step: float, rows: list[tuple[str, list[float]]], args: argparse.Name
         print(f"| {name} | {median:.3f} ({rounds}) | {median / step:.1f} | {added} |")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> tuple[float, list[tuple[str, list[float]]]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--sample_steps", type=int, nargs="+", default=[20, 30])
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)  # as `loracraft demo` runs the tiny model
     with tempfile.TemporaryDirectory() as folder:
-        run(Path(folder), args)
+        step, rows = run(Path(folder), args)
+    report(step, rows, args)
+    return step, rows
 
 
 if __name__ == "__main__":

@@ -34,28 +34,24 @@ import statistics
 import tempfile
 import time
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import torch
 from diffusers import UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from loracraft.config.load import effective_config_toml, updated_config
+from loracraft.config.load import effective_config_toml
 from loracraft.config.schema import TrainConfig
 from loracraft.models.config_inference import base_config, model_kwargs
 from loracraft.networks.lora_file import save_lora_file
 from loracraft.networks.lora_network import LoRANetwork, build_lora_network
-from loracraft.tools.demo import DemoConcept, demo_config, make_demo_dataset
 from loracraft.training.accelerator import make_accelerator
-from loracraft.training.loop import LoopHooks, Position, TrainingParts, run_epochs
+from loracraft.training.loop import Position, TrainingParts
 from loracraft.training.optimizer import build_optimizer
 from loracraft.training.run_state import RunRecord, save_training_state
 from loracraft.training.schedule import build_lr_scheduler
 from loracraft.training.state_folder import file_digest, remove_state_folder
-from loracraft.training.step import diffusion_loss
-from loracraft.training.trainer import setup_training, start_run
-from step_timing import TimedLog
+from step_timing import timed_demo_run
 
 SAVE_INTERVAL = 100
 
@@ -118,26 +114,12 @@ def measure_saves(
 
 def tiny_row(root: Path, folder: Path, args: argparse.Namespace) -> Row:
     """The demo's run on the shipped tiny model: its step time, then its state."""
-    data_dir = make_demo_dataset(root / "dataset", DemoConcept(), seed=0)
-    config = updated_config(
-        demo_config(data_dir, root / "out", seed=0, epochs=1),
-        {
-            "logging_dir": None,
-            "save_every_n_epochs": None,
-            "max_train_epochs": None,
-            "max_train_steps": args.warmup + args.steps,
-        },
+    run = timed_demo_run(root, args.steps, args.warmup)
+    network = run.start.accelerator.unwrap_model(run.setup.parts.model).network
+    row = measure_saves(
+        "tiny", folder, run.start.accelerator, network, run.setup.parts, run.config, args.rounds
     )
-    quiet = lambda _: None  # noqa: E731
-    start = start_run(config, quiet)
-    setup = setup_training(config, start.plan, start.bundle, start.accelerator, start.seed, quiet)
-    log = TimedLog(start.plan.steps.max_train_steps)
-    loss_of = partial(diffusion_loss, setup.step_models, device=start.accelerator.device)
-    run_epochs(start.accelerator, setup.parts, loss_of, start.plan.steps, 1.0, log, LoopHooks())
-    timed = log.times[args.warmup - 1 :]
-    network = start.accelerator.unwrap_model(setup.parts.model).network
-    row = measure_saves("tiny", folder, start.accelerator, network, setup.parts, config, args.rounds)
-    row.step_seconds = (timed[-1] - timed[0]) / (len(timed) - 1)
+    row.step_seconds = run.step_seconds
     return row
 
 

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
+from loracraft.config.load import build_config
 from loracraft.config.schema import TrainConfig
 from loracraft.training.loop import LoopHooks, run_epochs
 from loracraft.training.progress import TrainingLog
@@ -53,3 +54,23 @@ def train_argv(
         ".txt",
         *extra,
     ]
+
+
+def tiny_run_config(model_file: Path, train_dir: Path, output_dir: Path, **values) -> TrainConfig:
+    """A tiny run's config: `NAME` toy at 64x64 from `train_dir`'s .txt captions, in float32, seed 0,
+    loading in this process; `values` add (or override) settings."""
+    return build_config(
+        {},
+        {
+            "pretrained_model_name_or_path": str(model_file),
+            "train_data_dir": str(train_dir),
+            "output_dir": str(output_dir),
+            "output_name": "toy",
+            "caption_extension": ".txt",
+            "resolution": (64, 64),
+            "mixed_precision": "no",
+            "seed": 0,
+            "max_data_loader_n_workers": 0,
+            **values,
+        },
+    )

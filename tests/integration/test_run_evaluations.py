@@ -10,8 +10,8 @@ from safetensors.torch import load_file
 import loracraft.sampling.during_training as during_training
 import loracraft.training.trainer as trainer
 from data_helpers import make_kohya_dataset
-from loracraft.config.load import build_config
 from loracraft.training.trainer import train
+from run_helpers import tiny_run_config
 
 PROMPTS = (
     "a red circle --d 1 --s 2 --w 64 --h 64\na blue square --n red --d 2 --s 2 --w 64 --h 64 --ss euler\n"
@@ -34,26 +34,11 @@ def run_config(tiny_sd1, tree, output_dir: Path, **values):
     """Two epochs of 2 steps (3 training images, 1 held out, batches of 2), latents drawn from the VAE's
     posterior at every step (not cached): the step draws from the same generators sampling and
     validation must leave alone."""
-    return build_config(
-        {},
-        {
-            "pretrained_model_name_or_path": str(tiny_sd1.single_file),
-            "train_data_dir": str(tree.train_dir),
-            "output_dir": str(output_dir),
-            "output_name": "toy",
-            "caption_extension": ".txt",
-            "resolution": (64, 64),
-            "train_batch_size": 2,
-            "max_train_epochs": 2,
-            "network_dim": 4,
-            "learning_rate": 1e-3,
-            "mixed_precision": "no",
-            "seed": 3,
-            "max_data_loader_n_workers": 0,
-            "validation_split": 0.25,
-            **values,
-        },
-    )
+    return tiny_run_config(
+        tiny_sd1.single_file, tree.train_dir, output_dir,
+        train_batch_size=2, max_train_epochs=2, network_dim=4, learning_rate=1e-3, seed=3,
+        validation_split=0.25, **values,
+    )  # fmt: skip
 
 
 class RecordingTracker:

@@ -9,13 +9,12 @@ import pytest
 
 from data_helpers import make_kohya_dataset
 from loracraft.cli import main
-from loracraft.config.load import build_config
 from loracraft.data.summary import format_plan
 from loracraft.training.loop import LoopHooks, run_epochs
 from loracraft.training.progress import TrainingLog, images_per_step
 from loracraft.training.run_log import RunLog
 from loracraft.training.step import diffusion_loss
-from run_helpers import set_up, train_argv
+from run_helpers import set_up, tiny_run_config, train_argv
 
 SECRET = "0123456789abcdef-secret-key"
 STEP_KEYS = {"loss/current", "loss/average", "lr/unet", "lr/textencoder"}
@@ -42,24 +41,10 @@ class RecordingTracker:
 def tracked_run(tiny_sd1, tree, tmp_path_factory):
     """Two epochs of the tiny model, read back every 3 steps, logged to a recording tracker and NAME.log."""
     output_dir = tmp_path_factory.mktemp("out")
-    config = build_config(
-        {},
-        {
-            "pretrained_model_name_or_path": str(tiny_sd1.single_file),
-            "train_data_dir": str(tree.train_dir),
-            "output_dir": str(output_dir),
-            "output_name": "toy",
-            "caption_extension": ".txt",
-            "resolution": (64, 64),
-            "train_batch_size": 2,
-            "max_train_epochs": 2,
-            "learning_rate": 1e-3,
-            "mixed_precision": "no",
-            "seed": 0,
-            "max_data_loader_n_workers": 0,
-            "wandb_api_key": SECRET,
-        },
-    )
+    config = tiny_run_config(
+        tiny_sd1.single_file, tree.train_dir, output_dir,
+        train_batch_size=2, max_train_epochs=2, learning_rate=1e-3, wandb_api_key=SECRET,
+    )  # fmt: skip
     start, setup, _ = set_up(config)
     run_log = RunLog.for_run(config, print, writes=True)
     run_log.begin(config, format_plan(start.plan))

@@ -11,11 +11,10 @@ from safetensors.torch import load_file
 
 from data_helpers import make_kohya_dataset
 from loracraft.cli import main
-from loracraft.config.load import build_config
 from loracraft.networks.lora_file import save_lora_file
 from loracraft.networks.lora_network import build_lora_network
 from model_helpers import tiny_family_modules
-from run_helpers import set_up, train_argv, train_steps
+from run_helpers import set_up, tiny_run_config, train_argv, train_steps
 
 FILE_RANK, FILE_ALPHA = 8, 2.0
 FLAGS = (
@@ -49,22 +48,10 @@ def start_file(tiny_sd1_bundle, tmp_path_factory) -> Path:
 
 
 def run_config(tiny_sd1, tree, output_dir: Path, **flags):
-    values = {
-        "pretrained_model_name_or_path": str(tiny_sd1.single_file),
-        "train_data_dir": str(tree.train_dir),
-        "output_dir": str(output_dir),
-        "output_name": "toy",
-        "caption_extension": ".txt",
-        "resolution": (64, 64),
-        "train_batch_size": 2,
-        "max_train_steps": 2,
-        "learning_rate": 1e-3,
-        "mixed_precision": "no",
-        "seed": 0,
-        "max_data_loader_n_workers": 0,
-        **flags,
-    }
-    return build_config({}, values)
+    return tiny_run_config(
+        tiny_sd1.single_file, tree.train_dir, output_dir,
+        train_batch_size=2, max_train_steps=2, learning_rate=1e-3, **flags,
+    )  # fmt: skip
 
 
 def test_a_run_starts_as_the_file_with_a_fresh_optimizer_and_schedule(tiny_sd1, tree, tmp_path, start_file):
