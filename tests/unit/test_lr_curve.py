@@ -75,3 +75,13 @@ def test_the_png_has_a_line_per_group_and_is_written_atomically(tmp_path):
         assert image.format == "PNG" and image.size == draw_lr_curve(curve, "toy").size
         colours = {colour for _, colour in image.convert("RGB").getcolors(maxcolors=1 << 20)}
     assert COLOURS[0] in colours and COLOURS[1] in colours and COLOURS[2] not in colours
+
+
+def test_a_group_drawn_under_anothers_line_says_so_in_the_legend():
+    from loracraft.training.lr_curve import LRCurve, legend_labels
+
+    same, other = (1e-3, 5e-4, 0.0), (1e-4, 1e-4, 1e-4)
+    curve = LRCurve(("unet", "textencoder", "textencoder2"), (same, same, other), {}, ())
+    assert legend_labels(curve) == ["unet", "textencoder: the line of unet", "textencoder2"]
+    frozen = LRCurve(("unet", "textencoder"), (same, same), {"textencoder": 2}, ())
+    assert legend_labels(frozen) == ["unet", "textencoder (frozen from step 2)"]

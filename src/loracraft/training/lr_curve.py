@@ -124,6 +124,7 @@ def draw_lr_curve(curve: LRCurve, title: str) -> Image.Image:
         pen.line((x, TOP + plot_height, x, TOP + plot_height + 5), fill="black")
         pen.text((x - 10, TOP + plot_height + 8), f"{round(step)}", fill="black", font=font)
     pen.text((LEFT + plot_width // 2 - 40, HEIGHT - 22), "optimizer step", fill="black", font=font)
+    labels = legend_labels(curve)
     for index, (name, rates) in enumerate(zip(curve.groups, curve.rates, strict=True)):
         colour = COLOURS[index % len(COLOURS)]
         last = curve.stops.get(name, len(rates) + 1) - 1  # a frozen group's line ends where it stops
@@ -132,7 +133,7 @@ def draw_lr_curve(curve: LRCurve, title: str) -> Image.Image:
             pen.ellipse((points[0][0] - 2, points[0][1] - 2, points[0][0] + 2, points[0][1] + 2), fill=colour)
         elif points:
             pen.line(points, fill=colour, width=2)
-        label = name + (f" (frozen from step {curve.stops[name]})" if name in curve.stops else "")
+        label = labels[index]
         legend_y = TOP + 10 + 16 * index
         pen.line(
             (LEFT + plot_width - 230, legend_y + 6, LEFT + plot_width - 205, legend_y + 6),
@@ -141,6 +142,24 @@ def draw_lr_curve(curve: LRCurve, title: str) -> Image.Image:
         )
         pen.text((LEFT + plot_width - 198, legend_y), label, fill="black", font=font)
     return image
+
+
+def legend_labels(curve: LRCurve) -> list[str]:
+    """Each group's legend text. A group whose line is another's (the same rate at every step, frozen at
+    the same step) is drawn under that one's line, so its label says so."""
+    labels = []
+    for index, (name, rates) in enumerate(zip(curve.groups, curve.rates, strict=True)):
+        label = name + (f" (frozen from step {curve.stops[name]})" if name in curve.stops else "")
+        same = next(
+            (
+                other
+                for other, other_rates in zip(curve.groups[:index], curve.rates[:index], strict=True)
+                if other_rates == rates and curve.stops.get(other) == curve.stops.get(name)
+            ),
+            None,
+        )
+        labels.append(f"{label}: the line of {same}" if same is not None else label)
+    return labels
 
 
 def write_lr_curve(curve: LRCurve, path: Path, title: str) -> Path:
