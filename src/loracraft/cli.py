@@ -22,6 +22,8 @@ commands:
   demo    train a LoRA on the embedded tiny model and render a comparison grid
   dataset prepare (kohya folder tree from your images) | check (the dataset doctor)
   sample  draw a prompt file's images from saved LoRA files, several side by side (loracraft sample --help)
+  config  import a kohya_ss GUI JSON, kohya TOML or command line as loracraft TOML | presets (loracraft config)
+  queue   add | list | stop | resume | cancel | delete | move | run: the job queue (loracraft queue --help)
 
 loracraft {version}
 """
@@ -98,12 +100,26 @@ def run_sample(argv: list[str]) -> int:
     return sample_main(argv)
 
 
+def run_queue_command(argv: list[str]) -> int:
+    from loracraft.jobs.cli import main as queue_main
+
+    return queue_main(argv)
+
+
+def run_config(argv: list[str]) -> int:
+    from loracraft.tools.config_import import main as config_main
+
+    return config_main(argv)
+
+
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "train": run_train,
     "plan": run_plan,
     "demo": run_demo,
     "dataset": run_dataset,
     "sample": run_sample,
+    "config": run_config,
+    "queue": run_queue_command,
 }
 
 

@@ -62,6 +62,13 @@ class LoggingOptions(BaseModel):
         "The run's name in wandb; empty: a name wandb makes up (the kohya_ss GUI fills in the output name).",
         gui_default="last",
     )
+    progress_file: OptionalPath = flag(
+        None,
+        OUTPUT,
+        "loracraft's own: append the run's progress to this file as JSON lines (its start, every logged number "
+        "with its step, sample images, how it ended), for the job queue and the web UI to follow a run. "
+        "Sample images are copied into a folder beside it, named after it with -images.",
+    )
     log_config: bool = flag(
         False,
         OUTPUT,

@@ -10,6 +10,8 @@ number, as kohya does.
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -18,6 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
+from loracraft.atomic import atomic_path
 from loracraft.config.files import read_table_file
 from loracraft.config.logging_options import DEFAULT_TRACKER_NAME, SECRET_SETTINGS
 from loracraft.config.schema import TrainConfig
@@ -115,6 +118,66 @@ class WandbTracker:
         self.run.finish()
 
 
+class ProgressFileTracker:
+    """--progress_file: the run as JSON lines, one event each, for the job queue and the web UI to read
+    while it trains (`jobs/progress.py`). Each line is appended in one write as it happens, so a killed
+    run's file ends at its last event (at worst with half a line, which the reader passes over).
+
+    Events, each with its `time`: `start` (pid, output folder and name, the final LoRA file, resumed or
+    not, the TensorBoard folder), `plan` (total steps, epochs, steps per epoch, the step it starts at), `scalars` (a step and the
+    values TrainingLog sends), `images` (a step and each sample's file and prompt; the files are copies
+    in NAME-images/ beside the progress file), `end` (finished, stopped or failed, and why)."""
+
+    def __init__(self, path: Path, config: TrainConfig):
+        self.path = path
+        self.images_folder = path.with_name(f"{path.stem}-images")
+        self._write(
+            "start",
+            pid=os.getpid(),
+            output_dir=str(Path(config.output_dir or ".").resolve()),
+            output_name=config.output_stem,
+            lora_file=str(config.output_path().resolve()),
+            resumed=bool(config.resume),
+            logging_dir=str(Path(config.logging_dir).resolve()) if config.logging_dir else None,
+        )
+
+    def begin(self, total_steps: int, epochs: int, steps_per_epoch: int, initial_step: int) -> None:
+        self._write(
+            "plan",
+            total_steps=total_steps,
+            epochs=epochs,
+            steps_per_epoch=steps_per_epoch,
+            initial_step=initial_step,
+        )
+
+    def end(self, outcome: str, detail: str = "") -> None:
+        self._write("end", outcome=outcome, detail=detail)
+
+    def log_scalars(self, values: Mapping[str, float], step: int) -> None:
+        self._write("scalars", step=step, values={name: float(value) for name, value in values.items()})
+
+    def log_images(self, images: Mapping[str, Image.Image], step: int, captions: Mapping[str, str]) -> None:
+        written = []
+        for name, image in images.items():
+            target = self.images_folder / f"step{step:08d}-{name}.png"
+            with atomic_path(target) as temporary:
+                image.save(temporary, format="PNG")
+            written.append({"name": name, "path": str(target), "caption": captions.get(name, "")})
+        self._write("images", step=step, images=written)
+
+    def log_config(self, values: Mapping[str, object]) -> None:
+        """The settings are in the job's config file already."""
+
+    def close(self) -> None:
+        """Nothing stays open: each event opens the file."""
+
+    def _write(self, event: str, **fields: object) -> None:
+        line = json.dumps({"event": event, "time": time.time(), **fields}, allow_nan=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as file:
+            file.write(line + "\n")
+
+
 def import_wandb(flag: str):
     """The wandb module, or one line naming `flag` and the install command."""
     try:
@@ -162,14 +225,17 @@ def run_folder_name(config: TrainConfig, started: float | None = None) -> str:
 
 
 def open_trackers(config: TrainConfig, run_name: str | None = None) -> list[Tracker]:
-    """The trackers --log_with names, opened (on the main process only), with the run's settings when
-    --log_config asks. `run_name` is the log folder's name under --logging_dir (`run_folder_name`)."""
+    """The trackers --log_with names and the --progress_file, opened (on the main process only), with the
+    run's settings when --log_config asks. `run_name` is the log folder's name under --logging_dir
+    (`run_folder_name`)."""
     names = config.tracker_names
+    trackers: list[Tracker] = []
+    if config.progress_file:
+        trackers.append(open_progress_file(config))
     if not names:
-        return []
+        return trackers
     settings = tracker_settings(config.log_tracker_config)
     folder = Path(config.logging_dir) / (run_name or run_folder_name(config)) if config.logging_dir else None
-    trackers: list[Tracker] = []
     try:
         if "tensorboard" in names:
             trackers.append(open_tensorboard(config, folder, settings.get("tensorboard", {})))
@@ -193,6 +259,13 @@ def _source(config: TrainConfig, tracker: str) -> str:
     if config.log_tracker_config:
         return f"--log_tracker_config {config.log_tracker_config} [{tracker}]"
     return f"--log_with {config.log_with or tracker}"
+
+
+def open_progress_file(config: TrainConfig) -> ProgressFileTracker:
+    try:
+        return ProgressFileTracker(Path(config.progress_file), config)
+    except OSError as error:
+        raise UserError(f"--progress_file {config.progress_file} cannot be written: {error}") from None
 
 
 def open_tensorboard(config: TrainConfig, folder: Path, table: Mapping[str, Any]) -> TensorBoardTracker:
