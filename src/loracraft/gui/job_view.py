@@ -1,0 +1,137 @@
+"""What the job page shows, computed from a job and its progress: plain values the Gradio wiring
+hands to its components (text, tables for the plots, gallery items), testable without a browser.
+
+A running job and a finished one read the same way: `read_progress` gathers both from the job's files.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+if TYPE_CHECKING:
+    from loracraft.jobs.progress import JobProgress
+    from loracraft.jobs.queue import Job
+
+FINISHED_STATES = ("done", "failed", "stopped", "interrupted", "cancelled")
+
+
+@dataclass(frozen=True)
+class JobPage:
+    """Everything the job page shows for one job, in the order of its components."""
+
+    headline: str
+    progress: str
+    speed: str
+    loss: pd.DataFrame
+    lr: pd.DataFrame
+    validation: pd.DataFrame
+    samples: list[tuple[str, str]]
+    log: str
+    outputs: str
+
+
+def job_page(job: Job, progress: JobProgress) -> JobPage:
+    return JobPage(
+        headline=headline(job),
+        progress=progress_line(progress),
+        speed=speed_line(progress),
+        loss=loss_table(progress),
+        lr=lr_table(progress),
+        validation=validation_table(progress),
+        samples=sample_gallery(progress),
+        log="\n".join(progress.log_tail),
+        outputs=output_lines(job, progress),
+    )
+
+
+def headline(job: Job) -> str:
+    reason = f": {job.exit_reason}" if job.exit_reason and job.state in FINISHED_STATES else ""
+    return f"Job {job.id} · {job.name} · {job.state}{reason}"
+
+
+def progress_line(progress: JobProgress) -> str:
+    """ "step 120/400 (30%) · epoch 2/10 · ETA 3 min 12 s", the parts that are known so far."""
+    if progress.total_steps:
+        percent = 100 * progress.step / progress.total_steps
+        parts = [f"step {progress.step}/{progress.total_steps} ({percent:.0f}%)"]
+    else:
+        parts = [f"step {progress.step}"]
+    if progress.epoch:
+        parts.append(
+            f"epoch {progress.epoch}/{progress.epochs}" if progress.epochs else f"epoch {progress.epoch}"
+        )
+    if progress.eta_s is not None:
+        parts.append(f"ETA {duration_text(progress.eta_s)}")
+    return " · ".join(parts)
+
+
+def duration_text(seconds: float) -> str:
+    whole = round(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours} h {minutes:02d} min"
+    if minutes:
+        return f"{minutes} min {secs:02d} s"
+    return f"{secs} s"
+
+
+def speed_line(progress: JobProgress) -> str:
+    parts = []
+    if progress.images_per_s is not None:
+        parts.append(f"{progress.images_per_s:.2f} images/s")
+    if progress.memory_gib is not None:
+        parts.append(f"{progress.memory_gib:.2f} GiB peak memory")
+    return " · ".join(parts)
+
+
+def loss_table(progress: JobProgress) -> pd.DataFrame:
+    """Long form (step, loss, curve) that gr.LinePlot draws as one line a curve: the step's loss, its
+    moving average and the epochs' averages (at the epoch's last step)."""
+    curves = {
+        "loss": [(step, loss) for step, loss, _ in progress.loss_points],
+        "average": [(step, average) for step, _, average in progress.loss_points],
+        "epoch average": progress.epoch_losses,
+    }
+    return _long_table(curves, "loss", "curve")
+
+
+def lr_table(progress: JobProgress) -> pd.DataFrame:
+    return _long_table(progress.lr_points, "lr", "group")
+
+
+def validation_table(progress: JobProgress) -> pd.DataFrame:
+    curves = {"validation": progress.validation_points, "epoch average": progress.epoch_validation_points}
+    return _long_table(curves, "validation loss", "curve")
+
+
+def _long_table(curves: dict[str, list[tuple[int, float]]], value: str, series: str) -> pd.DataFrame:
+    # A NaN (an average not yet known) would break the line; leave the point out.
+    rows = [(step, y, name) for name, points in curves.items() for step, y in points if not math.isnan(y)]
+    return pd.DataFrame(rows, columns=["step", value, series])
+
+
+def sample_gallery(progress: JobProgress) -> list[tuple[str, str]]:
+    """The sample images oldest first, so the gallery reads by step/epoch; each caption gives both and the
+    prompt."""
+    ordered = sorted(progress.samples, key=lambda sample: (sample[0], str(sample[2])))
+    return [(str(path), f"{_when(step, epoch)}: {prompt}") for step, epoch, path, prompt in ordered]
+
+
+def _when(step: int, epoch: int | None) -> str:
+    return f"step {step} · epoch {epoch}" if epoch is not None else f"step {step}"
+
+
+def output_lines(job: Job, progress: JobProgress) -> str:
+    """Where the job's results are: its LoRA files, its TensorBoard folder and its own folder."""
+    lines = [f"LoRA file: {path}" for path in progress.files]
+    if not progress.files:
+        lines.append(f"LoRA files: none yet in {job.output_dir}")
+    if progress.log_dir is not None:
+        lines.append(f"TensorBoard: tensorboard --logdir {progress.log_dir}")
+    lines.append(f"Job folder: {job.folder}")
+    return "\n".join(lines)

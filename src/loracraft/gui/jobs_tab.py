@@ -1,0 +1,293 @@
+"""The Queue tab: the jobs table, the actions on the selected job, and the job's live page.
+
+The logic is in plain functions of the queue (`table_rows`, `run_action`, `move_job`, `delete_job`,
+`job_view_values`, ...) that return what the components show; `jobs_tab` only lays out the components and
+connects them, so the behaviour is tested without a browser. A gr.Timer refreshes the table and the page
+every two seconds: the jobs run in other processes and write their progress to files.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+import gradio as gr
+
+from loracraft.errors import UserError
+from loracraft.gui.job_view import JobPage, job_page
+from loracraft.jobs.progress import read_progress
+
+if TYPE_CHECKING:
+    from loracraft.jobs.progress import JobProgress
+    from loracraft.jobs.queue import Job, JobQueue
+
+REFRESH_SECONDS = 2.0
+TABLE_COLUMNS = ["id", "name", "state", "progress", "started", "output"]
+ACTION_DONE = {"cancel": "cancelled", "stop": "asked to stop", "resume": "queued to resume"}
+
+
+@dataclass(frozen=True)
+class JobsTab:
+    """What the caller wires further: `edited_copy` receives a job's config TOML when the user asks to
+    edit a copy of it, for the form to load (then the form's own add/start queues the edited copy)."""
+
+    edited_copy: gr.State
+    selected_job: gr.Dropdown
+
+
+def jobs_tab(queue: JobQueue, current_config: gr.State | None = None) -> JobsTab:
+    """The "Queue" tab, built inside the caller's gr.Blocks. `current_config` holds the form's config as
+    TOML text (None while it does not validate); with it, the tab offers to queue it."""
+    with gr.Tab("Queue", elem_id="queue-tab"):
+        if current_config is not None:
+            add_button = gr.Button(
+                "Add the form's config to the queue", variant="primary", elem_id="queue-add"
+            )
+        table = gr.Dataframe(
+            value=table_rows(queue),
+            headers=TABLE_COLUMNS,
+            interactive=False,
+            label="Jobs",
+            elem_id="queue-table",
+        )
+        selected = gr.Dropdown(
+            choices=job_choices(queue), value=None, label="Selected job", elem_id="queue-job"
+        )
+        with gr.Row():
+            buttons = {
+                name: gr.Button(label, elem_id=f"queue-{name}")
+                for name, label in [
+                    ("up", "Move up"),
+                    ("down", "Move down"),
+                    ("stop", "Stop (saves a state)"),
+                    ("resume", "Resume"),
+                    ("cancel", "Cancel"),
+                    ("duplicate", "Duplicate"),
+                    ("edit-copy", "Edit a copy in the form"),
+                    ("delete", "Delete…"),
+                ]
+            }
+        remove_outputs = gr.Checkbox(
+            value=False,
+            label="Delete its output files too (LoRA files, samples, state)",
+            elem_id="queue-remove-outputs",
+        )
+        with gr.Row(visible=False) as confirm_row:
+            question = gr.Markdown(elem_id="queue-delete-question")
+            confirm = gr.Button("Delete", variant="stop", elem_id="queue-delete-confirm")
+            keep = gr.Button("Keep it", elem_id="queue-delete-keep")
+        message = gr.Textbox(label="Message", interactive=False, elem_id="queue-message")
+        view = _job_view_components()
+        edited_copy = gr.State(None)
+        timer = gr.Timer(REFRESH_SECONDS)
+
+    def refresh(job_id: int | None) -> list[Any]:
+        return [table_rows(queue), gr.update(choices=job_choices(queue)), *job_view_values(queue, job_id)]
+
+    refreshed = [table, selected, *view]
+    timer.tick(refresh, inputs=selected, outputs=refreshed, show_progress="hidden")
+    selected.change(lambda job_id: job_view_values(queue, job_id), inputs=selected, outputs=view)
+    table.select(selected_row_job, outputs=selected)
+
+    def then_refresh(event: Any) -> None:
+        event.then(refresh, inputs=selected, outputs=refreshed)
+
+    if current_config is not None:
+        then_refresh(add_button.click(lambda toml: add_config(queue, toml), current_config, message))
+    for name, offset in (("up", -1), ("down", 1)):
+        then_refresh(
+            buttons[name].click(lambda job_id, o=offset: move_job(queue, job_id, o), selected, message)
+        )
+    for action in ("stop", "resume", "cancel"):
+        then_refresh(
+            buttons[action].click(lambda job_id, a=action: run_action(queue, a, job_id), selected, message)
+        )
+    then_refresh(buttons["duplicate"].click(lambda job_id: duplicate_job(queue, job_id), selected, message))
+    buttons["edit-copy"].click(lambda job_id: edit_copy(queue, job_id), selected, [edited_copy, message])
+    buttons["delete"].click(
+        lambda job_id, remove: _ask_delete(queue, job_id, remove),
+        [selected, remove_outputs],
+        [confirm_row, question, message],
+    )
+    then_refresh(
+        confirm.click(
+            lambda job_id, remove: (gr.update(visible=False), delete_job(queue, job_id, remove)),
+            [selected, remove_outputs],
+            [confirm_row, message],
+        )
+    )
+    keep.click(lambda: gr.update(visible=False), outputs=confirm_row)
+    return JobsTab(edited_copy=edited_copy, selected_job=selected)
+
+
+def _job_view_components() -> list[gr.components.Component]:
+    """The job page's components, in JobPage's field order."""
+    gr.Markdown("### Selected job")
+    headline = gr.Markdown(elem_id="job-headline")
+    with gr.Row():
+        progress = gr.Textbox(label="Progress", interactive=False, elem_id="job-progress")
+        speed = gr.Textbox(label="Speed and memory", interactive=False, elem_id="job-speed")
+    with gr.Row():
+        loss = gr.LinePlot(x="step", y="loss", color="curve", label="Loss", elem_id="job-loss")
+        lr = gr.LinePlot(x="step", y="lr", color="group", label="Learning rate", elem_id="job-lr")
+    validation = gr.LinePlot(x="step", y="validation loss", label="Validation loss", elem_id="job-validation")
+    samples = gr.Gallery(label="Sample images", columns=4, elem_id="job-samples")
+    log = gr.Textbox(label="Log (last lines)", lines=12, max_lines=12, interactive=False, elem_id="job-log")
+    outputs = gr.Textbox(label="Files", lines=3, interactive=False, elem_id="job-outputs")
+    return [headline, progress, speed, loss, lr, validation, samples, log, outputs]
+
+
+def table_rows(queue: JobQueue) -> list[list[Any]]:
+    """One row a job in queue order: id, name, state, "step/total", start time, output file."""
+    return [
+        [
+            job.id,
+            job.name,
+            job.state,
+            _progress_cell(job_progress(job)),
+            _time_text(job.started_at),
+            str(job.output_dir / job.output_name),
+        ]
+        for job in queue.jobs()
+    ]
+
+
+def _progress_cell(progress: JobProgress) -> str:
+    if progress.total_steps:
+        return f"{progress.step}/{progress.total_steps}"
+    return str(progress.step) if progress.step else ""
+
+
+def _time_text(timestamp: float | None) -> str:
+    if timestamp is None:
+        return ""
+    return datetime.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M")
+
+
+def job_progress(job: Job) -> JobProgress:
+    """A running job's progress read afresh; any other job's files no longer change while its state
+    stays, so those reads are kept (the key is the whole Job, state and times included)."""
+    if job.state == "running":
+        return read_progress(job)
+    return _settled_progress(job)
+
+
+@lru_cache(maxsize=256)
+def _settled_progress(job: Job) -> JobProgress:
+    return read_progress(job)
+
+
+def job_choices(queue: JobQueue) -> list[tuple[str, int]]:
+    return [(f"{job.id}: {job.name} ({job.state})", job.id) for job in queue.jobs()]
+
+
+def selected_row_job(event: gr.SelectData) -> int:
+    """The id (the first column) of the row the user clicked in the jobs table."""
+    return int(event.row_value[0])
+
+
+def job_view_values(queue: JobQueue, job_id: int | None) -> list[Any]:
+    """The job page's component values for `job_id`; empty ones when none is selected."""
+    if job_id is None:
+        return _empty_page()
+    try:
+        job = queue.get(job_id)
+    except UserError as err:
+        return [str(err), *_empty_page()[1:]]
+    page = job_page(job, job_progress(job))
+    return [getattr(page, field) for field in JobPage.__dataclass_fields__]
+
+
+def _empty_page() -> list[Any]:
+    return ["No job selected.", "", "", None, None, None, [], "", ""]
+
+
+def add_config(queue: JobQueue, config_toml: str | None) -> str:
+    if not config_toml:
+        return "The form's config does not validate yet: fix the field its message names, then add it."
+    return _one_line(lambda: f"Added job {queue.add(config_toml).id}.")
+
+
+def run_action(queue: JobQueue, action: str, job_id: int | None) -> str:
+    """stop, resume or cancel the job; the message says what happened or why not, in one line."""
+    if job_id is None:
+        return _NO_SELECTION
+    return _one_line(lambda: f"Job {getattr(queue, action)(job_id).id} {ACTION_DONE[action]}.")
+
+
+def move_job(queue: JobQueue, job_id: int | None, offset: int) -> str:
+    if job_id is None:
+        return _NO_SELECTION
+
+    def move() -> str:
+        queue.move(job_id, _place_in_line(queue, job_id) + offset)
+        return f"Job {job_id} moved to place {_place_in_line(queue, job_id)}."
+
+    return _one_line(move)
+
+
+def _place_in_line(queue: JobQueue, job_id: int) -> int:
+    """The job's place in the table, from 1 (the stored positions may have gaps)."""
+    ids = [job.id for job in queue.jobs()]
+    if job_id not in ids:
+        queue.get(job_id)  # its message names the unknown job
+    return ids.index(job_id) + 1
+
+
+def duplicate_job(queue: JobQueue, job_id: int | None) -> str:
+    if job_id is None:
+        return _NO_SELECTION
+    return _one_line(lambda: f"Job {job_id} duplicated as job {queue.duplicate(job_id).id}.")
+
+
+def edit_copy(queue: JobQueue, job_id: int | None) -> tuple[str | None, str]:
+    """The job's config TOML for the form, and the message saying where it went."""
+    if job_id is None:
+        return None, _NO_SELECTION
+    try:
+        job = queue.get(job_id)
+    except UserError as err:
+        return None, str(err)
+    return job.config_toml, f"Job {job_id}'s config is in the form: edit it, then add it to the queue."
+
+
+def delete_question(queue: JobQueue, job_id: int, remove_outputs: bool) -> str:
+    job = queue.get(job_id)
+    outputs = "and its output files" if remove_outputs else f"(its outputs in {job.output_dir} are kept)"
+    return f"Delete job {job.id} ({job.name}) {outputs}?"
+
+
+def _ask_delete(queue: JobQueue, job_id: int | None, remove_outputs: bool) -> tuple[Any, str, str]:
+    """Show the confirmation row with its question, or hide it and say why not in the message."""
+    if job_id is None:
+        return gr.update(visible=False), "", _NO_SELECTION
+    try:
+        return gr.update(visible=True), delete_question(queue, job_id, remove_outputs), ""
+    except UserError as err:
+        return gr.update(visible=False), "", str(err)
+
+
+def delete_job(queue: JobQueue, job_id: int | None, remove_outputs: bool) -> str:
+    if job_id is None:
+        return _NO_SELECTION
+
+    def delete() -> str:
+        queue.delete(job_id, remove_outputs=remove_outputs)
+        return (
+            f"Job {job_id} deleted{' with its output files' if remove_outputs else '; its outputs are kept'}."
+        )
+
+    return _one_line(delete)
+
+
+_NO_SELECTION = "Select a job first (click its row in the table)."
+
+
+def _one_line(act: Any) -> str:
+    """Run a queue action; a mistake (unknown job, a state that refuses it) is its one-line message."""
+    try:
+        return act()
+    except UserError as err:
+        return str(err)
