@@ -21,8 +21,15 @@ FIELDS = TrainConfig.model_fields
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    """kohya's flat TOML (sections are flattened, as kohya does) or a flat JSON object."""
+    """kohya's flat TOML (sections are flattened, as kohya does), a flat JSON object, or a kohya_ss GUI
+    JSON config (imported key by key; what it cannot apply is printed as notes)."""
     data = read_table_file(path, "--config_file", "key = value pairs")
+    if Path(path).suffix.lower() == ".json":
+        from loracraft.config.importers import is_kohya_gui_json
+        from loracraft.config.importers.apply import gui_json_values
+
+        if is_kohya_gui_json(data):
+            return gui_json_values(data, Path(path))
     flat: dict[str, Any] = {}
     for key, value in data.items():
         if isinstance(value, dict):
@@ -85,5 +92,48 @@ def effective_config_toml(config: TrainConfig) -> str:
         {
             key: ",".join(map(str, value)) if isinstance(value, tuple) else value
             for key, value in sorted(values.items(), key=lambda item: groups[item[0]])
+        }
+    )
+
+
+def changed_values(config: TrainConfig) -> dict[str, Any]:
+    """The fields whose values differ from the schema's defaults, in --help's group order (secrets and
+    None values left out: neither can be written)."""
+    infos = flag_infos(TrainConfig)
+    changed = {
+        name: value
+        for name, info in infos.items()
+        if not info.secret and (value := getattr(config, name)) is not None and value != info.default
+    }
+    return dict(sorted(changed.items(), key=lambda item: GROUPS.index(infos[item[0]].group)))
+
+
+def train_command(config: TrainConfig) -> str:
+    """The exact `loracraft train` command line of `config`: its values that differ from the defaults, quoted
+    for a POSIX shell."""
+    import shlex
+
+    words = ["loracraft", "train"]
+    for name, value in changed_values(config).items():
+        words.append(f"--{name}")
+        if isinstance(value, bool):
+            words.extend([] if value else ["false"])
+        elif isinstance(value, list):
+            words.extend(str(item) for item in value)
+        elif isinstance(value, tuple):
+            words.append(",".join(map(str, value)))
+        else:
+            words.append(str(value))
+    return shlex.join(words)
+
+
+def changed_config_toml(config: TrainConfig) -> str:
+    """Flat TOML of the values that differ from the defaults (reloadable with --config_file)."""
+    import tomli_w
+
+    return tomli_w.dumps(
+        {
+            name: ",".join(map(str, value)) if isinstance(value, tuple) else value
+            for name, value in changed_values(config).items()
         }
     )
