@@ -148,3 +148,10 @@ def test_the_tab_builds_inside_blocks(queue, tmp_path):
     }
     assert expected <= ids
     assert isinstance(handles.edited_copy, gr.State)
+
+
+@pytest.mark.parametrize(
+    ("value", "job_id"), [(None, None), (3, 3), ("3", 3), (" 12: toy (queued)", 12), ("toy", None)]
+)
+def test_selected_id_reads_a_choice_or_a_typed_id(value, job_id):
+    assert tab.selected_id(value) == job_id

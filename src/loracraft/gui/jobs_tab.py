@@ -9,8 +9,9 @@ every two seconds: the jobs run in other processes and write their progress to f
 from __future__ import annotations
 
 import datetime
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import TYPE_CHECKING, Any
 
 import gradio as gr
@@ -25,6 +26,16 @@ if TYPE_CHECKING:
 
 REFRESH_SECONDS = 2.0
 TABLE_COLUMNS = ["id", "name", "state", "progress", "started", "output"]
+ACTION_BUTTONS = [
+    ("up", "Move up"),
+    ("down", "Move down"),
+    ("stop", "Stop (saves a state)"),
+    ("resume", "Resume"),
+    ("cancel", "Cancel"),
+    ("duplicate", "Duplicate"),
+    ("edit-copy", "Edit a copy in the form"),
+    ("delete", "Delete…"),
+]
 ACTION_DONE = {"cancel": "cancelled", "stop": "asked to stop", "resume": "queued to resume"}
 
 
@@ -41,37 +52,33 @@ def jobs_tab(queue: JobQueue, current_config: gr.State | None = None) -> JobsTab
     """The "Queue" tab, built inside the caller's gr.Blocks. `current_config` holds the form's config as
     TOML text (None while it does not validate); with it, the tab offers to queue it."""
     with gr.Tab("Queue", elem_id="queue-tab"):
+        add_button = None
         if current_config is not None:
             add_button = gr.Button(
                 "Add the form's config to the queue", variant="primary", elem_id="queue-add"
             )
+        # A callable value is read again on each page load: a reopened page shows the queue as it is now.
         table = gr.Dataframe(
-            value=table_rows(queue),
+            value=lambda: table_rows(queue),
             headers=TABLE_COLUMNS,
             interactive=False,
             label="Jobs",
             elem_id="queue-table",
         )
+        # Custom values are allowed because the choices of a page opened earlier lag behind the queue
+        # until the next refresh; a job id typed or left over from a deleted job gets its own message.
         selected = gr.Dropdown(
-            choices=job_choices(queue), value=None, label="Selected job", elem_id="queue-job"
+            choices=job_choices(queue),
+            value=None,
+            allow_custom_value=True,
+            label="Selected job (click a row or type its id)",
+            elem_id="queue-job",
         )
         with gr.Row():
-            buttons = {
-                name: gr.Button(label, elem_id=f"queue-{name}")
-                for name, label in [
-                    ("up", "Move up"),
-                    ("down", "Move down"),
-                    ("stop", "Stop (saves a state)"),
-                    ("resume", "Resume"),
-                    ("cancel", "Cancel"),
-                    ("duplicate", "Duplicate"),
-                    ("edit-copy", "Edit a copy in the form"),
-                    ("delete", "Delete…"),
-                ]
-            }
+            buttons = {name: gr.Button(label, elem_id=f"queue-{name}") for name, label in ACTION_BUTTONS}
         remove_outputs = gr.Checkbox(
             value=False,
-            label="Delete its output files too (LoRA files, samples, state)",
+            label="Delete its output files too (LoRA files and saved states)",
             elem_id="queue-remove-outputs",
         )
         with gr.Row(visible=False) as confirm_row:
@@ -83,43 +90,52 @@ def jobs_tab(queue: JobQueue, current_config: gr.State | None = None) -> JobsTab
         edited_copy = gr.State(None)
         timer = gr.Timer(REFRESH_SECONDS)
 
-    def refresh(job_id: int | None) -> list[Any]:
-        return [table_rows(queue), gr.update(choices=job_choices(queue)), *job_view_values(queue, job_id)]
+    def on_job(handler: Callable[..., Any]) -> Callable[..., Any]:
+        """`handler(queue, job_id, *rest)` as an event function of the dropdown's value and `rest`."""
+        return lambda value, *rest: handler(queue, selected_id(value), *rest)
 
-    refreshed = [table, selected, *view]
-    timer.tick(refresh, inputs=selected, outputs=refreshed, show_progress="hidden")
-    selected.change(lambda job_id: job_view_values(queue, job_id), inputs=selected, outputs=view)
-    table.select(selected_row_job, outputs=selected)
+    def refresh(value: Any) -> list[Any]:
+        return [table_rows(queue), gr.update(choices=job_choices(queue)), *on_job(job_view_values)(value)]
 
     def then_refresh(event: Any) -> None:
-        event.then(refresh, inputs=selected, outputs=refreshed)
+        event.then(refresh, inputs=selected, outputs=[table, selected, *view], show_progress="hidden")
 
-    if current_config is not None:
+    timer.tick(refresh, inputs=selected, outputs=[table, selected, *view], show_progress="hidden")
+    selected.change(on_job(job_view_values), inputs=selected, outputs=view)
+    table.select(selected_row_job, outputs=selected)
+    if add_button is not None:
         then_refresh(add_button.click(lambda toml: add_config(queue, toml), current_config, message))
     for name, offset in (("up", -1), ("down", 1)):
-        then_refresh(
-            buttons[name].click(lambda job_id, o=offset: move_job(queue, job_id, o), selected, message)
-        )
+        then_refresh(buttons[name].click(on_job(partial(_move, offset=offset)), selected, message))
     for action in ("stop", "resume", "cancel"):
-        then_refresh(
-            buttons[action].click(lambda job_id, a=action: run_action(queue, a, job_id), selected, message)
-        )
-    then_refresh(buttons["duplicate"].click(lambda job_id: duplicate_job(queue, job_id), selected, message))
-    buttons["edit-copy"].click(lambda job_id: edit_copy(queue, job_id), selected, [edited_copy, message])
-    buttons["delete"].click(
-        lambda job_id, remove: _ask_delete(queue, job_id, remove),
-        [selected, remove_outputs],
-        [confirm_row, question, message],
-    )
-    then_refresh(
-        confirm.click(
-            lambda job_id, remove: (gr.update(visible=False), delete_job(queue, job_id, remove)),
-            [selected, remove_outputs],
-            [confirm_row, message],
-        )
-    )
+        then_refresh(buttons[action].click(on_job(partial(_act, action=action)), selected, message))
+    then_refresh(buttons["duplicate"].click(on_job(duplicate_job), selected, message))
+    buttons["edit-copy"].click(on_job(edit_copy), selected, [edited_copy, message])
+    buttons["delete"].click(on_job(_ask_delete), [selected, remove_outputs], [confirm_row, question, message])
+    deleted = confirm.click(on_job(_confirm_delete), [selected, remove_outputs], [confirm_row, message])
+    then_refresh(deleted)
     keep.click(lambda: gr.update(visible=False), outputs=confirm_row)
     return JobsTab(edited_copy=edited_copy, selected_job=selected)
+
+
+def _move(queue: JobQueue, job_id: int | None, *, offset: int) -> str:
+    return move_job(queue, job_id, offset)
+
+
+def _act(queue: JobQueue, job_id: int | None, *, action: str) -> str:
+    return run_action(queue, action, job_id)
+
+
+def _confirm_delete(queue: JobQueue, job_id: int | None, remove_outputs: bool) -> tuple[Any, str]:
+    return gr.update(visible=False), delete_job(queue, job_id, remove_outputs)
+
+
+def selected_id(value: Any) -> int | None:
+    """The job id in the dropdown's value: a choice's id, or the number a user typed ("3", "3: name")."""
+    if value is None or isinstance(value, int):
+        return value
+    digits = str(value).strip().split(":", 1)[0].strip()
+    return int(digits) if digits.isdigit() else None
 
 
 def _job_view_components() -> list[gr.components.Component]:
@@ -132,7 +148,9 @@ def _job_view_components() -> list[gr.components.Component]:
     with gr.Row():
         loss = gr.LinePlot(x="step", y="loss", color="curve", label="Loss", elem_id="job-loss")
         lr = gr.LinePlot(x="step", y="lr", color="group", label="Learning rate", elem_id="job-lr")
-    validation = gr.LinePlot(x="step", y="validation loss", label="Validation loss", elem_id="job-validation")
+    validation = gr.LinePlot(
+        x="step", y="validation loss", color="curve", label="Validation loss", elem_id="job-validation"
+    )
     samples = gr.Gallery(label="Sample images", columns=4, elem_id="job-samples")
     log = gr.Textbox(label="Log (last lines)", lines=12, max_lines=12, interactive=False, elem_id="job-log")
     outputs = gr.Textbox(label="Files", lines=3, interactive=False, elem_id="job-outputs")
