@@ -22,6 +22,7 @@ commands:
   demo    train a LoRA on the embedded tiny model and render a comparison grid
   dataset prepare (kohya folder tree from your images) | check (the dataset doctor)
   sample  draw a prompt file's images from saved LoRA files, several side by side (loracraft sample --help)
+  gui     the web UI: the training form, dataset tools and the job queue (loracraft gui --help)
   config  import a kohya_ss GUI JSON, kohya TOML or command line as loracraft TOML | presets (loracraft config)
   queue   add | list | stop | resume | cancel | delete | move | run: the job queue (loracraft queue --help)
 
@@ -112,6 +113,16 @@ def run_config(argv: list[str]) -> int:
     return config_main(argv)
 
 
+def run_gui(argv: list[str]) -> int:
+    try:
+        import gradio  # noqa: F401 - the gui extra's one dependency
+    except ImportError:
+        raise UserError("loracraft gui needs Gradio: pip install 'loracraft[gui]'") from None
+    from loracraft.gui.server import main as gui_main
+
+    return gui_main(argv)
+
+
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "train": run_train,
     "plan": run_plan,
@@ -120,6 +131,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "sample": run_sample,
     "config": run_config,
     "queue": run_queue_command,
+    "gui": run_gui,
 }
 
 
