@@ -155,3 +155,11 @@ def test_the_tab_builds_inside_blocks(queue, tmp_path):
 )
 def test_selected_id_reads_a_choice_or_a_typed_id(value, job_id):
     assert tab.selected_id(value) == job_id
+
+
+def test_served_folders_hold_the_sample_images(queue, tmp_path):
+    job = add(queue, tmp_path, "a")
+    # Where the run's ProgressFileTracker copies its samples (training/trackers.py).
+    sample = job.progress_file.with_name(f"{job.progress_file.stem}-images") / "step00000001-0.png"
+    (folder,) = tab.served_folders(queue)
+    assert sample.is_relative_to(folder)

@@ -138,6 +138,12 @@ def selected_id(value: Any) -> int | None:
     return int(digits) if digits.isdigit() else None
 
 
+def served_folders(queue: JobQueue) -> list[str]:
+    """The folders whose files the page shows (the sample images each run copies into its job folder):
+    Gradio serves files outside its working folder only from launch's `allowed_paths`."""
+    return [str(queue.root / "jobs")]
+
+
 def _job_view_components() -> list[gr.components.Component]:
     """The job page's components, in JobPage's field order."""
     gr.Markdown("### Selected job")
