@@ -39,6 +39,7 @@ SDXL_KEYS = {
     "sdxl_cache_text_encoder_outputs": "cache_text_encoder_outputs",
 }
 LORA_TYPE_STANDARD = "Standard"
+EXTRA_FLAGS_KEY = "additional_parameters"
 
 
 def import_gui_json(data: dict[str, Any], source: str) -> ImportReport:
@@ -47,7 +48,9 @@ def import_gui_json(data: dict[str, Any], source: str) -> ImportReport:
     network_type = _network_type(data)
     report = ImportReport(f"{source}: a kohya_ss GUI LoRA config ({family}, LoRA_type {network_type})")
     special = _special_keys(data, network_type)
-    for key, value in data.items():
+    # The GUI appends additional_parameters after --config_file: its flags win, so they are read last.
+    ordered = sorted(data.items(), key=lambda item: item[0] == EXTRA_FLAGS_KEY)
+    for key, value in ordered:
         if key in special:
             special[key](key, value, report)
         elif key in FIELDS or key in ALIASES:
@@ -187,7 +190,8 @@ def _special_keys(data: dict[str, Any], network_type: str) -> dict[str, Handler]
         if not str(value).strip():
             report.ignore(key, "extra sd-scripts flags (none here)")
             return
-        extra = import_flag_text(str(value), f"{key}")
+        report.ignore(key, f"extra sd-scripts flags, each listed as {key}: --flag")
+        extra = import_flag_text(str(value), key)
         for entry in extra.mapped:
             report.map(f"{key}: {entry.key}", entry.field, entry.value)
         for entry in extra.ignored:
@@ -214,7 +218,7 @@ def _special_keys(data: dict[str, Any], network_type: str) -> dict[str, Handler]
         "use_8bit_adam": old_8bit_adam,
         "use_wandb": old_wandb,
         "sample_prompts": prompts,
-        "additional_parameters": extra_flags,
+        EXTRA_FLAGS_KEY: extra_flags,
         "fp8_base_unet": flux_only,
     }
     return handlers

@@ -41,9 +41,7 @@ class ImportReport:
 
     def map(self, key: str, field_name: str, value: Any) -> None:
         self.mapped.append(MappedKey(key, field_name, value))
-        if value is None:
-            self.values.pop(field_name, None)
-        else:
+        if value is not None:  # None leaves the field to its default or to another key that set it
             self.values[field_name] = value
 
     def ignore(self, key: str, reason: str, lost: bool = False) -> None:
