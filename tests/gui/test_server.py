@@ -16,6 +16,7 @@ import pytest
 
 from loracraft.cli import main
 from loracraft.errors import UserError
+from loracraft.gui.offline_page import without_remote_tags
 from loracraft.gui.server import is_loopback, read_credentials, refuse_unprotected, start_server
 
 LOGIN = ("ana", "s3cret")
@@ -125,3 +126,14 @@ def test_with_a_login_the_page_opens_after_logging_in(guarded_server):
     form = urllib.parse.urlencode({"username": LOGIN[0], "password": LOGIN[1]}).encode()
     opener.open(guarded_server.url + "login", data=form, timeout=30)
     assert _get(guarded_server.url + "config", opener)[0] == 200
+
+
+def test_remote_link_and_script_tags_are_removed_from_pages():
+    page = (
+        b'<head><link rel="preconnect" href="https://fonts.googleapis.com" />'
+        b'<script src="https://cdn.example/x.js" async></script>'
+        b'<link rel="stylesheet" href="http://127.0.0.1:7860/theme.css"><script src="/assets/app.js"></script></head>'
+    )
+    assert without_remote_tags(page) == (
+        b'<head><link rel="stylesheet" href="http://127.0.0.1:7860/theme.css"><script src="/assets/app.js"></script></head>'
+    )

@@ -98,8 +98,11 @@ def start_server(
 ) -> RunningServer:
     """Serve the UI on the queue at `queue_path` without blocking; `run_jobs` starts the worker thread."""
     refuse_unprotected(listen, share, logins)
+    from starlette.middleware import Middleware
+
     from loracraft.gui.app import build_app
     from loracraft.gui.http_api import api_router
+    from loracraft.gui.offline_page import OfflinePage
     from loracraft.gui.style import launch_style
     from loracraft.jobs.queue import JobQueue
     from loracraft.jobs.worker import Worker
@@ -107,6 +110,8 @@ def start_server(
     queue = JobQueue(queue_path)
     app = build_app(queue)
     app.queue()
+    # Routes given to the app's constructor come before Gradio's own, so none of them can shadow /api/.
+    app_kwargs = {"routes": api_router(queue, logins).routes, "middleware": [Middleware(OfflinePage)]}
     app.launch(
         server_name=listen,
         server_port=port,
@@ -115,21 +120,13 @@ def start_server(
         inbrowser=inbrowser,
         prevent_thread_lock=True,
         quiet=True,
+        app_kwargs=app_kwargs,
         **launch_style(),
     )
-    _mount_first(app, api_router(queue, logins))
     worker = Worker(queue, workers=workers) if run_jobs else None
     if worker is not None:
         worker.start()
     return RunningServer(app=app, url=app.local_url or f"http://{listen}:{port}/", worker=worker)
-
-
-def _mount_first(app: gr.Blocks, router: object) -> None:
-    """Add `router`'s routes ahead of Gradio's, so no route of the page's app can shadow /api/."""
-    routes = app.app.router.routes
-    before = len(routes)
-    app.app.include_router(router)
-    routes[:] = routes[before:] + routes[:before]
 
 
 def make_parser() -> argparse.ArgumentParser:
