@@ -153,7 +153,9 @@ class JobQueue:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute(_SCHEMA)
         except (OSError, sqlite3.DatabaseError) as error:
-            raise UserError(f"queue {self.path} cannot be opened: {error}; choose another with --queue FILE") from None
+            raise UserError(
+                f"queue {self.path} cannot be opened: {error}; choose another with --queue FILE"
+            ) from None
         self.settle_lost_jobs()
 
     # Reading.
