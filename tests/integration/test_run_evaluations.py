@@ -10,6 +10,8 @@ from safetensors.torch import load_file
 import loracraft.sampling.during_training as during_training
 import loracraft.training.trainer as trainer
 from data_helpers import make_kohya_dataset
+from loracraft.jobs.progress import read_progress_file
+from loracraft.training.trackers import open_trackers as real_open_trackers
 from loracraft.training.trainer import train
 from run_helpers import tiny_run_config
 
@@ -78,10 +80,10 @@ def watched_run(tiny_sd1, tree, prompt_file, tmp_path_factory):
     config = run_config(
         tiny_sd1, tree, output_dir,
         sample_prompts=str(prompt_file), sample_at_first=True, sample_every_n_steps=1,
-        validate_every_n_steps=1, validate_every_n_epochs=1,
+        validate_every_n_steps=1, validate_every_n_epochs=1, progress_file=str(output_dir / "progress.jsonl"),
     )  # fmt: skip
     patch = pytest.MonkeyPatch()
-    patch.setattr(trainer, "open_trackers", lambda _config: [tracker])
+    patch.setattr(trainer, "open_trackers", lambda config: [tracker, *real_open_trackers(config)])
     printed: list[str] = []
     try:
         train(config, show_progress=False, echo=printed.append)
@@ -164,3 +166,15 @@ def test_a_failing_sampler_costs_a_warning_not_the_run(
     ]
     plain = load_file(plain_run / "toy.safetensors")
     assert all(tensor.equal(plain[key]) for key, tensor in load_file(result.lora_file).items())
+
+
+def test_the_progress_file_tells_the_runs_course(watched_run):
+    """What the queue's job page reads: the run's length, its losses and validation, its samples, and
+    how it ended."""
+    output_dir, _, _ = watched_run
+    progress = read_progress_file(output_dir / "progress.jsonl")
+    assert (progress.step, progress.total_steps, progress.epochs) == (4, 4, 2)
+    assert [step for step, _, _ in progress.loss_points] == [1, 2, 3, 4]
+    assert [step for step, _ in progress.validation_points] == [1, 2, 3, 4]
+    assert sorted({step for step, _, _, _ in progress.samples}) == [0, 1, 2, 3, 4]
+    assert progress.outcome == ("finished", "toy.safetensors after 4 steps")

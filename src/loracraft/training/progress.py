@@ -16,14 +16,15 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Literal
 
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from loracraft.data.plan import DatasetPlan
+from loracraft.data.plan import DatasetPlan, StepCount
 from loracraft.training.run_log import RunLog
-from loracraft.training.trackers import TensorBoardTracker, Tracker
+from loracraft.training.trackers import ProgressFileTracker, TensorBoardTracker, Tracker
 
 GIB = 1024**3
 CPU = torch.device("cpu")
@@ -218,6 +219,20 @@ class TrainingLog:
         self.log_scalars({"loss/epoch_average": epoch_average}, epoch)
         if self.run_log is not None:
             self.run_log.epoch(epoch, self.last_step, epoch_average)
+
+    def begin_run(self, steps: StepCount, initial_step: int) -> None:
+        """Tell the trackers that follow a run's course (the progress file) its length and start."""
+        for tracker in self.trackers:
+            if isinstance(tracker, ProgressFileTracker):
+                tracker.begin(steps.max_train_steps, steps.num_epochs, steps.steps_per_epoch, initial_step)
+
+    def end_run(self, outcome: Literal["finished", "stopped", "failed"], detail: str) -> None:
+        """How the run ended, to NAME.log and the trackers that follow a run's course."""
+        if self.run_log is not None:
+            self.run_log.end(outcome, detail)
+        self._to_trackers(
+            lambda tracker: tracker.end(outcome, detail) if isinstance(tracker, ProgressFileTracker) else None
+        )
 
     @contextmanager
     def not_timed(self) -> Iterator[None]:

@@ -132,6 +132,7 @@ def train(
         device=accelerator.device,
         run_log=run_log,
     )
+    log.begin_run(plan.steps, position.step)
     loss_of = partial(diffusion_loss, setup.step_models, device=accelerator.device)
     evaluations = run_evaluations(config, start, setup, log, run_log, echo)
 
@@ -164,19 +165,19 @@ def train(
             evaluations.at_end(result.steps, plan.steps.num_epochs)
             if outputs.writes:
                 remember_speed(config, start, log, echo)
-            run_log.end("finished", f"{final.name} after {result.steps} steps")
+            log.end_run("finished", f"{final.name} after {result.steps} steps")
     except NonFiniteLoss as stopped:
         message = non_finite_message(stopped, outputs.epoch_files, config.mixed_precision)
         outputs.failed(message)
-        run_log.end("failed", message)
+        log.end_run("failed", message)
         raise UserError(message) from None
     except UserError as error:
         outputs.failed(str(error))
-        run_log.end("failed", str(error))
+        log.end_run("failed", str(error))
         raise
     except StopRequested as stopped:
         resume_with = outputs.at_stop(stopped.signal_name, stopped.position)
-        run_log.end("stopped", resume_with.removeprefix("stopped "))
+        log.end_run("stopped", resume_with.removeprefix("stopped "))
         raise RunStopped(resume_with, stopped.signal_name) from None
     finally:
         log.close()
