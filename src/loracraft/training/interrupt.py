@@ -10,7 +10,9 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# Windows has no SIGTERM to send another process: the job queue stops a run there with CTRL_BREAK_EVENT,
+# which arrives as SIGBREAK.
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, *([signal.SIGBREAK] if hasattr(signal, "SIGBREAK") else []))
 
 
 class StopRequest:
