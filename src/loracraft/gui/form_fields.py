@@ -20,6 +20,7 @@ from typing import Any
 from loracraft.config.fields import flag_infos
 from loracraft.config.optimizer_options import KOHYA_OPTIMIZERS
 from loracraft.config.schema import TrainConfig
+from loracraft.config.values import parse_bool
 from loracraft.errors import UserError
 
 CHECKBOX = "checkbox"
@@ -116,13 +117,14 @@ def form_fields() -> dict[str, FormField]:
 
 
 def control_value(field: FormField, value: Any) -> Any:
-    """A config value as `field`'s control holds it."""
+    """A config value as `field`'s control holds it; imports may give kohya's spellings as text
+    ("64", "true"), read here as the schema would."""
     if field.kind == CHECKBOX:
-        return bool(value)
+        return parse_bool(value) if isinstance(value, str) else bool(value)
     if field.kind == DROPDOWN:
         return NOT_SET if value is None else str(value)
     if field.kind in (INTEGER, NUMBER):
-        return value
+        return _number_of_text(field, value) if isinstance(value, str) else value
     if value is None:
         return ""
     if field.kind == LIST:
@@ -132,7 +134,19 @@ def control_value(field: FormField, value: Any) -> Any:
     return str(value)
 
 
+def _number_of_text(field: FormField, text: str) -> int | float | None:
+    if not text.strip():
+        return None
+    try:
+        number = float(text)
+    except ValueError:
+        raise UserError(f"--{field.name}: {text!r} is not a number") from None
+    return int(number) if field.kind == INTEGER and number.is_integer() else number
+
+
 def _list_text(field: FormField, items: Any) -> str:
+    if isinstance(items, str):
+        return items
     # A TOML file may give a single number where the flag takes several (`text_encoder_lr = 1e-4`).
     items = items if isinstance(items, list | tuple) else [items]
     if field.item_type is str:
