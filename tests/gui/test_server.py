@@ -30,8 +30,13 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def open_server(tmp_path_factory):
-    server = start_server(port=_free_port(), queue_path=tmp_path_factory.mktemp("open") / "queue.sqlite")
+def open_folder(tmp_path_factory):
+    return tmp_path_factory.mktemp("open")
+
+
+@pytest.fixture(scope="module")
+def open_server(open_folder):
+    server = start_server(port=_free_port(), queue_path=open_folder / "queue.sqlite")
     yield server
     server.close()
 
@@ -137,3 +142,25 @@ def test_remote_link_and_script_tags_are_removed_from_pages():
     assert without_remote_tags(page) == (
         b'<head><link rel="stylesheet" href="http://127.0.0.1:7860/theme.css"><script src="/assets/app.js"></script></head>'
     )
+
+
+def test_a_jobs_sample_images_are_served_to_the_page(open_server, open_folder):
+    """The job page's gallery shows the images a run copied into its job folder; Gradio serves a file
+    outside its own folders only when the server allows that folder."""
+    image = open_folder / "jobs" / "1" / "progress-images" / "toy_000001_00.png"
+    image.parent.mkdir(parents=True)
+    image.write_bytes(b"\x89PNG\r\n\x1a\n")
+    assert _file_status(open_server.url, image) == 200
+    outside = open_folder / "elsewhere.png"
+    outside.write_bytes(b"\x89PNG\r\n\x1a\n")
+    assert _file_status(open_server.url, outside) in (403, 404)
+
+
+def _file_status(url: str, path) -> int:
+    try:
+        with urllib.request.urlopen(
+            f"{url}gradio_api/file={urllib.parse.quote(str(path))}", timeout=30
+        ) as answer:
+            return answer.status
+    except urllib.error.HTTPError as err:
+        return err.code

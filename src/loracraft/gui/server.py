@@ -102,6 +102,7 @@ def start_server(
 
     from loracraft.gui.app import build_app
     from loracraft.gui.http_api import api_router
+    from loracraft.gui.jobs_tab import served_folders
     from loracraft.gui.offline_page import OfflinePage
     from loracraft.gui.style import launch_style
     from loracraft.jobs.queue import JobQueue
@@ -121,6 +122,8 @@ def start_server(
         prevent_thread_lock=True,
         quiet=True,
         app_kwargs=app_kwargs,
+        # The job page's sample gallery shows images from the jobs' folders, outside Gradio's own.
+        allowed_paths=served_folders(queue),
         **launch_style(),
     )
     worker = Worker(queue, workers=workers) if run_jobs else None
