@@ -165,7 +165,7 @@ def test_a_value_the_run_refuses_is_one_line_naming_the_file():
         imported_config(report)
     assert (
         str(refused.value)
-        == f"{DATA / 'SDXL-Standard-AdamW8bit.json'}: --bucket_reso_steps: Input should be a multiple of 64 (got 1)"
+        == f"{DATA / 'SDXL-Standard-AdamW8bit.json'}: --bucket_reso_steps: Input should be a multiple of 32 (got 1)"
     )
 
 

@@ -126,3 +126,32 @@ def test_updated_configs_are_validated_like_any_other():
     assert {"resolution", "text_encoder_lr"} <= updated.model_fields_set
     with pytest.raises(UserError, match=r"^demo: --network_dim: "):
         updated_config(config(), {"network_dim": "many"}, "demo: ")
+
+
+@pytest.mark.parametrize(
+    ("family", "steps", "refused"),
+    [("sd1", 32, True), ("sd2", 96, True), ("sdxl", 32, False), ("sd1", 128, False)],
+)
+def test_bucket_steps_follow_kohyas_rule_per_family(tmp_path, family, steps, refused):
+    """kohya: multiples of 64 for SD1/SD2 (train_network.py), of 32 for SDXL (sdxl_train_network.py)."""
+    from data_helpers import make_kohya_dataset
+    from loracraft.data.plan import build_epoch_plan
+    from loracraft.data.scan import scan_dreambooth_root
+    from loracraft.training.family_settings import check_bucket_steps
+
+    tree = make_kohya_dataset(tmp_path, reg_count=0)
+    subsets = scan_dreambooth_root(tree.train_dir, is_reg=False, caption_extension=".txt").subsets
+    plan = build_epoch_plan(
+        subsets, seed=0, max_train_epochs=1, max_train_steps=None, enable_bucket=True,
+        resolution=(256, 256), bucket_reso_steps=steps, min_bucket_reso=128, max_bucket_reso=512,
+    )  # fmt: skip
+    if not refused:
+        check_bucket_steps(plan, family)
+        return
+    with pytest.raises(UserError) as error:
+        check_bucket_steps(plan, family)
+    names = {"sd1": "SD1.x", "sd2": "SD2.x"}
+    assert str(error.value) == (
+        f"--bucket_reso_steps {steps}: {names[family]} models need a multiple of 64 (kohya's check; SDXL takes "
+        f"multiples of 32); use {steps // 64 * 64 or 64}"
+    )

@@ -77,7 +77,11 @@ class DatasetOptions(BaseModel):
         ge=64,
     )
     bucket_reso_steps: int = flag(
-        64, BUCKETS, "Bucket side granularity in pixels (a multiple of 64 for SD1).", ge=64, multiple_of=64
+        64,
+        BUCKETS,
+        "Bucket side granularity in pixels: a multiple of 64 for SD1/SD2, of 32 for SDXL (kohya's rules).",
+        ge=32,
+        multiple_of=32,
     )
     bucket_no_upscale: bool = flag(
         False,

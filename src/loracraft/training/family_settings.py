@@ -9,6 +9,8 @@ the family (and, where the checkpoint says so, its prediction type) from the mod
   unless the user set those flags: the flags always win.
 - SDXL without `--resolution` trains at 1024x1024 with buckets up to 2048 (SD1's 512 default would
   train SDXL far below its native size); a command line that names the resolution trains as in kohya.
+- `--bucket_reso_steps` must be a multiple of 64 for SD1/SD2 and of 32 for SDXL, as kohya's two
+  scripts assert (`verify_bucket_reso_steps`), for every dataset of a dataset config.
 - clip_skip does not apply to SDXL (its conditioning is fixed to both encoders' penultimate layer);
   kohya warns and ignores it, and so does loracraft.
 
@@ -27,6 +29,7 @@ from safetensors import SafetensorError, safe_open
 
 from loracraft.config.load import updated_config
 from loracraft.config.schema import TrainConfig
+from loracraft.data.plan import DatasetPlan
 from loracraft.errors import UserError
 from loracraft.models.bundle import Prediction
 from loracraft.models.family import FAMILY_NAMES
@@ -125,3 +128,20 @@ def model_settings(
 def _updated(config: TrainConfig, updates: dict[str, Any]) -> TrainConfig:
     # Validated again: a detected v-prediction can meet a flag that contradicts it.
     return updated_config(config, updates, "with the model's own settings: ") if updates else config
+
+
+# kohya's `verify_bucket_reso_steps` in train_network.py (64) and sdxl_train_network.py (32).
+BUCKET_STEP_MULTIPLE = {"sd1": 64, "sd2": 64, "sdxl": 32}
+
+
+def check_bucket_steps(plan: DatasetPlan, family: str) -> None:
+    """Every dataset's bucket step is a multiple of what the family's U-Net needs."""
+    multiple = BUCKET_STEP_MULTIPLE[family]
+    for dataset in plan.datasets:
+        steps = dataset.options.bucket_reso_steps
+        if steps % multiple:
+            where = f" ({dataset.label})" if dataset.label else ""
+            raise UserError(
+                f"--bucket_reso_steps {steps}{where}: {FAMILY_NAMES[family]} models need a multiple of {multiple} "
+                f"(kohya's check; SDXL takes multiples of 32); use {steps // multiple * multiple or multiple}"
+            )

@@ -51,6 +51,7 @@ from loracraft.training.distributed import deepspeed_plugin, process_kwargs
 from loracraft.training.evaluations import RunEvaluations
 from loracraft.training.family_settings import (
     FamilySettings,
+    check_bucket_steps,
     dataset_defaults,
     family_hint,
     model_settings,
@@ -343,6 +344,7 @@ def start_run(
         tokenizer_2_path=config.tokenizer_2_path,
     )
     echo(f"base model: {FAMILY_NAMES[bundle.family]} ({bundle.source.name})")
+    check_bucket_steps(plan, bundle.family)
     config = _noted(
         model_settings(config, bundle.family, bundle.prediction, config.pretrained_model_name_or_path), echo
     )
