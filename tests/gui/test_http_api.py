@@ -77,7 +77,10 @@ def test_actions_and_their_refusals(queue, tmp_path):
 
     resumed = client.post(f"/api/jobs/{job_id}/resume")
     assert resumed.status_code == 409
-    assert resumed.json()["detail"] == f"job {job_id} is cancelled: only a stopped, interrupted or failed job resumes"
+    assert (
+        resumed.json()["detail"]
+        == f"job {job_id} is cancelled: only a stopped, interrupted or failed job resumes"
+    )
 
 
 def test_unknown_job_is_404(queue):
