@@ -1,0 +1,102 @@
+"""The training form in a real browser: a preset fills it, an invalid value shows the CLI's one-line
+message and disables Start until it is fixed, the search box filters the fields, and a kohya_ss GUI JSON
+imports with every key reported and its values in the form."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from page_helpers import (
+    checkbox,
+    choose,
+    expect,
+    number_input,
+    open_tab,
+    screenshot,
+    set_value,
+    settle,
+    text_input,
+)
+
+pytestmark = pytest.mark.browser
+
+KOHYA_SS = Path(__file__).resolve().parents[1] / "data" / "kohya_ss"
+VALID = "✅ The config validates: Start queues it."
+
+
+def test_a_preset_fills_the_form_and_an_invalid_value_disables_start(open_page):
+    page = open_page()
+    choose(page, "config-preset", "sd15-style-12gb")
+    page.locator("#config-preset-apply").click()
+    expect(page.locator("#config-message textarea")).to_have_value("Preset sd15-style-12gb applied")
+    settle(page)
+    open_tab(page, "tab-network")
+    expect(number_input(page, "network_dim")).to_have_value("64")  # the form's own default is 32
+    expect(number_input(page, "network_alpha")).to_have_value("32")
+
+    set_value(number_input(page, "network_alpha"), -1)
+    message = page.locator("#validation-message")
+    expect(message).to_have_text("❌ --network_alpha: Input should be greater than or equal to 0 (got -1)")
+    expect(page.locator("#start")).to_be_disabled()
+    expect(page.locator("#field-network_alpha")).to_contain_text("⚠ --network_alpha: Input should be")
+
+    set_value(number_input(page, "network_alpha"), 8)
+    expect(message).to_have_text(VALID)
+    expect(page.locator("#start")).to_be_enabled()
+
+    open_tab(page, "tab-training")
+    choose(page, "field-mixed_precision", "no")
+    checkbox(page, "full_fp16").check()
+    expect(message).to_have_text(
+        "❌ --full_fp16 needs --mixed_precision fp16, got no; add --mixed_precision fp16 or drop --full_fp16"
+    )
+    expect(page.locator("#start")).to_be_disabled()
+    screenshot(page, "form-invalid-value")
+    checkbox(page, "full_fp16").uncheck()
+    expect(message).to_have_text(VALID)
+    expect(page.locator("#start")).to_be_enabled()
+
+
+def test_the_search_box_filters_the_fields(open_page):
+    page = open_page()
+    open_tab(page, "tab-network")
+    expect(page.locator("#field-network_dim")).to_be_visible()
+    set_value(text_input(page, "field-search"), "alpha")
+    expect(page.locator("#field-network_alpha")).to_be_visible()
+    expect(page.locator("#field-network_dim")).to_be_hidden()
+    set_value(text_input(page, "field-search"), "")
+    expect(page.locator("#field-network_dim")).to_be_visible()
+
+
+def test_a_kohya_ss_gui_json_imports_into_the_form_with_its_report(open_page):
+    page = open_page()
+    page.get_by_text("Import a kohya_ss GUI JSON, a kohya TOML or a command line").click()
+    set_value(text_input(page, "import-source"), str(KOHYA_SS / "sd15 - EDG_LoraOptiSettings.json"))
+    page.locator("#import-run").click()
+    settle(page)
+    report = page.locator("#import-report textarea")
+    expect(report).to_have_value(re.compile(r"49 keys mapped, 14 ignored$"))
+    lines = report.input_value().splitlines()
+    assert lines[0].endswith(
+        "EDG_LoraOptiSettings.json: a kohya_ss GUI LoRA config (SD1.x/SD2.x, LoRA_type Standard)"
+    )
+    assert "mapped   optimizer                      -> optimizer_type = 'AdamW8bit'" in lines
+    assert "mapped   max_resolution                 -> resolution = '512,650'" in lines
+    assert any(line.startswith("ignored  LoRA_type ") for line in lines)
+    open_tab(page, "tab-network")
+    expect(number_input(page, "network_dim")).to_have_value("64")
+    expect(number_input(page, "network_alpha")).to_have_value("64")
+    open_tab(page, "tab-optimizer")
+    expect(text_input(page, "field-optimizer_type")).to_have_value("AdamW8bit")
+    expect(number_input(page, "unet_lr")).to_have_value("0.0001")
+    expect(text_input(page, "field-lr_scheduler")).to_have_value("constant")
+    open_tab(page, "tab-training")
+    expect(number_input(page, "seed")).to_have_value("1234")
+    expect(text_input(page, "field-mixed_precision")).to_have_value("bf16")
+    open_tab(page, "tab-folders")
+    expect(text_input(page, "field-resolution")).to_have_value("512,650")
+    expect(number_input(page, "train_batch_size")).to_have_value("3")
+    report.scroll_into_view_if_needed()
+    screenshot(page, "import-report")
