@@ -6,9 +6,10 @@ import math
 
 import pytest
 
-from loracraft.gui.job_view import duration_text, job_page
+from loracraft.gui.job_view import job_page
 from loracraft.jobs.progress import read_progress
 from loracraft.jobs.queue import JobQueue
+from loracraft.training.throughput_record import duration
 
 
 def write_events(path, events):
@@ -122,4 +123,4 @@ def test_job_without_progress_yet(tmp_path):
     ("seconds", "text"), [(0.4, "0 s"), (59, "59 s"), (61, "1 min 01 s"), (3600 + 5 * 60 + 9, "1 h 05 min")]
 )
 def test_duration_text(seconds, text):
-    assert duration_text(seconds) == text
+    assert duration(seconds) == text

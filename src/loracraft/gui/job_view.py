@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from loracraft.training.throughput_record import duration
+
 if TYPE_CHECKING:
     from loracraft.jobs.progress import JobProgress
     from loracraft.jobs.queue import Job
@@ -65,19 +67,8 @@ def progress_line(progress: JobProgress) -> str:
             f"epoch {progress.epoch}/{progress.epochs}" if progress.epochs else f"epoch {progress.epoch}"
         )
     if progress.eta_s is not None:
-        parts.append(f"ETA {duration_text(progress.eta_s)}")
+        parts.append(f"ETA {duration(progress.eta_s)}")
     return " · ".join(parts)
-
-
-def duration_text(seconds: float) -> str:
-    whole = round(seconds)
-    hours, rest = divmod(whole, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours} h {minutes:02d} min"
-    if minutes:
-        return f"{minutes} min {secs:02d} s"
-    return f"{secs} s"
 
 
 def speed_line(progress: JobProgress) -> str:
