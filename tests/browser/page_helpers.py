@@ -3,7 +3,6 @@ control, `start`, `config-*`, `import-*`, `queue-*`, `job-*`)."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -11,9 +10,6 @@ if TYPE_CHECKING:
     from playwright.sync_api import Locator, Page
 
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
-SETTLE_TIMEOUT_S = 240
-# Gradio's status trackers are hidden (class "hide") while no event of their component is pending.
-BUSY_TRACKERS = "() => document.querySelectorAll('[data-testid=status-tracker]:not(.hide)').length"
 
 
 def expect(target: Any) -> Any:
@@ -48,26 +44,6 @@ def choose(page: Page, elem_id: str, option: str) -> None:
     outside the component, by their labels)."""
     text_input(page, elem_id).click()
     page.get_by_role("option", name=option, exact=True).click()
-
-
-def settle(page: Page, quiet_s: float = 3.0) -> None:
-    """Wait until the page has been idle for `quiet_s`: no event shows progress and the page answers at
-    once. Applying a preset, loading or importing a config changes hundreds of controls, and each change
-    queues a check of the whole form, which keeps a page on shared cores busy for tens of seconds."""
-    deadline = time.monotonic() + SETTLE_TIMEOUT_S
-    quiet_since = None
-    while True:
-        asked = time.monotonic()
-        busy = page.evaluate(BUSY_TRACKERS)
-        now = time.monotonic()
-        if busy or now - asked > 0.5:
-            quiet_since = None
-        elif quiet_since is None:
-            quiet_since = now
-        elif now - quiet_since >= quiet_s:
-            return
-        assert now < deadline, f"the page was still busy after {SETTLE_TIMEOUT_S} s"
-        time.sleep(0.25)
 
 
 def open_tab(page: Page, tab_id: str) -> None:

@@ -132,3 +132,30 @@ def test_the_page_has_a_control_with_a_stable_id_for_every_field(queue):
     ids = {block.elem_id for block in app.blocks.values()}
     assert {control_id(name) for name in FIELD_NAMES} <= ids
     assert {"start", "field-search", "validation-message", "config-load", "config-save", "import-run"} <= ids
+
+
+def test_the_form_is_checked_after_each_edit_and_once_after_a_whole_rewrite(queue):
+    """A user's edit of any field triggers the check (its `input` event); a rewrite of the whole form
+    (load, preset, import, edit a copy) triggers one check after it, not one per control it changes:
+    the per-control `change` events of a rewrite froze the page for a minute."""
+    app = build_app(queue)
+    ids = {block.elem_id: block_id for block_id, block in app.blocks.items()}
+    fields = {ids[control_id(name)] for name in FIELD_NAMES}
+    dependencies = app.config["dependencies"]
+
+    def outputs_of(dependency):
+        return set(dependency["outputs"])
+
+    checks = [d for d in dependencies if ids["validation-message"] in outputs_of(d)]
+    by_edit = [d for d in checks if d["trigger_after"] is None]
+    assert len(by_edit) == 1
+    triggers = set(map(tuple, by_edit[0]["targets"]))
+    assert triggers == {(field, "input") for field in fields} | {(ids["field-search"], "change")}
+
+    rewrites = [d for d in dependencies if fields <= outputs_of(d) and d not in checks]
+    assert len(rewrites) == 4  # load, apply preset, import, edit a copy from the queue
+    followed = {d["trigger_after"] for d in checks}
+    assert {d["id"] for d in rewrites} <= followed
+    assert not any(
+        target[1] == "change" and target[0] in fields for d in dependencies for target in d["targets"]
+    )

@@ -1,6 +1,7 @@
 """The worker runs queued jobs as `loracraft train` subprocesses on the tiny model: a job finishes with its
 LoRA and progress read back; a stopped job saved a state and resumes to the end; a job whose worker and
-process were killed is interrupted at the next open and resumes."""
+process were killed is interrupted at the next open and resumes; N workers run N jobs at once, one per
+GPU."""
 
 import os
 import signal
@@ -11,9 +12,11 @@ import pytest
 import tomli_w
 
 from data_helpers import make_kohya_dataset
+from loracraft.errors import UserError
+from loracraft.jobs import worker as worker_module
 from loracraft.jobs.progress import read_events, read_progress
 from loracraft.jobs.queue import LOST, JobQueue
-from loracraft.jobs.worker import Worker, run_queue
+from loracraft.jobs.worker import Worker, run_queue, slot_devices
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="stops runs with POSIX signals")
 
@@ -124,3 +127,59 @@ def test_a_job_killed_with_its_worker_is_interrupted_at_the_next_open_and_resume
     assert done.state == "done", done.exit_reason
     assert read_progress(done).step == 20
     assert (tmp_path / "out" / "toy.safetensors").is_file()
+
+
+def fake_gpus(monkeypatch, count: int) -> None:
+    """A machine that shows `count` CUDA devices to the worker (the runs below never touch them)."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+
+
+def test_n_workers_take_one_gpu_each_or_are_refused_with_the_count_visible(monkeypatch):
+    fake_gpus(monkeypatch, 2)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert slot_devices(1) == [None]  # one worker leaves the GPUs as the environment says
+    assert slot_devices(2) == ["0", "1"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5,6")
+    assert slot_devices(2) == ["3", "5"]
+    with pytest.raises(UserError) as refused:
+        slot_devices(4)
+    assert str(refused.value) == (
+        "--workers 4 runs each job on a GPU of its own, and 3 are visible: use --workers 3 or fewer"
+    )
+    with pytest.raises(UserError, match=r"^--workers 0: give 1 or more$"):
+        slot_devices(0)
+
+
+def test_two_workers_run_two_jobs_at_once_each_on_its_own_gpu(monkeypatch, tmp_path):
+    """Three queued jobs on two slots: two run together, each told its GPU, and the third takes the
+    first slot that frees. The runs are a stand-in for `loracraft train` that records its device and
+    waits until both first jobs have started, so it only ends if they really run at the same time."""
+    fake_gpus(monkeypatch, 2)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    stand_in = (
+        "import os, pathlib, sys, time\n"
+        "seen = pathlib.Path(sys.argv[1])\n"
+        "(seen / sys.argv[2]).write_text(os.environ.get('CUDA_VISIBLE_DEVICES', 'none'))\n"
+        "deadline = time.monotonic() + 60\n"
+        "while len(list(seen.iterdir())) < 2 and time.monotonic() < deadline:\n"
+        "    time.sleep(0.05)\n"
+        "sys.exit(0 if len(list(seen.iterdir())) >= 2 else 1)\n"
+    )
+    monkeypatch.setattr(
+        worker_module,
+        "train_command",
+        lambda claim: [sys.executable, "-c", stand_in, str(seen), str(claim.job.id)],
+    )
+    queue = JobQueue(tmp_path / "queue.sqlite")
+    out = (tmp_path / "out").as_posix()
+    jobs = [queue.add(f'output_dir = "{out}"\noutput_name = "job{index}"\n') for index in range(3)]
+    assert run_queue(queue, workers=2, echo=lambda _: None) == 0
+    assert [queue.get(job.id).state for job in jobs] == ["done"] * 3
+    devices = {path.name: path.read_text() for path in seen.iterdir()}
+    assert sorted(devices[str(job.id)] for job in jobs[:2]) == ["0", "1"]
+    assert devices[str(jobs[2].id)] in ("0", "1")

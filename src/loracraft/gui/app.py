@@ -1,9 +1,14 @@
 """The web UI's page: the training form generated from TrainConfig, the dataset tools and the queue.
 
-The form has one control per TrainConfig field on kohya_ss-style tabs (tabs.py). Every change re-validates
+The form has one control per TrainConfig field on kohya_ss-style tabs (tabs.py). Every edit re-validates
 the whole form with the CLI's model and shows the CLI's one-line message at the top and on the field it
 names; Start queues the config only while it validates. The same pass shows and hides the fields that
 matter for the current options and model family, and applies the search box.
+
+The pass follows the user's own edits (the controls' `input` events), not every change of value: a
+preset, a loaded or imported config rewrites hundreds of controls at once, and one pass after the whole
+rewrite replaces the hundreds that each control's `change` would queue (which froze the page for a
+minute).
 
 The page never trains: Start adds a job to the queue, which a worker runs as `loracraft train` in a
 subprocess (server.py starts the worker).
@@ -144,7 +149,7 @@ def build_app(queue: JobQueue) -> gr.Blocks:
                     for name in FIELD_NAMES
                 ]
                 by_name = dict(zip(FIELD_NAMES, controls, strict=True))
-                config_panel(controls)
+                form_rewrites = config_panel(controls)
                 with gr.Row():
                     search = gr.Textbox(
                         label="Search settings", placeholder="name or words of its description", scale=3,
@@ -170,24 +175,29 @@ def build_app(queue: JobQueue) -> gr.Blocks:
                             if tab == FOLDERS:
                                 with gr.Accordion("Check this dataset", open=False):
                                     check_section(controls, "folders")
-            dataset_tab(controls)
+            form_rewrites.append(dataset_tab(controls))
             jobs = jobs_tab(queue, current_config)
 
-        refreshed = [validation_message, start, current_config, family_line, view_state, *controls]
+        check_form = {
+            "fn": lambda query, before, *shown: refresh_form(shown, query, before),
+            "inputs": [search, view_state, *controls],
+            "outputs": [validation_message, start, current_config, family_line, view_state, *controls],
+            "show_progress": "hidden",
+            # One queue for every check, in the order asked: a check of older values never lands last.
+            "concurrency_id": "form-check",
+        }
         gr.on(
-            triggers=[control.change for control in controls] + [search.change],
-            fn=lambda query, before, *shown: refresh_form(shown, query, before),
-            inputs=[search, view_state, *controls],
-            outputs=refreshed,
+            triggers=[control.input for control in controls] + [search.change],
             trigger_mode="always_last",
-            show_progress="hidden",
+            **check_form,
         )
+        for rewrite in form_rewrites:
+            rewrite.then(**check_form)
         start.click(
             lambda name, *shown: start_job(queue, name, shown),
             inputs=[job_name, *controls],
             outputs=start_message,
         )
-        jobs.edited_copy.change(controls_of_toml, inputs=jobs.edited_copy, outputs=controls).then(
-            lambda: gr.Tabs(selected="train"), outputs=main_tabs
-        )
+        copied = jobs.edited_copy.change(controls_of_toml, inputs=jobs.edited_copy, outputs=controls)
+        copied.then(**check_form).then(lambda: gr.Tabs(selected="train"), outputs=main_tabs)
     return app

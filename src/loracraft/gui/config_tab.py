@@ -92,8 +92,10 @@ def _message_action(action: Callable[..., str]) -> Callable[..., str]:
     return run
 
 
-def config_panel(controls: list[gr.components.Component]) -> None:
-    """The "Configuration file" section above the form's tabs, wired to `controls` (in FIELD_NAMES order)."""
+def config_panel(controls: list[gr.components.Component]) -> list[Any]:
+    """The "Configuration file" section above the form's tabs, wired to `controls` (in FIELD_NAMES order).
+    Returns the events that rewrite the whole form (load, preset, import), for the caller to follow each
+    with one check of the form."""
     with gr.Accordion("Configuration file", open=True, elem_id="config-file"):
         with gr.Row():
             path = gr.Textbox(
@@ -128,14 +130,17 @@ def config_panel(controls: list[gr.components.Component]) -> None:
         message = gr.Textbox(label="Message", interactive=False, elem_id="config-message")
 
     count = len(controls)
-    load.click(_form_action(load_config, count), inputs=path, outputs=[*controls, message])
+    loaded = load.click(_form_action(load_config, count), inputs=path, outputs=[*controls, message])
     save.click(
         _message_action(lambda file, *shown: save_config(file, shown)),
         inputs=[path, *controls],
         outputs=message,
     )
-    use_preset.click(_form_action(apply_preset, count), inputs=preset, outputs=[*controls, message])
-    do_import.click(
+    preset_applied = use_preset.click(
+        _form_action(apply_preset, count), inputs=preset, outputs=[*controls, message]
+    )
+    imported = do_import.click(
         _form_action(import_into_form, count), inputs=[source, uploaded], outputs=[*controls, report]
     )
     command_button.click(lambda *shown: show_command(shown), inputs=controls, outputs=command)
+    return [loaded, preset_applied, imported]

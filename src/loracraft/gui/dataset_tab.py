@@ -82,8 +82,9 @@ def check_section(controls: list[gr.components.Component], prefix: str) -> None:
     run.click(lambda chosen, *shown: check_dataset(chosen, shown), inputs=[target, *controls], outputs=report)
 
 
-def dataset_tab(controls: list[gr.components.Component]) -> None:
-    """The "Dataset" tab: prepare a folder tree (and use it in the form), then check it."""
+def dataset_tab(controls: list[gr.components.Component]) -> Any:
+    """The "Dataset" tab: prepare a folder tree (and use it in the form), then check it. Returns the
+    event that puts the prepared folders in the form, for the caller to follow with a check of the form."""
     by_name = dict(zip(FIELD_NAMES, controls, strict=True))
     with gr.Tab("Dataset", elem_id="dataset-tab"):
         gr.Markdown("### Prepare a kohya folder tree (img/N_concept, reg/, model/, log/)")
@@ -133,4 +134,4 @@ def dataset_tab(controls: list[gr.components.Component]) -> None:
         folders = prepared_folders(root)
         return [folders[name] if name in folders else gr.update() for name in targets]
 
-    use.click(use_folders, inputs=output, outputs=[by_name[name] for name in targets])
+    return use.click(use_folders, inputs=output, outputs=[by_name[name] for name in targets])
