@@ -102,11 +102,18 @@ def test_a_started_job_survives_the_page_and_shows_its_loss_and_samples(open_pag
     )
     # The loss plot draws its curves (Vega renders a canvas or an SVG); the gallery shows the samples.
     expect(page.locator("#job-loss canvas, #job-loss svg").first).to_be_visible()
+    # Each plot lists its curves in its legend (a plot that got its axes wrong drew none); the plots are
+    # drawn once scrolled into view.
+    page.locator("#job-loss").scroll_into_view_if_needed()
+    for plot, curves in (("job-loss", ("loss", "average")), ("job-lr", ("unet", "textencoder"))):
+        legend = page.locator(f"#{plot} .role-legend-label")
+        expect(legend).to_have_count(len(curves) + (plot == "job-loss"))  # + the epoch average
+        for curve in curves:
+            expect(legend.filter(has_text=curve).first).to_be_visible()
     samples = page.locator("#job-samples img")
     expect(samples.first).to_be_visible()
     assert samples.first.evaluate("image => image.complete && image.naturalWidth") == 64
     assert (gui_folder / "out" / "toy.safetensors").is_file()
-    page.locator("#job-loss").scroll_into_view_if_needed()  # the screenshot shows the curves and samples
     screenshot(page, "queue-job-page")
 
 

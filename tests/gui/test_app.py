@@ -4,6 +4,9 @@ imports and presets, the command line, the dataset check, and the page built wit
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from data_helpers import make_kohya_dataset
@@ -14,6 +17,7 @@ from loracraft.gui.app import VALID, FormView, build_app, refresh_form, start_jo
 from loracraft.gui.config_tab import apply_preset, import_into_form, load_config, save_config, show_command
 from loracraft.gui.controls import control_id
 from loracraft.gui.dataset_tab import check_dataset
+from loracraft.gui.form_fields import form_fields
 from loracraft.gui.form_state import FIELD_NAMES, initial_controls, validate
 from loracraft.jobs.queue import JobQueue
 
@@ -91,12 +95,45 @@ def test_an_invalid_form_is_not_saved_and_nothing_is_written(tmp_path):
     assert not target.exists()
 
 
-def test_a_pasted_command_line_lands_in_the_form_with_its_report():
+def test_a_pasted_command_line_lands_in_the_form_with_its_report(tmp_path):
     controls, report = import_into_form(
-        "accelerate launch train_network.py --network_dim 64 --unet_lr 5e-5", None
+        "accelerate launch train_network.py --network_dim 64 --unet_lr 5e-5", None, tmp_path
     )
     assert _field(controls, "network_dim") == 64 and _field(controls, "unet_lr") == 5e-5
     assert "network_dim" in report and "keys mapped" in report.splitlines()[-1]
+    assert list(tmp_path.iterdir()) == []  # no prompts, no prompt file
+
+
+KOHYA_SS = Path(__file__).resolve().parents[1] / "data" / "kohya_ss"
+PROMPTS = "a red circle --w 64 --h 64 --s 2\n# a comment line\na blue square --n blurry --d 7"
+
+
+@pytest.mark.parametrize("given", ["path", "upload", "pasted"])
+def test_a_kohya_ss_json_s_sample_prompts_become_the_prompt_file_the_form_names(tmp_path, given):
+    """The GUI keeps its sample prompts as text in the config; imported into the form they are written
+    to a prompt file (next to a config given by its path, else in the data folder's imported-prompts)
+    that `sample_prompts` names, and the report says where."""
+    config = tmp_path / "mine" / "lora.json"
+    config.parent.mkdir()
+    settings = json.loads((KOHYA_SS / "sd15 - EDG_LoraOptiSettings.json").read_text(encoding="utf-8"))
+    config.write_text(json.dumps({**settings, "sample_prompts": PROMPTS}), encoding="utf-8")
+    data_folder = tmp_path / "data" / "imported-prompts"
+    source, uploaded = {
+        "path": (str(config), None),
+        "upload": ("", str(config)),
+        "pasted": (config.read_text(encoding="utf-8"), None),
+    }[given]
+    controls, report = import_into_form(source, uploaded, data_folder)
+    prompt_file = Path(_field(controls, "sample_prompts"))
+    if given == "path":
+        assert prompt_file == config.with_suffix(".prompts.txt")
+    else:
+        assert prompt_file.parent == data_folder
+    assert prompt_file.read_text(encoding="utf-8") == PROMPTS + "\n"
+    assert report.splitlines()[-1] == f"wrote the config's sample prompts to {prompt_file}"
+    again_controls, again = import_into_form(source, uploaded, data_folder)
+    assert _field(again_controls, "sample_prompts") == str(prompt_file)
+    assert "wrote the config's sample prompts" not in again  # the same prompts: the file is left as is
 
 
 def test_a_preset_fills_the_form_with_a_valid_config():
@@ -159,3 +196,26 @@ def test_the_form_is_checked_after_each_edit_and_once_after_a_whole_rewrite(queu
     assert not any(
         target[1] == "change" and target[0] in fields for d in dependencies for target in d["targets"]
     )
+
+
+def test_the_optimizer_args_tooltip_follows_the_chosen_optimizer():
+    """optimizer_args says what the chosen optimizer's class takes, read from the installed class, and
+    changes when the optimizer does; an invalid form keeps the last optimizer's hint."""
+    import inspect
+
+    prodigy = pytest.importorskip("prodigyopt").Prodigy
+    index = FIELD_NAMES.index("optimizer_args")
+    start = FormView(frozenset(), None, "AdamW")
+    refreshed = refresh_form(_controls(optimizer_type="Prodigy"), "", start)
+    view, updates = refreshed[4], refreshed[5:]
+    assert view.optimizer == "Prodigy"
+    info = updates[index]["info"]
+    assert info.startswith(form_fields()["optimizer_args"].description)
+    for name, parameter in inspect.signature(prodigy).parameters.items():
+        if name not in ("params", "lr"):
+            assert f"{name}={parameter.default!r}" in info
+    assert "keep the learning rates about 1" in info
+    unchanged = refresh_form(_controls(optimizer_type="Prodigy"), "", view)[5:]
+    assert "info" not in unchanged[index]
+    broken = refresh_form(_controls(optimizer_type="Prodigy", train_batch_size=0), "", view)
+    assert broken[4].optimizer == "Prodigy" and "info" not in broken[5 + index]

@@ -78,7 +78,7 @@ def test_running_job_page(recorded_job, tmp_path):
     curves = page.loss.groupby("curve")["loss"].apply(list).to_dict()
     assert curves == {"loss": [0.5, 0.3, 0.2, 0.1], "average": [0.4, 0.33, 0.275], "epoch average": [0.275]}
     assert page.loss[page.loss["curve"] == "average"]["step"].tolist() == [2, 3, 4]
-    lrs = page.lr.groupby("group")["lr"].apply(list).to_dict()
+    lrs = page.lr.groupby("parameters")["lr"].apply(list).to_dict()
     assert lrs == {"unet": [1e-4, 1e-4, 9e-5, 8e-5], "textencoder": [5e-5, 5e-5, 4e-5, 3e-5]}
     assert page.validation.values.tolist() == [[4, 0.6, "validation"]]
 
@@ -111,7 +111,7 @@ def test_job_without_progress_yet(tmp_path):
     page = job_page(job, read_progress(job))
     assert page.progress == "step 0"
     assert page.speed == ""
-    assert page.loss.empty and page.lr.empty and page.validation.empty
+    assert page.loss is None and page.lr is None and page.validation is None  # no plot until a point
     assert page.samples == []
     assert page.outputs.splitlines() == [
         f"LoRA files: none yet in {tmp_path / 'out'}",

@@ -343,3 +343,24 @@ def test_full_fp16_adamw_uses_the_fused_kernel_that_keeps_fp16_weights_finite():
     explicit = TrainConfig(mixed_precision="fp16", full_fp16=True, optimizer_args=["fused=False"])
     assert choose_optimizer(explicit).kwargs == {"fused": False}
     assert choose_optimizer(TrainConfig(mixed_precision="fp16")).kwargs == {}
+
+
+def test_the_argument_hint_lists_what_the_class_takes_and_what_kohya_adds():
+    from loracraft.training.optimizer.arguments import argument_hint
+
+    hint = argument_hint("SGDNesterov")
+    assert hint.startswith("SGDNesterov (torch.optim.sgd.SGD); takes momentum=0 dampening=0 weight_decay=0")
+    assert "nesterov=" not in hint.split(";")[1]  # kohya passes it: not the user's to give
+    assert "kohya always passes nesterov=True; kohya adds momentum=0.9 if not given." in hint
+    assert "params" not in hint and " lr=" not in hint
+    assert "kohya adds relative_step=True if not given" in argument_hint("AdaFactor")
+
+
+def test_the_argument_hint_of_a_missing_package_is_its_install_line(monkeypatch):
+    from loracraft.training.optimizer.arguments import argument_hint
+
+    monkeypatch.setitem(sys.modules, "prodigyopt", None)  # import fails as if not installed
+    assert argument_hint("Prodigy") == (
+        "--optimizer_type Prodigy needs the module 'prodigyopt': pip install prodigyopt "
+        '(or pip install "loracraft[optimizers]" for every optimizer)'
+    )

@@ -39,15 +39,35 @@ if TYPE_CHECKING:
     from loracraft.jobs.queue import JobQueue
 
 MODEL_FIELD = "pretrained_model_name_or_path"
+OPTIMIZER_ARGS = "optimizer_args"
 VALID = "✅ The config validates: Start queues it."
+# The data folder's place for the sample prompts of configs imported by upload or pasted.
+IMPORTED_PROMPTS = "imported-prompts"
 
 
 @dataclass(frozen=True)
 class FormView:
-    """What the page shows beside the values: hidden fields, the field marked invalid."""
+    """What the page shows beside the values: hidden fields, the field marked invalid, and the optimizer
+    whose arguments the optimizer_args field describes."""
 
     hidden: frozenset[str]
     flagged: str | None
+    optimizer: str | None = None
+
+
+@lru_cache(maxsize=64)
+def optimizer_args_hint(optimizer: str) -> str:
+    from loracraft.training.optimizer.arguments import argument_hint
+
+    return argument_hint(optimizer)
+
+
+def field_info(name: str, optimizer: str | None) -> str:
+    """A field's tooltip: its description; optimizer_args adds what the chosen optimizer takes."""
+    description = form_fields()[name].description
+    if name == OPTIMIZER_ARGS and optimizer:
+        return f"{description} {optimizer_args_hint(optimizer)}"
+    return description
 
 
 @lru_cache(maxsize=16)
@@ -91,7 +111,9 @@ def _field_update(name: str, view: FormView, before: FormView, message: str) -> 
     if name == view.flagged:
         changes.update(info=f"⚠ {message}", elem_classes=["invalid-field"])
     elif name == before.flagged:
-        changes.update(info=form_fields()[name].description, elem_classes=[])
+        changes.update(info=field_info(name, view.optimizer), elem_classes=[])
+    elif name == OPTIMIZER_ARGS and view.optimizer != before.optimizer:
+        changes.update(info=field_info(name, view.optimizer))
     return gr.update(**changes)
 
 
@@ -100,7 +122,9 @@ def refresh_form(controls: Sequence[Any], query: str, before: FormView) -> list[
     the new FormView, then one update per control (visibility, the invalid mark)]."""
     family, family_line = family_of(controls[FIELD_NAMES.index(MODEL_FIELD)])
     validation = validate(controls)
-    view = FormView(hidden_now(controls, query, family), validation.field)
+    # While the form does not validate, the hint stays with the last optimizer it named.
+    optimizer = validation.config.optimizer_name if validation.config is not None else before.optimizer
+    view = FormView(hidden_now(controls, query, family), validation.field, optimizer)
     message = f"❌ {validation.message}" if validation.config is None else VALID
     return [
         message,
@@ -136,8 +160,9 @@ def controls_of_toml(text: str | None) -> list[Any]:
 def build_app(queue: JobQueue) -> gr.Blocks:
     """The whole page on `queue`: Train (the form), Dataset, and the Queue with its job pages."""
     start_values = initial_controls()
-    start_view = FormView(hidden_now(start_values, "", None), None)
     start_validation = validate(start_values)
+    start_optimizer = start_validation.config.optimizer_name if start_validation.config else None
+    start_view = FormView(hidden_now(start_values, "", None), None, start_optimizer)
     with gr.Blocks(title="loracraft", analytics_enabled=False, **blocks_style()) as app:
         current_config = gr.State(start_validation.toml)
         view_state = gr.State(start_view)
@@ -145,11 +170,16 @@ def build_app(queue: JobQueue) -> gr.Blocks:
         with gr.Tabs(elem_id="main-tabs") as main_tabs:
             with gr.Tab("Train", id="train", elem_id="train-tab"):
                 controls = [
-                    make_control(form_fields()[name], visible=name not in start_view.hidden, render=False)
+                    make_control(
+                        form_fields()[name],
+                        visible=name not in start_view.hidden,
+                        info=field_info(name, start_optimizer),
+                        render=False,
+                    )
                     for name in FIELD_NAMES
                 ]
                 by_name = dict(zip(FIELD_NAMES, controls, strict=True))
-                form_rewrites = config_panel(controls)
+                form_rewrites = config_panel(controls, queue.path.parent / IMPORTED_PROMPTS)
                 with gr.Row():
                     search = gr.Textbox(
                         label="Search settings", placeholder="name or words of its description", scale=3,

@@ -9,7 +9,9 @@ it was.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -41,18 +43,34 @@ def save_config(path: str, controls: Sequence[Any]) -> str:
     return f"Saved {target}"
 
 
-def import_into_form(source: str, uploaded: str | None) -> tuple[list[Any], str]:
+def import_into_form(source: str, uploaded: str | None, prompts_folder: Path) -> tuple[list[Any], str]:
     """The controls of an imported config (an uploaded file, a path, or pasted text) and the report of
-    every key it held."""
-    from loracraft.config.importers import import_config, report_lines
+    every key it held. A kohya_ss GUI config holds its sample prompts as text: they go to a prompt file
+    that `sample_prompts` names, next to a config given by its path (as `loracraft config import` does),
+    else in `prompts_folder` (an upload's copy and pasted text have no folder of their own)."""
+    from loracraft.config.importers import import_config, names_a_file, report_lines
+    from loracraft.config.importers.apply import write_prompt_file
 
     if uploaded:
         report = import_config(Path(uploaded))
+        prompt_file = prompts_folder / f"{Path(uploaded).stem}.prompts.txt"
     elif source.strip():
         report = import_config(source.strip())
+        prompt_file = (
+            Path(source.strip()).with_suffix(".prompts.txt")
+            if names_a_file(source.strip())
+            else prompts_folder / f"pasted-{_digest(source)}.prompts.txt"
+        )
     else:
         raise UserError("paste a kohya command line, JSON or TOML, or give a file to import")
-    return controls_of(report.values), "\n".join(report_lines(report))
+    lines = report_lines(report)
+    if note := write_prompt_file(report, prompt_file):
+        lines.append(note)
+    return controls_of(report.values), "\n".join(lines)
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
 def apply_preset(name: str | None) -> tuple[list[Any], str]:
@@ -92,9 +110,9 @@ def _message_action(action: Callable[..., str]) -> Callable[..., str]:
     return run
 
 
-def config_panel(controls: list[gr.components.Component]) -> list[Any]:
-    """The "Configuration file" section above the form's tabs, wired to `controls` (in FIELD_NAMES order).
-    Returns the events that rewrite the whole form (load, preset, import), for the caller to follow each
+def config_panel(controls: list[gr.components.Component], prompts_folder: Path) -> list[Any]:
+    """The "Configuration file" section above the form's tabs, wired to `controls` (in FIELD_NAMES order);
+    imported sample prompts without a folder of their own are written to `prompts_folder`. Returns the events that rewrite the whole form (load, preset, import), for the caller to follow each
     with one check of the form."""
     with gr.Accordion("Configuration file", open=True, elem_id="config-file"):
         with gr.Row():
@@ -140,7 +158,9 @@ def config_panel(controls: list[gr.components.Component]) -> list[Any]:
         _form_action(apply_preset, count), inputs=preset, outputs=[*controls, message]
     )
     imported = do_import.click(
-        _form_action(import_into_form, count), inputs=[source, uploaded], outputs=[*controls, report]
+        _form_action(partial(import_into_form, prompts_folder=prompts_folder), count),
+        inputs=[source, uploaded],
+        outputs=[*controls, report],
     )
     command_button.click(lambda *shown: show_command(shown), inputs=controls, outputs=command)
     return [loaded, preset_applied, imported]

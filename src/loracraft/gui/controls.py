@@ -35,11 +35,14 @@ def field_label(field: FormField) -> str:
     return f"{field.title} ({field.name})"
 
 
-def make_control(field: FormField, visible: bool = True, render: bool = True) -> gr.components.Component:
-    """The control of `field`, showing its starting value, with its description as the tooltip."""
+def make_control(
+    field: FormField, visible: bool = True, info: str | None = None, render: bool = True
+) -> gr.components.Component:
+    """The control of `field`, showing its starting value, with `info` (else its description) as the
+    tooltip."""
     common = {
         "label": field_label(field),
-        "info": field.description,
+        "info": field.description if info is None else info,
         "value": field.initial,
         "elem_id": control_id(field.name),
         "visible": visible,

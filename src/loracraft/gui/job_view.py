@@ -28,9 +28,9 @@ class JobPage:
     headline: str
     progress: str
     speed: str
-    loss: pd.DataFrame
-    lr: pd.DataFrame
-    validation: pd.DataFrame
+    loss: pd.DataFrame | None
+    lr: pd.DataFrame | None
+    validation: pd.DataFrame | None
     samples: list[tuple[str, str]]
     log: str
     outputs: str
@@ -80,7 +80,7 @@ def speed_line(progress: JobProgress) -> str:
     return " · ".join(parts)
 
 
-def loss_table(progress: JobProgress) -> pd.DataFrame:
+def loss_table(progress: JobProgress) -> pd.DataFrame | None:
     """Long form (step, loss, curve) that gr.LinePlot draws as one line a curve: the step's loss, its
     moving average and the epochs' averages (at the epoch's last step)."""
     curves = {
@@ -91,18 +91,22 @@ def loss_table(progress: JobProgress) -> pd.DataFrame:
     return _long_table(curves, "loss", "curve")
 
 
-def lr_table(progress: JobProgress) -> pd.DataFrame:
-    return _long_table(progress.lr_points, "lr", "group")
+def lr_table(progress: JobProgress) -> pd.DataFrame | None:
+    return _long_table(progress.lr_points, "lr", "parameters")
 
 
-def validation_table(progress: JobProgress) -> pd.DataFrame:
+def validation_table(progress: JobProgress) -> pd.DataFrame | None:
     curves = {"validation": progress.validation_points, "epoch average": progress.epoch_validation_points}
     return _long_table(curves, "validation loss", "curve")
 
 
-def _long_table(curves: dict[str, list[tuple[int, float]]], value: str, series: str) -> pd.DataFrame:
+def _long_table(curves: dict[str, list[tuple[int, float]]], value: str, series: str) -> pd.DataFrame | None:
     # A NaN (an average not yet known) would break the line; leave the point out.
     rows = [(step, y, name) for name, points in curves.items() for step, y in points if not math.isnan(y)]
+    if not rows:
+        # No table at all: a plot drawn from an empty table keeps that table's (empty) curves and axis
+        # types when the points arrive, so a job watched from its start showed no lines.
+        return None
     return pd.DataFrame(rows, columns=["step", value, series])
 
 

@@ -36,6 +36,9 @@ ACTION_BUTTONS = [
     ("edit-copy", "Edit a copy in the form"),
     ("delete", "Delete…"),
 ]
+# The loss plots' curves (job_view.loss_table, validation_table), named up front so that a curve that
+# appears later in a run (the first epoch average) has its colour and legend entry from the start.
+CURVE_COLORS = {"loss": "#4c78a8", "average": "#f58518", "epoch average": "#e45756", "validation": "#54a24b"}
 ACTION_DONE = {"cancel": "cancelled", "stop": "asked to stop", "resume": "queued to resume"}
 
 
@@ -152,10 +155,20 @@ def _job_view_components() -> list[gr.components.Component]:
         progress = gr.Textbox(label="Progress", interactive=False, elem_id="job-progress")
         speed = gr.Textbox(label="Speed and memory", interactive=False, elem_id="job-speed")
     with gr.Row():
-        loss = gr.LinePlot(x="step", y="loss", color="curve", label="Loss", elem_id="job-loss")
-        lr = gr.LinePlot(x="step", y="lr", color="group", label="Learning rate", elem_id="job-lr")
+        loss = gr.LinePlot(
+            x="step", y="loss", color="curve", color_map=CURVE_COLORS, label="Loss", elem_id="job-loss"
+        )
+        # From zero: a constant rate has no range of its own, and the plot collapsed to a line-less strip.
+        lr = gr.LinePlot(
+            x="step", y="lr", color="parameters", y_lim=[0, None], label="Learning rate", elem_id="job-lr"
+        )
     validation = gr.LinePlot(
-        x="step", y="validation loss", color="curve", label="Validation loss", elem_id="job-validation"
+        x="step",
+        y="validation loss",
+        color="curve",
+        color_map=CURVE_COLORS,
+        label="Validation loss",
+        elem_id="job-validation",
     )
     samples = gr.Gallery(label="Sample images", columns=4, elem_id="job-samples")
     log = gr.Textbox(label="Log (last lines)", lines=12, max_lines=12, interactive=False, elem_id="job-log")

@@ -69,7 +69,8 @@ def main(argv: list[str]) -> int:
 def _imported_text(args: argparse.Namespace) -> str:
     report = import_config(args.file, args.kind)
     prompts_next_to = args.output if args.output is not None else args.file
-    write_prompt_file(report, prompts_next_to.with_suffix(".prompts.txt"))
+    if note := write_prompt_file(report, prompts_next_to.with_suffix(".prompts.txt")):
+        print(f"note: {note}", file=sys.stderr)
     config = imported_config(report)
     # The report goes to stderr so that `loracraft config import x.json > run.toml` writes only the TOML.
     print("\n".join(report_lines(report)), file=sys.stderr)

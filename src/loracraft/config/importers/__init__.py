@@ -15,7 +15,15 @@ from loracraft.config.importers.kohya_toml import import_kohya_table, import_koh
 from loracraft.config.importers.report import IgnoredKey, ImportReport, MappedKey, report_lines
 from loracraft.errors import UserError
 
-__all__ = ["IgnoredKey", "ImportReport", "MappedKey", "import_config", "is_kohya_gui_json", "report_lines"]
+__all__ = [
+    "IgnoredKey",
+    "ImportReport",
+    "MappedKey",
+    "import_config",
+    "is_kohya_gui_json",
+    "names_a_file",
+    "report_lines",
+]
 KINDS = ("auto", "kohya_ss_json", "toml", "command_line")
 _COMMAND_FLAG = re.compile(r"(^|\s)--\w")
 _COMMAND_SUFFIXES = (".txt", ".sh", ".bat", ".cmd", ".ps1")
@@ -25,7 +33,7 @@ def import_config(path_or_text: str | Path, kind: str = "auto") -> ImportReport:
     """A file (by its suffix) or pasted text (JSON, TOML or a command line), read as `kind`."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}")
-    if isinstance(path_or_text, Path) or _names_a_file(path_or_text):
+    if isinstance(path_or_text, Path) or names_a_file(path_or_text):
         return _import_file(Path(path_or_text), kind)
     return _import_text(str(path_or_text), kind)
 
@@ -35,7 +43,8 @@ def is_kohya_gui_json(data: dict) -> bool:
     return any(key not in FIELDS and key not in ALIASES for key in data)
 
 
-def _names_a_file(text: str) -> bool:
+def names_a_file(text: str) -> bool:
+    """Whether `import_config` reads `text` as a file's path (else as the config's own text)."""
     return "\n" not in text and Path(text).suffix.lower() in (".json", ".toml", *_COMMAND_SUFFIXES)
 
 

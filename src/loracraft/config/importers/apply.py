@@ -19,7 +19,8 @@ def gui_json_values(data: dict[str, Any], path: Path) -> dict[str, Any]:
     report = import_gui_json(data, str(path))
     for line in ignored_notes(report):
         print(f"note: {line}", file=sys.stderr)
-    write_prompt_file(report, path.with_suffix(".prompts.txt"))
+    if note := write_prompt_file(report, path.with_suffix(".prompts.txt")):
+        print(f"note: {note}", file=sys.stderr)
     return report.values
 
 
@@ -36,15 +37,17 @@ def ignored_notes(report: ImportReport) -> list[str]:
     return lines
 
 
-def write_prompt_file(report: ImportReport, path: Path) -> None:
-    """The GUI's sample prompts (text in its config) as the prompt file `sample_prompts` names."""
+def write_prompt_file(report: ImportReport, path: Path) -> str | None:
+    """The GUI's sample prompts (text in its config) as the prompt file `sample_prompts` names; a line
+    saying so when the file was written (a file already holding them is used as it is)."""
     if report.sample_prompt_text is None:
-        return
+        return None
     text = report.sample_prompt_text + "\n"
-    if not path.is_file() or path.read_text(encoding="utf-8") != text:
-        write_text_atomic(path, text)
-        print(f"note: wrote the config's sample prompts to {path}", file=sys.stderr)
     report.values["sample_prompts"] = str(path)
+    if path.is_file() and path.read_text(encoding="utf-8") == text:
+        return None
+    write_text_atomic(path, text)
+    return f"wrote the config's sample prompts to {path}"
 
 
 def imported_config(report: ImportReport) -> TrainConfig:
