@@ -164,3 +164,19 @@ def _file_status(url: str, path) -> int:
             return answer.status
     except urllib.error.HTTPError as err:
         return err.code
+
+
+def test_more_workers_than_gpus_is_refused_before_anything_is_served(capsys, monkeypatch, tmp_path):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    queue = tmp_path / "queue.sqlite"
+    port = _free_port()
+    assert main(["gui", "--workers", "2", "--port", str(port), "--queue", str(queue)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: --workers 2 runs each job on a GPU of its own, and 1 is visible: use --workers 1 or fewer"
+    )
+    with socket.socket() as probe:  # nothing listens on the port
+        assert probe.connect_ex(("127.0.0.1", port)) != 0

@@ -76,6 +76,9 @@ def test_a_job_goes_queued_running_done_with_its_lora_and_progress(job_config, t
     assert [point[0] for point in progress.loss_points] == [1, 2, 3, 4] and progress.step == 4
     assert progress.lr_points.keys() == {"unet", "textencoder"}
     assert any("loracraft" in line and "train --config_file" in line for line in progress.log_tail)
+    # The run's recipe leaves the job's progress file out: training again from it writes elsewhere.
+    recipe = (tmp_path / "out" / "toy.toml").read_text(encoding="utf-8")
+    assert "progress_file" not in recipe and 'output_name = "toy"' in recipe
 
 
 @pytest.mark.slow

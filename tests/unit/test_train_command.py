@@ -46,3 +46,14 @@ def test_only_changed_values_in_help_group_order_quoted_for_a_shell():
 def test_a_secret_never_appears():
     config = build_config({"log_with": "wandb", "wandb_api_key": "s3cret"}, {})
     assert train_command(config) == "loracraft train --log_with wandb"
+
+
+def test_one_calls_own_progress_file_is_not_part_of_the_recipe():
+    """--progress_file belongs to the job queue's call: NAME.toml and the command leave it out, so that
+    training again from them never writes into a job's progress."""
+    from loracraft.config.load import effective_config_toml
+
+    config = build_config({"progress_file": "/jobs/1/progress.jsonl", "network_dim": 8}, {})
+    assert train_command(config) == "loracraft train --network_dim 8"
+    assert "progress_file" not in effective_config_toml(config)
+    assert "network_dim = 8" in effective_config_toml(config)

@@ -17,7 +17,10 @@ records or reads it elsewhere:
   files go, what is logged, how fast it runs). Every field of the OUTPUT group is; any other field that
   differs from the saved state's config stops a resume (`training/resume.py`);
 - `secret`: the value (an API key) is never written anywhere: not in NAME.toml, a state's config, NAME.log,
-  a resume note or the trackers' config.
+  a resume note or the trackers' config;
+- `invocation_only`: the value belongs to one `loracraft train` call, not to the run's recipe (the job
+  queue's progress file): NAME.toml and a state's config leave it out, so that training again or resuming
+  from them does not write into a job's files.
 
 Where a setting may be given (run, dataset or subset) is the class that declares it: see
 `subset_options.py`, `dataset_options.py` and `schema.py`.
@@ -63,6 +66,7 @@ def flag(
     aliases: tuple[str, ...] = (),
     resume_safe: bool = False,
     secret: bool = False,
+    invocation_only: bool = False,
     **constraints: Any,
 ) -> Any:
     """A pydantic Field for one setting; `constraints` are pydantic's (ge=0, le=1, ...)."""
@@ -82,6 +86,8 @@ def flag(
         extra["resume_safe"] = True
     if secret:
         extra["secret"] = True
+    if invocation_only:
+        extra["invocation_only"] = True
     return Field(default, description=doc, json_schema_extra=extra, **constraints)
 
 
@@ -102,6 +108,12 @@ class FlagInfo:
     aliases: tuple[str, ...]
     resume_safe: bool
     secret: bool
+    invocation_only: bool
+
+    @property
+    def recorded(self) -> bool:
+        """Written to the run's config files (NAME.toml, a state's config)."""
+        return not (self.secret or self.invocation_only)
 
 
 def flag_infos(model: type[BaseModel]) -> dict[str, FlagInfo]:
@@ -123,6 +135,7 @@ def flag_infos(model: type[BaseModel]) -> dict[str, FlagInfo]:
             aliases=tuple(extra.get("aliases", ())),
             resume_safe=bool(extra.get("resume_safe")),
             secret=bool(extra.get("secret")),
+            invocation_only=bool(extra.get("invocation_only")),
         )
     return infos
 

@@ -78,13 +78,13 @@ def describe_validation_error(err: ValidationError, source: str = "") -> str:
 
 
 def effective_config_toml(config: TrainConfig) -> str:
-    """The run's settings as flat TOML, reloadable with --config_file (None values and secrets such as
-    API keys are left out)."""
+    """The run's settings as flat TOML, reloadable with --config_file (None values, secrets such as API
+    keys and one call's own settings such as --progress_file are left out)."""
     import tomli_w
 
     infos = flag_infos(TrainConfig)
     values = config.model_dump(
-        exclude_none=True, exclude={name for name, info in infos.items() if info.secret}
+        exclude_none=True, exclude={name for name, info in infos.items() if not info.recorded}
     )
     groups = {name: GROUPS.index(info.group) for name, info in infos.items()}
     # In --help's group order; pairs (resolution, face_crop_aug_range) spelt as kohya's flags: "512,512".
@@ -97,13 +97,13 @@ def effective_config_toml(config: TrainConfig) -> str:
 
 
 def changed_values(config: TrainConfig) -> dict[str, Any]:
-    """The fields whose values differ from the schema's defaults, in --help's group order (secrets and
-    None values left out: neither can be written)."""
+    """The fields whose values differ from the schema's defaults, in --help's group order (secrets, one
+    call's own settings and None values left out)."""
     infos = flag_infos(TrainConfig)
     changed = {
         name: value
         for name, info in infos.items()
-        if not info.secret and (value := getattr(config, name)) is not None and value != info.default
+        if info.recorded and (value := getattr(config, name)) is not None and value != info.default
     }
     return dict(sorted(changed.items(), key=lambda item: GROUPS.index(infos[item[0]].group)))
 

@@ -68,6 +68,7 @@ class LoggingOptions(BaseModel):
         "loracraft's own: append the run's progress to this file as JSON lines (its start, every logged number "
         "with its step, sample images, how it ended), for the job queue and the web UI to follow a run. "
         "Sample images are copied into a folder beside it, named after it with -images.",
+        invocation_only=True,
     )
     log_config: bool = flag(
         False,

@@ -109,6 +109,8 @@ def start_server(
     from loracraft.jobs.worker import Worker
 
     queue = JobQueue(queue_path)
+    # Made first: a --workers value this machine cannot run is refused before anything is served.
+    worker = Worker(queue, workers=workers) if run_jobs else None
     app = build_app(queue)
     app.queue()
     # Routes given to the app's constructor come before Gradio's own, so none of them can shadow /api/.
@@ -126,7 +128,6 @@ def start_server(
         allowed_paths=served_folders(queue),
         **launch_style(),
     )
-    worker = Worker(queue, workers=workers) if run_jobs else None
     if worker is not None:
         worker.start()
     return RunningServer(app=app, url=app.local_url or f"http://{listen}:{port}/", worker=worker)
@@ -155,17 +156,8 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"gui: {message}")
 
 
-def serve(
-    listen: str = DEFAULT_LISTEN,
-    port: int = DEFAULT_PORT,
-    logins: Credentials | None = None,
-    share: bool = False,
-    queue_path: Path | None = None,
-    workers: int = 1,
-    inbrowser: bool = False,
-) -> None:
-    """Serve the UI until Ctrl+C; the jobs running then go on in their own processes."""
-    server = start_server(listen, port, logins, share, queue_path, workers, inbrowser)
+def serve(server: RunningServer) -> None:
+    """Keep a started UI serving until Ctrl+C; the jobs running then go on in their own processes."""
     print(f"loracraft UI on {server.url} (Ctrl+C to stop; running jobs go on)")
     try:
         server.app.block_thread()
@@ -175,8 +167,6 @@ def serve(
 
 def main(argv: list[str]) -> int:
     args = make_parser().parse_args(argv)
-    if args.workers < 1:
-        raise UserError("--workers must be at least 1")
     logins = read_credentials(args.auth, args.auth_file)
-    serve(args.listen, args.port, logins, args.share, args.queue, args.workers, args.inbrowser)
+    serve(start_server(args.listen, args.port, logins, args.share, args.queue, args.workers, args.inbrowser))
     return 0

@@ -52,8 +52,8 @@ def slot_devices(workers: int) -> list[str | None]:
     devices = visible.split(",") if visible else [str(index) for index in range(torch.cuda.device_count())]
     if workers > len(devices):
         raise UserError(
-            f"--workers {workers} runs each job on a GPU of its own, and {len(devices)} are visible: use "
-            f"--workers {len(devices)} or fewer"
+            f"--workers {workers} runs each job on a GPU of its own, and {len(devices)} "
+            f"{'is' if len(devices) == 1 else 'are'} visible: use --workers {len(devices)} or fewer"
         )
     return devices[:workers]
 
