@@ -94,12 +94,16 @@ def test_a_started_job_survives_the_page_and_shows_its_loss_and_samples(open_pag
     headline = page.locator("#job-headline [data-testid=markdown]")
     expect(headline).to_have_text(re.compile(r"Job 1 · toy · (queued|running|done)"))
     expect(headline).to_have_text("Job 1 · toy · done", timeout=180_000)
-    expect(page.locator("#job-progress textarea")).to_have_value(
+    expect(page.locator("#job-progress .job-progress-line")).to_have_text(
         re.compile(rf"^step {STEPS}/{STEPS} \(100%\)")
     )
-    expect(page.locator("#job-outputs textarea")).to_have_value(
-        re.compile(rf"^LoRA file: {re.escape(str(gui_folder / 'out' / 'toy.safetensors'))}$", re.M)
-    )
+    bar = page.locator("#job-progress progress")
+    assert (bar.get_attribute("value"), bar.get_attribute("max")) == (str(STEPS), str(STEPS))
+    # The LoRA file is a download link: what it hands over is the file the run wrote.
+    link = page.locator("#job-outputs a", has_text="toy.safetensors")
+    expect(link).to_have_attribute("href", re.compile(r"api/jobs/1/files/toy\.safetensors$"))
+    downloaded = page.request.get(link.evaluate("a => a.href"))
+    assert downloaded.ok and downloaded.body() == (gui_folder / "out" / "toy.safetensors").read_bytes()
     # The loss plot draws its curves (Vega renders a canvas or an SVG); the gallery shows the samples.
     expect(page.locator("#job-loss canvas, #job-loss svg").first).to_be_visible()
     # Each plot lists its curves in its legend (a plot that got its axes wrong drew none); the plots are
@@ -126,8 +130,8 @@ def test_a_running_job_is_stopped_from_its_page_and_resumed_to_the_end(open_page
     expect(page.locator("#queue-message textarea")).to_have_value(re.compile(r"^Added job \d+\.$"))
     select_job(page, "long")
     headline = page.locator("#job-headline [data-testid=markdown]")
-    progress = page.locator("#job-progress textarea")
-    expect(progress).to_have_value(re.compile(rf"^step [1-9]\d*/{LONG_STEPS} "), timeout=120_000)
+    progress = page.locator("#job-progress .job-progress-line")
+    expect(progress).to_have_text(re.compile(rf"^step [1-9]\d*/{LONG_STEPS} "), timeout=120_000)
 
     page.locator("#queue-stop").click()
     expect(page.locator("#queue-message textarea")).to_have_value(re.compile(r"^Job \d+ asked to stop\.$"))
@@ -141,5 +145,5 @@ def test_a_running_job_is_stopped_from_its_page_and_resumed_to_the_end(open_page
     page.locator("#queue-resume").click()
     expect(page.locator("#queue-message textarea")).to_have_value(re.compile(r"^Job \d+ queued to resume\.$"))
     expect(headline).to_have_text(re.compile(r"Job \d+ · long · done\s*$"), timeout=180_000)
-    expect(progress).to_have_value(re.compile(rf"^step {LONG_STEPS}/{LONG_STEPS} \(100%\)"))
+    expect(progress).to_have_text(re.compile(rf"^step {LONG_STEPS}/{LONG_STEPS} \(100%\)"))
     assert (gui_folder / "out" / "long.safetensors").is_file()

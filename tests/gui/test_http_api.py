@@ -128,3 +128,26 @@ def test_concurrent_posts_all_land(queue, tmp_path):
     assert sorted(job.name for job in jobs) == sorted(f"run{index}" for index in range(count))
     assert sorted(job.position for job in jobs) == list(range(1, count + 1))
     assert len({job.id for job in jobs}) == count
+
+
+def test_a_jobs_lora_files_download_and_nothing_else_does(queue, tmp_path):
+    """The job page links each LoRA file to /api/jobs/{id}/files/{name}: those files come back byte for
+    byte; any other name (another file of the folder, a path climbing out of it) is 404."""
+    job = queue.add(job_toml(tmp_path))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "toy-000001.safetensors").write_bytes(b"epoch one")
+    (out / "toy.safetensors").write_bytes(b"final")
+    (out / "notes.txt").write_text("mine", encoding="utf-8")
+    client = client_for(queue)
+    for name, content in (("toy-000001.safetensors", b"epoch one"), ("toy.safetensors", b"final")):
+        response = client.get(f"/api/jobs/{job.id}/files/{name}")
+        assert response.status_code == 200 and response.content == content
+        assert f'filename="{name}"' in response.headers["content-disposition"]
+    for name in ("notes.txt", "..%2Fqueue.sqlite", "missing.safetensors"):
+        response = client.get(f"/api/jobs/{job.id}/files/{name}")
+        assert response.status_code == 404
+    assert client.get(f"/api/jobs/{job.id}/files/notes.txt").json() == {
+        "detail": f"job {job.id} has no LoRA file 'notes.txt'"
+    }
+    assert client.get("/api/jobs/99/files/toy.safetensors").status_code == 404

@@ -72,7 +72,10 @@ def test_running_job_page(recorded_job, tmp_path):
     page = job_page(recorded_job, read_progress(recorded_job))
 
     assert page.headline == f"Job {recorded_job.id} · toy run · queued"
-    assert page.progress == "step 4/8 (50%) · epoch 1/2 · ETA 8 s"
+    assert page.progress == (
+        "<progress value='4' max='8'></progress>"
+        "<span class='job-progress-line'>step 4/8 (50%) · epoch 1/2 · ETA 8 s</span>"
+    )
     assert page.speed == "1.50 images/s · 3.25 GiB peak memory"
 
     curves = page.loss.groupby("curve")["loss"].apply(list).to_dict()
@@ -88,10 +91,11 @@ def test_running_job_page(recorded_job, tmp_path):
         (str(images / "step00000004-0.png"), "step 4 · epoch 1: a red circle"),
     ]
     assert page.log == "loading\nsteps:  50%|#####"
-    assert page.outputs.splitlines() == [
-        f"LoRA file: {tmp_path / 'out' / 'toy-000001.safetensors'}",
-        f"TensorBoard: tensorboard --logdir {tmp_path / 'logs'}",
-        f"Job folder: {recorded_job.folder}",
+    assert page.outputs.split("\n\n") == [
+        f"**LoRA files** (in `{tmp_path / 'out'}`): "
+        f"[toy-000001.safetensors](api/jobs/{recorded_job.id}/files/toy-000001.safetensors)",
+        f"**TensorBoard**: `tensorboard --logdir {tmp_path / 'logs'}`",
+        f"**Job folder**: `{recorded_job.folder}`",
     ]
 
 
@@ -102,20 +106,20 @@ def test_finished_job_page_has_no_eta_and_says_how_it_ended(recorded_job, tmp_pa
 
     page = job_page(job, read_progress(job))
     assert page.headline == f"Job {job.id} · toy run · failed: CUDA out of memory"
-    assert page.progress == "step 4/8 (50%) · epoch 1/2"
+    assert page.progress.endswith("<span class='job-progress-line'>step 4/8 (50%) · epoch 1/2</span>")
 
 
 def test_job_without_progress_yet(tmp_path):
     queue = JobQueue(tmp_path / "queue.sqlite")
     job = queue.add(f'output_dir = "{tmp_path / "out"}"\n')
     page = job_page(job, read_progress(job))
-    assert page.progress == "step 0"
+    assert page.progress == "<span class='job-progress-line'>step 0</span>"  # no bar: no step count yet
     assert page.speed == ""
     assert page.loss is None and page.lr is None and page.validation is None  # no plot until a point
     assert page.samples == []
-    assert page.outputs.splitlines() == [
-        f"LoRA files: none yet in {tmp_path / 'out'}",
-        f"Job folder: {job.folder}",
+    assert page.outputs.split("\n\n") == [
+        f"**LoRA files**: none yet in `{tmp_path / 'out'}`",
+        f"**Job folder**: `{job.folder}`",
     ]
 
 

@@ -115,7 +115,7 @@ def test_job_view_values(queue, tmp_path):
     job = add(queue, tmp_path, "a")
     values = tab.job_view_values(queue, job.id)
     assert values[0] == f"Job {job.id} · a · queued"
-    assert values[1] == "step 0"
+    assert values[1] == "<span class='job-progress-line'>step 0</span>"
     assert len(values) == 9
     assert tab.job_view_values(queue, None)[0] == "No job selected."
     assert tab.job_view_values(queue, 99)[0].startswith("no job 99 in the queue")

@@ -1,8 +1,9 @@
 """The queue over HTTP: a small JSON API under /api/ for scripts, with the web UI's credentials.
 
 GET /api/jobs lists the queue; POST /api/jobs adds a job from {"config_toml": ..., "name": ...};
-GET /api/jobs/{id} is one job with a summary of its progress; POST /api/jobs/{id}/stop, /resume and
-/cancel act on it. Mistakes come back as the CLI's one-line message in `detail`: a config that does not
+GET /api/jobs/{id} is one job with a summary of its progress; GET /api/jobs/{id}/files/{name} downloads
+one of its LoRA files (the job page links them); POST /api/jobs/{id}/stop, /resume and /cancel act on
+it. Mistakes come back as the CLI's one-line message in `detail`: a config that does not
 validate is 422, an unknown job 404, an action the job's state refuses 409. With `auth` set, every
 request needs HTTP Basic credentials from it, or gets 401.
 """
@@ -15,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, status
+from fastapi.responses import FileResponse
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from pydantic import BaseModel
 
@@ -58,6 +60,15 @@ def api_router(queue: JobQueue, auth: Credentials | None) -> APIRouter:
     def job_status(job_id: int) -> dict[str, Any]:
         job = _known_job(queue, job_id)
         return {**job_summary(job), "config_toml": job.config_toml, "progress": progress_summary(job)}
+
+    @router.get("/jobs/{job_id}/files/{file_name}")
+    def job_file(job_id: int, file_name: str) -> FileResponse:
+        # Only the LoRA files the job's run wrote: the name is looked up, never joined to a path.
+        job = _known_job(queue, job_id)
+        for path in read_progress(job).files:
+            if path.name == file_name:
+                return FileResponse(path, filename=path.name, media_type="application/octet-stream")
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} has no LoRA file {file_name!r}")
 
     for action in ("stop", "resume", "cancel"):
         router.add_api_route(f"/jobs/{{job_id}}/{action}", _job_action(queue, action), methods=["POST"])

@@ -6,7 +6,9 @@ A running job and a finished one read the same way: `read_progress` gathers both
 
 from __future__ import annotations
 
+import html
 import math
+import urllib.parse
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -15,6 +17,8 @@ import pandas as pd
 from loracraft.training.throughput_record import duration
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from loracraft.jobs.progress import JobProgress
     from loracraft.jobs.queue import Job
 
@@ -39,7 +43,7 @@ class JobPage:
 def job_page(job: Job, progress: JobProgress) -> JobPage:
     return JobPage(
         headline=headline(job),
-        progress=progress_line(progress),
+        progress=progress_bar(progress),
         speed=speed_line(progress),
         loss=loss_table(progress),
         lr=lr_table(progress),
@@ -69,6 +73,15 @@ def progress_line(progress: JobProgress) -> str:
     if progress.eta_s is not None:
         parts.append(f"ETA {duration(progress.eta_s)}")
     return " · ".join(parts)
+
+
+def progress_bar(progress: JobProgress) -> str:
+    """The progress line under a bar of the steps done (HTML; no bar while the step count is unknown)."""
+    line = f"<span class='job-progress-line'>{html.escape(progress_line(progress))}</span>"
+    if not progress.total_steps:
+        return line
+    bar = f"<progress value='{progress.step}' max='{progress.total_steps}'></progress>"
+    return bar + line
 
 
 def speed_line(progress: JobProgress) -> str:
@@ -122,11 +135,23 @@ def _when(step: int, epoch: int | None) -> str:
 
 
 def output_lines(job: Job, progress: JobProgress) -> str:
-    """Where the job's results are: its LoRA files, its TensorBoard folder and its own folder."""
-    lines = [f"LoRA file: {path}" for path in progress.files]
-    if not progress.files:
-        lines.append(f"LoRA files: none yet in {job.output_dir}")
+    """Where the job's results are (Markdown): its LoRA files as download links (served by the JSON API,
+    so a UI on another machine hands them over too), its TensorBoard folder and its own folder."""
+    if progress.files:
+        links = [f"[{_markdown_text(path.name)}]({file_url(job, path)})" for path in progress.files]
+        lines = [f"**LoRA files** (in `{job.output_dir}`): " + " · ".join(links)]
+    else:
+        lines = [f"**LoRA files**: none yet in `{job.output_dir}`"]
     if progress.log_dir is not None:
-        lines.append(f"TensorBoard: tensorboard --logdir {progress.log_dir}")
-    lines.append(f"Job folder: {job.folder}")
-    return "\n".join(lines)
+        lines.append(f"**TensorBoard**: `tensorboard --logdir {progress.log_dir}`")
+    lines.append(f"**Job folder**: `{job.folder}`")
+    return "\n\n".join(lines)
+
+
+def file_url(job: Job, path: Path) -> str:
+    """The download link of one of the job's LoRA files, relative to the page (http_api.py serves it)."""
+    return f"api/jobs/{job.id}/files/{urllib.parse.quote(path.name)}"
+
+
+def _markdown_text(text: str) -> str:
+    return "".join(f"\\{char}" if char in "\\`*_[]()<>#!|" else char for char in text)

@@ -152,7 +152,7 @@ def _job_view_components() -> list[gr.components.Component]:
     gr.Markdown("### Selected job")
     headline = gr.Markdown(elem_id="job-headline")
     with gr.Row():
-        progress = gr.Textbox(label="Progress", interactive=False, elem_id="job-progress")
+        progress = gr.HTML(label="Progress", show_label=True, container=True, elem_id="job-progress")
         speed = gr.Textbox(label="Speed and memory", interactive=False, elem_id="job-speed")
     with gr.Row():
         loss = gr.LinePlot(
@@ -172,7 +172,7 @@ def _job_view_components() -> list[gr.components.Component]:
     )
     samples = gr.Gallery(label="Sample images", columns=4, elem_id="job-samples")
     log = gr.Textbox(label="Log (last lines)", lines=12, max_lines=12, interactive=False, elem_id="job-log")
-    outputs = gr.Textbox(label="Files", lines=3, interactive=False, elem_id="job-outputs")
+    outputs = gr.Markdown(elem_id="job-outputs")
     return [headline, progress, speed, loss, lr, validation, samples, log, outputs]
 
 

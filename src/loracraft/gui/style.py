@@ -10,8 +10,12 @@ import gradio as gr
 
 SYSTEM_FONTS = ("ui-sans-serif", "system-ui", "Segoe UI", "Roboto", "Helvetica", "Arial", "sans-serif")
 SYSTEM_MONO_FONTS = ("ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace")
-# A field the validation names gets a red frame next to its message.
-CSS = ".invalid-field { outline: 2px solid #d33; border-radius: 6px; }"
+# A field the validation names gets a red frame next to its message; the job's progress bar sits below
+# its label, in the theme's accent colour.
+CSS = """
+.invalid-field { outline: 2px solid #d33; border-radius: 6px; }
+#job-progress progress { width: 100%; height: 1.1em; margin-top: 1.6em; accent-color: var(--color-accent); }
+"""
 
 
 def _style() -> dict[str, Any]:
