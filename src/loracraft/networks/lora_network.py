@@ -1,6 +1,7 @@
-"""The LoRA network: one LyCORIS LoCon adapter per targeted module, registered under its kohya name.
+"""The LoRA network: one LyCORIS adapter per targeted module, registered under its kohya name.
 
-LyCORIS' `LoConModule` is kohya's LoRA module: kaiming-uniform `lora_down`, zero `lora_up`, an `alpha`
+The adapters are LyCORIS modules of one type (algorithms.py); for plain LoRA, LyCORIS' `LoConModule` is
+kohya's LoRA module: kaiming-uniform `lora_down`, zero `lora_up`, an `alpha`
 buffer, scale = alpha / rank (alpha 0 or None means rank), Conv2d targets get Conv2d adapters (4-D
 weights, 1x1 included). It keeps the original module in a plain list, so the original weights never
 appear in this network's parameters or state dict, and `apply_to()` patches the original's `forward`.
@@ -11,12 +12,26 @@ globals, which two networks in one process would share.
 from collections.abc import Mapping, Sequence
 
 import torch
+from diffusers import Transformer2DModel
 from lycoris.modules.locon import LoConModule
 from torch import Tensor, nn
 
 from loracraft.errors import UserError
+from loracraft.networks.algorithms import (
+    AdapterKind,
+    adapter_state,
+    check_installed_lycoris,
+    load_adapter_state,
+    make_adapter,
+)
 from loracraft.networks.kohya_names import text_encoder_prefixes
-from loracraft.networks.targets import LoRATarget, text_encoder_targets, unet_targets
+from loracraft.networks.targets import (
+    CONV_BLOCKS,
+    LoRATarget,
+    is_conv_3x3,
+    text_encoder_targets,
+    unet_targets,
+)
 
 _PARTS = ("lora_down.weight", "lora_up.weight", "alpha")
 
@@ -30,8 +45,8 @@ class LoRANetwork(nn.Module):
 
     def __init__(
         self,
-        unet_adapters: Sequence[LoConModule],
-        text_encoder_adapters: Sequence[Sequence[LoConModule]] = (),
+        unet_adapters: Sequence[nn.Module],
+        text_encoder_adapters: Sequence[Sequence[nn.Module]] = (),
     ):
         """`text_encoder_adapters` holds one list per text encoder, in kohya's TE1, TE2 order."""
         super().__init__()
@@ -54,7 +69,7 @@ class LoRANetwork(nn.Module):
     def num_text_encoder_modules(self) -> int:
         return len(self.text_encoder_names)
 
-    def adapter(self, name: str) -> LoConModule:
+    def adapter(self, name: str) -> nn.Module:
         return self._modules[name]
 
     def apply(self) -> None:
@@ -122,10 +137,12 @@ class LoRANetwork(nn.Module):
         ]
 
     def kohya_state_dict(self) -> dict[str, Tensor]:
-        """The file's tensors, detached, on the network's device: exact kohya keys, alpha 0-dim fp32."""
-        state = {key: value.detach() for key, value in self.state_dict().items()}
+        """The file's tensors, detached, on the network's device: exact kohya keys, alpha 0-dim fp32,
+        every tensor in the shape consumers read (algorithms.file_tensor)."""
+        state = {}
         for name in self.names:
-            state[f"{name}.alpha"] = state[f"{name}.alpha"].to(torch.float32)
+            for part, tensor in adapter_state(self.adapter(name)).items():
+                state[f"{name}.{part}"] = tensor.to(torch.float32) if part == "alpha" else tensor
         return state
 
     def load_kohya_state_dict(
@@ -143,17 +160,15 @@ class LoRANetwork(nn.Module):
             name, _, part = key.partition(".")
             by_name.setdefault(name, {})[part] = tensor
         _check_names(set(by_name), set(self.names), source)
-        full_state = {}
+        for name, parts in by_name.items():
+            _check_parts(name, parts, self.adapter(name), source)
         for name, parts in by_name.items():
             adapter = self.adapter(name)
-            _check_parts(name, parts, adapter, source)
-            full_state[f"{name}.lora_down.weight"] = parts["lora_down.weight"]
-            full_state[f"{name}.lora_up.weight"] = parts["lora_up.weight"]
-            full_state[f"{name}.alpha"] = parts.get("alpha", torch.tensor(float(adapter.lora_dim)))
-        self.load_state_dict(full_state)
-        for name in self.names:
-            adapter = self.adapter(name)
-            adapter.scale = adapter.alpha.item() / adapter.lora_dim
+            if "alpha" in adapter_state(adapter) and "alpha" not in parts:
+                parts["alpha"] = torch.tensor(float(adapter.lora_dim))
+            load_adapter_state(adapter, parts)
+            if isinstance(getattr(adapter, "alpha", None), Tensor) and hasattr(adapter, "lora_dim"):
+                adapter.scale = adapter.alpha.item() / adapter.lora_dim
 
 
 def _check_names(found: set[str], expected: set[str], source: str) -> None:
@@ -171,7 +186,28 @@ def _check_names(found: set[str], expected: set[str], source: str) -> None:
     )
 
 
-def _check_parts(name: str, parts: dict[str, Tensor], adapter: LoConModule, source: str) -> None:
+def _check_parts(name: str, parts: dict[str, Tensor], adapter: nn.Module, source: str) -> None:
+    if isinstance(adapter, LoConModule) and set(adapter.state_dict()) <= set(_PARTS):
+        _check_plain_parts(name, parts, adapter, source)
+        return
+    needed = adapter_state(adapter)
+    optional = {"alpha"}
+    if set(parts) - set(needed) or set(needed) - set(parts) - optional:
+        raise UserError(
+            f"{source}: {name} has the parts {', '.join(sorted(parts))}; this network's "
+            f"{type(adapter).__name__} has {', '.join(sorted(needed))}: the file is of another network type "
+            "or has other options (--network_module / --network_args)"
+        )
+    for part, tensor in parts.items():
+        if part != "alpha" and tensor.shape != needed[part].shape:
+            raise UserError(
+                f"{source}: {name}.{part} has shape {tuple(tensor.shape)}, this network needs "
+                f"{tuple(needed[part].shape)}; the file was trained with another rank (--network_dim, "
+                "conv_dim), other options, or for another base model"
+            )
+
+
+def _check_plain_parts(name: str, parts: dict[str, Tensor], adapter: LoConModule, source: str) -> None:
     unknown = sorted(set(parts) - set(_PARTS))
     if unknown or "lora_down.weight" not in parts or "lora_up.weight" not in parts:
         raise UserError(
@@ -197,19 +233,16 @@ def _check_parts(name: str, parts: dict[str, Tensor], adapter: LoConModule, sour
 
 
 def _adapters(
-    targets: list[LoRATarget], rank: int, alpha: float | None, multiplier: float, dropout: float
-) -> list[LoConModule]:
-    # bypass_mode runs x -> down -> up like kohya's LoRAModule; LyCORIS' default for plain Linear/Conv
-    # rebuilds the full delta weight every step (more compute) and skips dropout.
+    targets: list[LoRATarget],
+    kind: AdapterKind,
+    rank: int,
+    alpha: float | None,
+    conv: tuple[int, float | None],
+) -> list[nn.Module]:
+    """An adapter per target: 3x3 convolutions at `conv` (conv_dim, conv_alpha), the rest at rank/alpha."""
     return [
-        LoConModule(
-            target.name,
-            target.module,
-            multiplier=multiplier,
-            lora_dim=rank,
-            alpha=alpha,
-            dropout=dropout,
-            bypass_mode=True,
+        make_adapter(
+            kind, target.name, target.module, *(conv if is_conv_3x3(target.module) else (rank, alpha))
         )
         for target in targets
     ]
@@ -225,14 +258,19 @@ def build_lora_network(
     train_text_encoder: bool = True,
     multiplier: float = 1.0,
     dropout: float = 0.0,
+    kind: AdapterKind | None = None,
+    conv_dim: int | None = None,
+    conv_alpha: float | None = None,
 ) -> LoRANetwork:
-    """Create (not yet apply) LoRA adapters on kohya's default targets, under kohya's names for `family`
-    ("sd1", "sd2" or "sdxl").
+    """Create (not yet apply) adapters on kohya's targets, under kohya's names for `family` ("sd1",
+    "sd2" or "sdxl").
 
     `text_encoders` are the base model's text encoders in kohya's TE1, TE2 order (ModelBundle.text_encoders),
     or empty when the text encoders do not train (their outputs cached). `rank` is `--network_dim`, `alpha`
     is `--network_alpha` (None or 0 means alpha = rank), `dropout` is `--network_dropout` (applied by
-    LyCORIS to each adapter's output during training).
+    LyCORIS to each adapter's output during training). `kind` is the network type (plain LoRA when None);
+    `conv_dim` adds kohya's LoCon targets (ResNet blocks, down/up-samplers), whose 3x3 convolutions get
+    `conv_dim`/`conv_alpha` (kohya's default conv_alpha is 1).
     """
     if not train_unet and not train_text_encoder:
         raise UserError(
@@ -243,11 +281,15 @@ def build_lora_network(
     prefixes = text_encoder_prefixes(family)
     if train_text_encoder and len(text_encoders) != len(prefixes):
         raise ValueError(f"training {family}'s text encoders needs {len(prefixes)}, got {len(text_encoders)}")
+    kind = kind or AdapterKind("lora", multiplier=multiplier, dropout=dropout)
+    check_installed_lycoris(kind)
+    containers = (Transformer2DModel, *CONV_BLOCKS) if conv_dim else (Transformer2DModel,)
+    conv = (conv_dim or rank, 1.0 if conv_alpha is None else conv_alpha)
 
-    def adapters(targets: list[LoRATarget]) -> list[LoConModule]:
-        return _adapters(targets, rank, alpha, multiplier, dropout)
+    def adapters(targets: list[LoRATarget]) -> list[nn.Module]:
+        return _adapters(targets, kind, rank, alpha, conv)
 
-    unet_adapters = adapters(unet_targets(unet, family)) if train_unet else []
+    unet_adapters = adapters(unet_targets(unet, family, containers)) if train_unet else []
     text_encoder_adapters = (
         [
             adapters(text_encoder_targets(model, prefix))

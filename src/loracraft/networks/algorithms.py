@@ -1,0 +1,167 @@
+"""The adapter of each network type: which LyCORIS module class does the math, with which options.
+
+kohya's own types map onto LyCORIS' modules: networks.lora is LoCon (kohya's LoRA module is LyCORIS'
+LoConModule), networks.dylora is DyLoRA, networks.oft is Diag-OFT; `lycoris.kohya` names its algorithm in
+`algo`. The modules are built one by one under kohya's names (never through LyCORIS' `create_network`,
+which fails on a diffusers SD1 U-Net and misnames transformers-5 text encoders), so every type shares the
+targets and names of the plain LoRA.
+
+What a module's LyCORIS state dict holds is what the file holds, with one exception that consumers need:
+DyLoRA keeps a Conv2d's `lora_up` as a matrix, and consumers need it 4-D (`adapter_state`,
+`load_adapter_state`).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import inspect
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from lycoris.modules import (
+    ButterflyOFTModule,
+    DiagOFTModule,
+    DyLoraModule,
+    FullModule,
+    GLoRAModule,
+    IA3Module,
+    LoConModule,
+    LohaModule,
+    LokrModule,
+)
+from lycoris.modules.base import LycorisBaseModule
+from torch import Tensor, nn
+
+from loracraft.errors import UserError
+
+MODULE_CLASSES: dict[str, type[LycorisBaseModule]] = {
+    "lora": LoConModule,
+    "locon": LoConModule,
+    "loha": LohaModule,
+    "lokr": LokrModule,
+    "ia3": IA3Module,
+    "dylora": DyLoraModule,
+    "glora": GLoRAModule,
+    "diag-oft": DiagOFTModule,
+    "boft": ButterflyOFTModule,
+    "full": FullModule,
+}
+# LyCORIS releases before these cannot factorise common widths (3.1's BOFT refuses 320 at factor 4).
+MINIMUM_LYCORIS = {"boft": "4.1"}
+# Types whose modules have a rank and an alpha (IA3, OFT and full have neither, or another meaning).
+RANKED = frozenset({"lora", "locon", "loha", "lokr", "dylora", "glora"})
+
+
+@dataclass(frozen=True)
+class AdapterKind:
+    """How every adapter of one network is built: the type and the options its module class takes."""
+
+    algo: str
+    multiplier: float = 1.0
+    dropout: float = 0.0
+    rank_dropout: float = 0.0
+    module_dropout: float = 0.0
+    options: Mapping[str, Any] = field(default_factory=dict)
+    """Class-specific keyword arguments (use_tucker, weight_decompose, factor, constraint, ...)."""
+
+    @property
+    def module_class(self) -> type[LycorisBaseModule]:
+        return MODULE_CLASSES[self.algo]
+
+    @property
+    def bypass_mode(self) -> bool | None:
+        """kohya's forward (x -> down -> up, with dropout on the rank) for plain LoRA/LoCon: LyCORIS'
+        default for them rebuilds the whole delta weight every step and skips dropout. DoRA needs the
+        merged weight; other types keep LyCORIS' choice unless `bypass_mode` is given."""
+        if "bypass_mode" in self.options:
+            return self.options["bypass_mode"]
+        plain = self.algo in ("lora", "locon") and not self.options.get("weight_decompose")
+        return True if plain else None
+
+
+def check_installed_lycoris(kind: AdapterKind) -> None:
+    """Refuse a type the installed LyCORIS builds wrongly, or an option its module class does not take:
+    every class swallows unknown keyword arguments, so an old LyCORIS would silently train something else."""
+    installed = importlib.metadata.version("lycoris-lora")
+    needed = MINIMUM_LYCORIS.get(kind.algo)
+    if needed is not None and _release(installed) < _release(needed):
+        raise UserError(
+            f"--network_args algo={kind.algo} needs lycoris-lora {needed} or newer (installed: {installed}): "
+            "pip install -U lycoris-lora"
+        )
+    accepted = inspect.signature(kind.module_class.__init__).parameters
+    for name in kind.options:
+        if name not in accepted:
+            raise UserError(
+                f"--network_args: {kind.algo} with {name} needs a newer LyCORIS than the installed "
+                f"{importlib.metadata.version('lycoris-lora')}: pip install -U lycoris-lora"
+            )
+
+
+def _release(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split(".")[:2] if part.isdigit())
+
+
+def make_adapter(
+    kind: AdapterKind, name: str, module: nn.Module, rank: int, alpha: float | None
+) -> nn.Module:
+    """The adapter of `module` under its kohya `name`, not yet applied. `alpha` None or 0 means rank
+    (scale 1), as kohya reads --network_alpha 0."""
+    options = dict(kind.options)
+    options.pop("bypass_mode", None)
+    try:
+        return kind.module_class(
+            name,
+            module,
+            multiplier=kind.multiplier,
+            lora_dim=rank,
+            alpha=alpha or rank,
+            dropout=kind.dropout,
+            rank_dropout=kind.rank_dropout,
+            module_dropout=kind.module_dropout,
+            bypass_mode=kind.bypass_mode,
+            **options,
+        )
+    except (ValueError, AssertionError) as err:  # LyCORIS' factorisations refuse some sizes
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(
+            f"--network_args algo={kind.algo}: LyCORIS cannot build the adapter of {name} "
+            f"({type(module).__name__} {_size(module)}): {reason}; try another --network_dim or factor"
+        ) from None
+
+
+def _size(module: nn.Module) -> str:
+    weight = getattr(module, "weight", None)
+    return "x".join(map(str, weight.shape)) if isinstance(weight, Tensor) else "?"
+
+
+def adapter_state(adapter: nn.Module) -> dict[str, Tensor]:
+    """The adapter's tensors as the file holds them (part -> tensor, detached): LyCORIS' own state of the
+    module (DyLoRA joins its blocks, full writes the difference), with a DyLoRA Conv2d's `lora_up` made
+    4-D, since consumers reshape a convolution's delta from 4-D parts."""
+    state = {part: tensor.detach() for part, tensor in adapter.state_dict().items()}
+    if isinstance(adapter, DyLoraModule) and _is_conv(adapter):
+        state["lora_up.weight"] = state["lora_up.weight"].reshape(*state["lora_up.weight"].shape, 1, 1)
+    return state
+
+
+def load_adapter_state(adapter: nn.Module, parts: Mapping[str, Tensor]) -> None:
+    """Load a file's parts (shaped as `adapter_state` gives them) into the adapter."""
+    if not isinstance(adapter, DyLoraModule):
+        adapter.load_state_dict(dict(parts))
+        return
+    # LyCORIS' DyLoRA ignores load_state_dict: its rank is stored in blocks of block_size.
+    up, down = parts["lora_up.weight"].flatten(1), parts["lora_down.weight"].flatten(1)
+    size = adapter.block_size
+    with torch.no_grad():
+        for index, (up_block, down_block) in enumerate(zip(adapter.up_list, adapter.down_list, strict=True)):
+            up_block.copy_(up[:, index * size : (index + 1) * size])
+            down_block.copy_(down[index * size : (index + 1) * size])
+        if "alpha" in parts:
+            adapter.alpha.copy_(parts["alpha"])
+
+
+def _is_conv(adapter: nn.Module) -> bool:
+    return getattr(adapter, "module_type", None) == "conv2d"
