@@ -11,8 +11,9 @@ import re
 import pytest
 from torch import nn
 
-from consumer_oracles import CONSUMERS, BaseModel, Resolution, base_model, resolve
+from consumer_oracles import CONSUMERS, BaseModel, base_model, resolve
 from loracraft.networks.lora_network import LoRANetwork, build_lora_network
+from lycoris_files import diagnosis
 from model_helpers import tiny_family_modules
 
 FAMILIES = ("sd1", "sd2", "sdxl")
@@ -29,13 +30,6 @@ def network_and_base(family: str) -> tuple[LoRANetwork, BaseModel, tuple[nn.Modu
 def trained_on(network: LoRANetwork, base: BaseModel) -> dict[str, str]:
     """{network module name: the base module its adapter wraps}."""
     return {name: base.name_of(network.adapter(name).org_module[0]) for name in network.names}
-
-
-def diagnosis(resolution: Resolution) -> str:
-    return (
-        f"{resolution.consumer}: refusal={resolution.refusal} unresolved={resolution.unresolved[:3]} "
-        f"ignored={list(resolution.ignored.items())[:3]} misapplied={list(resolution.misapplied.items())[:3]}"
-    )
 
 
 @pytest.mark.parametrize("consumer", CONSUMERS)
