@@ -17,7 +17,7 @@ import importlib.metadata
 import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from lycoris.modules import (
@@ -35,6 +35,9 @@ from lycoris.modules.base import LycorisBaseModule
 from torch import Tensor, nn
 
 from loracraft.errors import UserError
+
+if TYPE_CHECKING:
+    from loracraft.networks.network_spec import NetworkSpec
 
 MODULE_CLASSES: dict[str, type[LycorisBaseModule]] = {
     "lora": LoConModule,
@@ -165,3 +168,37 @@ def load_adapter_state(adapter: nn.Module, parts: Mapping[str, Tensor]) -> None:
 
 def _is_conv(adapter: nn.Module) -> bool:
     return getattr(adapter, "module_type", None) == "conv2d"
+
+
+def adapter_kind(spec: NetworkSpec, multiplier: float = 1.0) -> AdapterKind:
+    """The adapters of a run's network type (network_spec.NetworkSpec): its algorithm and the options its
+    LyCORIS class takes. DoRA writes `dora_scale` per input column unless wd_on_output is given: that is
+    the one layout A1111, ComfyUI and Forge all read the same way (reference/lora-format.md §2.1), where
+    LyCORIS' default (per output row) is misread by A1111 and older ComfyUI."""
+    options: dict[str, Any] = {}
+    if spec.algo in ("lora", "locon", "loha", "lokr"):
+        options.update(use_tucker=spec.use_tucker, use_scalar=spec.use_scalar)
+        if spec.dora_wd:
+            options.update(
+                weight_decompose=True, wd_on_out=spec.wd_on_output if "wd_on_output" in spec.given else False
+            )
+    if spec.algo == "lokr":
+        options.update(factor=spec.factor, decompose_both=spec.decompose_both, full_matrix=spec.full_matrix)
+    if spec.algo == "dylora":
+        options["block_size"] = spec.dylora_unit
+    if spec.algo == "ia3":
+        options["train_on_input"] = spec.train_on_input
+    if spec.algo in ("diag-oft", "boft"):
+        options.update(constraint=spec.constraint, rescaled=spec.rescaled)
+    if spec.rank_dropout_scale:
+        options["rank_dropout_scale"] = True
+    if spec.bypass_mode is not None:
+        options["bypass_mode"] = spec.bypass_mode
+    return AdapterKind(
+        spec.algo,
+        multiplier=multiplier,
+        dropout=spec.dropout or 0.0,
+        rank_dropout=spec.rank_dropout,
+        module_dropout=spec.module_dropout,
+        options=options,
+    )
