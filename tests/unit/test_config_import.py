@@ -10,7 +10,9 @@ import pytest
 from loracraft.cli import config_from_flags, main
 from loracraft.config.importers import import_config, report_lines
 from loracraft.config.importers.apply import imported_config
+from loracraft.config.schema import TrainConfig
 from loracraft.errors import UserError
+from loracraft.networks.network_spec import network_spec
 
 DATA = Path(__file__).parents[1] / "data" / "kohya_ss"
 LORA_CONFIGS = [
@@ -31,6 +33,37 @@ def test_every_key_of_a_kohya_ss_config_is_mapped_or_ignored(name):
     assert sorted(set(top_level)) == sorted(data)
     assert all(entry.reason for entry in report.ignored)
     assert report_lines(report)[-1] == f"{len(report.mapped)} keys mapped, {len(report.ignored)} ignored"
+
+
+LOHA = ["use_tucker=False", "rank_dropout=0", "bypass_mode=False", "dora_wd=False", "module_dropout=0",
+        "use_scalar=False", "rank_dropout_scale=False", "algo=loha", "train_norm=False"]  # fmt: skip
+# The network each shipped config trains in the kohya_ss GUI: module, algorithm and network args (its order).
+NETWORKS = {
+    "locon-AdamW8bit.json": (
+        "networks.lora", "locon", ["conv_dim=16", "conv_alpha=8", "rank_dropout=0.1", "module_dropout=0.1"]
+    ),
+    "locon-AdamW8bit-toml.json": ("networks.lora", "lora", []),  # saved with LoRA_type Standard
+    "locon-dadaptation-sdxl.json": ("networks.lora", "lora", []),  # Standard too
+    "loha-sd15.json": ("lycoris.kohya", "loha", ["preset=full", "conv_dim=8", "conv_alpha=4", *LOHA]),
+    "loha-Prodigy.json": ("lycoris.kohya", "loha", ["preset=full", "conv_dim=4", "conv_alpha=4", *LOHA]),
+    "iA3-Prodigy-sd15.json": ("lycoris.kohya", "ia3", ["preset=full", "train_on_input=True", "algo=ia3"]),
+    "DyLoRA-Adafactor-toml.json": (
+        "lycoris.kohya", "dylora",
+        ["preset=full", "conv_dim=64", "conv_alpha=64", "block_size=1", "rank_dropout=0", "module_dropout=0",
+         "algo=dylora", "train_norm=True"],
+    ),
+    "t5clrs.json": ("networks.lora", "lora", []),
+    "SDXL - LoRA kudou-reira prodigy v4.0.json": ("networks.lora", "lora", []),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(NETWORKS))
+def test_a_kohya_ss_config_trains_the_network_its_lora_type_names(name):
+    module, algo, args = NETWORKS[name]
+    values = import_config(DATA / name).values
+    assert (values["network_module"], values.get("network_args", [])) == (module, args)
+    network_values = {key: value for key, value in values.items() if key.startswith("network_")}
+    assert network_spec(TrainConfig.model_validate(network_values)).algo == algo
 
 
 def test_an_sdxl_preset_lands_in_the_right_fields():
@@ -60,11 +93,9 @@ def test_an_sdxl_preset_lands_in_the_right_fields():
     ignored = {entry.key: entry for entry in report.ignored}
     assert ignored["epoch"].reason.startswith("max_train_steps or max_train_epochs sets the length")
     assert ignored["sdxl"].reason == "loracraft tells SDXL from the model file: nothing to set"
-    assert (
-        ignored["conv_dim"].reason
-        == "used only by the LoRA types other than Standard: the GUI does not pass it (1)"
-    )
+    assert ignored["conv_dim"].reason == "LoRA_type Standard does not pass it (1)"
     assert not ignored["conv_dim"].lost
+    assert config.network_module == "networks.lora" and config.network_args == []
 
 
 def test_a_gui_test_config_with_noise_epochs_and_prompts():
@@ -78,10 +109,13 @@ def test_a_gui_test_config_with_noise_epochs_and_prompts():
     assert values["optimizer_type"] == "AdamW8bit" and values["ip_noise_gamma"] == 0.1
     assert values["text_encoder_lr"] == [0.0001] and values["sample_every_n_steps"] == 25
     assert report.sample_prompt_text == "a painting of a gas mask , by darius kawasaki"
+    # LoRA_type Kohya LoCon: kohya's networks.lora with conv_dim and conv_alpha, and the dropouts set.
+    assert values["network_module"] == "networks.lora"
+    assert values["network_args"] == ["conv_dim=16", "conv_alpha=8", "rank_dropout=0.1", "module_dropout=0.1"]
+    assert values["network_dropout"] == 0.1 and values["scale_weight_norms"] == 1
     lost = {entry.key: entry.reason for entry in report.ignored if entry.lost}
-    assert lost["LoRA_type"] == "Kohya LoCon is not supported yet (issue 14): imported as a plain LoRA"
-    assert lost["network_dropout"] == "a networks.lora option loracraft does not have yet: 0.1 is not applied"
     assert "multires_noise_iterations" not in lost and "num_processes" not in lost
+    assert "LoRA_type" not in lost and "network_dropout" not in lost
 
 
 def test_additional_parameters_are_read_as_flags_that_win():
@@ -108,6 +142,13 @@ def test_legacy_keys_strings_and_empty_values(tmp_path):
     path = tmp_path / "old.json"
     path.write_text(json.dumps(legacy))
     report = import_config(path)
+    # "LoCon" is older GUIs' LyCORIS/LoCon; the keys it lacks take the GUI form's defaults.
+    assert report.values.pop("network_module") == "lycoris.kohya"
+    assert report.values.pop("network_args") == [
+        "preset=full", "conv_dim=1", "conv_alpha=1", "use_tucker=False", "rank_dropout=0", "bypass_mode=False",
+        "dora_wd=False", "module_dropout=0.0", "use_scalar=False", "rank_dropout_scale=False", "algo=locon",
+        "train_norm=False",
+    ]  # fmt: skip
     assert report.values == {
         "optimizer_type": "AdamW8bit", "xformers": True, "log_with": "wandb", "network_weights": "old.safetensors",
         "stop_text_encoder_training": "20%", "caption_extension": ".txt", "network_dim": 8, "network_alpha": 4,
@@ -116,7 +157,7 @@ def test_legacy_keys_strings_and_empty_values(tmp_path):
         "multires_noise_iterations": 6, "multires_noise_discount": 0.3,
     }  # fmt: skip
     ignored = {entry.key: entry for entry in report.ignored}
-    assert ignored["LoRA_type"].reason.startswith("LyCORIS/LoCon is not supported yet (issue 14)")
+    assert "LoRA_type" not in ignored
     assert ignored["noise_offset"].reason == "noise_offset_type is Multires: the GUI does not pass it (0.1)"
     assert (
         ignored["sdxl_no_half_vae"].reason
@@ -182,11 +223,10 @@ def test_a_pasted_multi_line_command():
     assert (config.network_dim, config.network_alpha, config.text_encoder_lr) == (32, 16.0, [1e-5, 5e-6])
     assert config.cache_latents and config.optimizer_args == ["weight_decay=0.01", "betas=0.9,0.99"]
     assert config.lr_warmup_steps == 0.1
+    assert (config.network_module, config.network_args) == ("networks.lora", ["conv_dim=4"])
     ignored = {entry.key: entry.reason for entry in report.ignored}
     assert ignored == {
         "--num_cpu_threads_per_process": "an `accelerate launch` option: give it to accelerate launch",
-        "--network_module": "kohya's LoRA module, what loracraft trains: nothing to set",
-        "--network_args": "network options are not supported yet: conv_dim=4 not applied",
     }
 
 
@@ -194,6 +234,10 @@ def test_a_windows_command_and_other_scripts():
     text = 'python C:\\kohya\\sd-scripts\\train_network.py ^\n --train_data_dir "C:\\My Images\\img" ^\n --network_dim 8'
     report = import_config(text)
     assert report.values == {"train_data_dir": "C:\\My Images\\img", "network_dim": "8"}
+    with pytest.raises(
+        UserError, match=r"^the pasted command line is a Flux.1 LoRA config \(network_module "
+    ):
+        import_config("--network_module networks.lora_flux --network_dim 8")
     with pytest.raises(UserError) as refused:
         import_config("accelerate launch train_db.py --learning_rate 1e-6")
     assert (
@@ -208,11 +252,8 @@ def test_a_kohya_toml_reuses_the_flag_names(tmp_path):
         'network_module = "lycoris.kohya"\nnetwork_dim = 8\nepoch = 3\n[extra]\nlearning_rate = 1e-4\n'
     )
     report = import_config(path)
-    assert report.values == {"network_dim": 8, "learning_rate": 1e-4}
-    assert [(entry.key, entry.lost) for entry in report.ignored] == [
-        ("network_module", True),
-        ("epoch", False),
-    ]
+    assert report.values == {"network_module": "lycoris.kohya", "network_dim": 8, "learning_rate": 1e-4}
+    assert [(entry.key, entry.lost) for entry in report.ignored] == [("epoch", False)]
     path.write_text('network_module = "networks.lora_flux"\n')
     with pytest.raises(
         UserError, match=r"is a Flux.1 LoRA config \(network_module networks.lora_flux\), not a LoRA"
@@ -250,12 +291,10 @@ def test_train_reads_a_kohya_ss_json_directly(tmp_path, capsys):
         0.05,
     )  # flags still win
     assert config.sample_prompts == str(tmp_path / "mine.prompts.txt")
+    assert config.network_args == ["conv_dim=16", "conv_alpha=8", "rank_dropout=0.1", "module_dropout=0.1"]
     notes = capsys.readouterr().err.splitlines()
-    assert (
-        f"note: {path}: LoRA_type ignored: Kohya LoCon is not supported yet (issue 14): imported as a plain LoRA"
-        in notes
-    )
+    assert not any("LoRA_type" in note for note in notes)
     assert (
         notes[-2]
-        == f"note: {path}: 51 other keys ignored (off, or not used by LoRA training); `loracraft config import {path}` lists them"
+        == f"note: {path}: 46 other keys ignored (off, or not used by LoRA training); `loracraft config import {path}` lists them"
     )

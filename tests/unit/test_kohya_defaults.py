@@ -31,7 +31,14 @@ def gui_emitted() -> dict[str, object]:
 
 
 # Where kohya's default means "unset" and loracraft spells the same choice another way.
-SAME_CHOICE = {"optimizer_args": (None, []), "lr_scheduler_args": (None, []), "optimizer_type": ("", "AdamW")}
+SAME_CHOICE = {
+    "optimizer_args": (None, []),
+    "lr_scheduler_args": (None, []),
+    "network_args": (None, []),
+    "optimizer_type": ("", "AdamW"),
+    # kohya requires the flag; loracraft trains kohya's LoRA when it is not given
+    "network_module": (None, "networks.lora"),
+}
 # Deliberate differences; each field's `--help` text says so, naming kohya.
 DIFFERENT_ON_PURPOSE = {"sdpa"}
 

@@ -50,6 +50,7 @@ CHANGED: dict[str, object] = {
     "resolution": (640, 512),
     "face_crop_aug_range": (2.0, 4.0),
     "optimizer_args": ["weight_decay=0.01"],
+    "network_args": ["conv_dim=4"],
     "optimizer_type": "adamw",  # a spelling kohya accepts, normalised
     "caption_separator": ";",
     "bucket_reso_steps": 128,

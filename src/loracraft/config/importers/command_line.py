@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from loracraft.config.cli_args import make_train_parser, parse_train_flags
-from loracraft.config.importers.kinds import script_family
+from loracraft.config.importers.kinds import network_module_kind, script_family
 from loracraft.config.importers.kohya_flags import ALIASES, FIELDS, map_kohya_setting
 from loracraft.config.importers.report import ImportReport
 from loracraft.errors import UserError
@@ -83,6 +83,8 @@ def _map_flags(tokens: list[str], report: ImportReport, source: str) -> None:
     known = [group for group in groups if group[0] in FIELDS or group[0] in ALIASES]
     parsed = _parse_known(known, source)
     for name, words in groups:
+        if name == "network_module":
+            network_module_kind(str(_raw_value(words)), source)
         if name == "config_file":
             _import_config_file(words, report, source)
         elif name in FIELDS or name in ALIASES:

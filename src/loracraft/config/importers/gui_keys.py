@@ -31,18 +31,8 @@ OTHER_FAMILY = frozenset({
     "single_dim", "single_mod_dim", "in_dims", "train_double_block_indices", "train_single_block_indices",
     "enable_all_linear", "ggpo_beta", "ggpo_sigma", "train_lora_ggpo", "disable_mmap_load_safetensors",
 })  # fmt: skip
-# Options of the LoRA types other than Standard (LoCon, LoHa, LoKr, DyLoRA, iA3, OFT... via LyCORIS).
-LYCORIS = frozenset({
-    "LyCORIS_preset", "conv_dim", "conv_alpha", "conv_dims", "conv_alphas", "use_tucker", "use_scalar",
-    "rank_dropout_scale", "train_norm", "constrain", "rescaled", "bypass_mode", "dora_wd", "factor",
-    "use_cp", "decompose_both", "unit", "train_on_input",
-})  # fmt: skip
-# kohya's networks.lora options (its --network_args and two flags) loracraft does not have yet.
-LORA_EXTRAS = frozenset({
-    "block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas", "down_lr_weight", "mid_lr_weight",
-    "up_lr_weight", "block_lr_zero_threshold", "rank_dropout", "module_dropout", "loraplus_lr_ratio",
-    "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio", "network_dropout", "scale_weight_norms",
-})  # fmt: skip
+# Keys older GUIs wrote and the GUI no longer reads.
+OLD_GUI_KEYS = frozenset({"conv_dims", "conv_alphas"})
 METADATA_PREFIX = "metadata_"
 # Keys of the GUI's other tabs (DreamBooth, fine-tuning) or settings sd-scripts dropped.
 OTHER_REASONS = {
@@ -65,9 +55,9 @@ def is_off(value: Any) -> bool:
     return value in ("", None, False, 0, "0", "none", "None", []) or value == 0.0
 
 
-def ignore_reason(key: str, value: Any, network_type: str) -> tuple[str, bool] | None:
+def ignore_reason(key: str, value: Any) -> tuple[str, bool] | None:
     """Why `key` is not read and whether the run loses its value; None for a key these tables do not know."""
-    found = _category(key, network_type)
+    found = _category(key)
     if found is None:
         return None
     reason, applies = found
@@ -84,7 +74,7 @@ def unknown_key(value: Any) -> tuple[str, bool]:
     return f"unknown to loracraft: {value!r} is not applied", True
 
 
-def _category(key: str, network_type: str) -> tuple[str, bool] | None:
+def _category(key: str) -> tuple[str, bool] | None:
     """(reason, whether the GUI would have applied the value to this run)."""
     if key in ACCELERATE_LAUNCH:
         return "an `accelerate launch` setting: give it to accelerate launch", False
@@ -96,12 +86,8 @@ def _category(key: str, network_type: str) -> tuple[str, bool] | None:
         return "modelspec metadata text: not supported yet", True
     if key in OTHER_FAMILY or key.startswith(OTHER_FAMILY_PREFIXES):
         return "a Flux.1/SD3/DiT setting: not applicable to SD1/SD2/SDXL", False
-    if key in LYCORIS:
-        if network_type == "Standard":
-            return "used only by the LoRA types other than Standard: the GUI does not pass it", False
-        return f"a {network_type} setting: LyCORIS types are not supported yet (issue 14)", True
-    if key in LORA_EXTRAS:
-        return "a networks.lora option loracraft does not have yet", True
+    if key in OLD_GUI_KEYS:
+        return "an older kohya_ss GUI's key, which the GUI no longer reads", False
     if key in OTHER_REASONS:
         return OTHER_REASONS[key], key not in NOT_PASSED
     return None

@@ -9,10 +9,10 @@ from loracraft.config.importers.gui_keys import ignore_reason, is_off, unknown_k
 from loracraft.config.importers.kinds import network_module_kind
 from loracraft.config.importers.report import ImportReport
 from loracraft.config.schema import TrainConfig
+from loracraft.networks.network_spec import NETWORK_ARG_KEYS
 
 FIELDS = TrainConfig.model_fields
 ALIASES = alias_names(TrainConfig)
-KOHYA_LORA_MODULE = "networks.lora"
 # Keys the kohya_ss GUI writes into its generated TOML for itself; sd-scripts reads the TOML without them.
 GUI_TOML_EXTRAS = frozenset({"epoch", "noise_offset_type"})
 
@@ -21,22 +21,19 @@ def map_kohya_setting(key: str, value: Any, report: ImportReport, source: str, w
     """One sd-scripts setting: a TrainConfig field (or kohya's old spelling of one), or ignored with why.
     `written`: the key as the report shows it (`--flag` on a command line)."""
     shown = written or key
+    if key == "network_module":
+        network_module_kind(str(value), source)
     if key in FIELDS or key in ALIASES:
         report.map(shown, ALIASES.get(key, key), value)
-    elif key == "network_module":
-        network_module_kind(str(value), source)
-        if value == KOHYA_LORA_MODULE:
-            report.ignore(shown, "kohya's LoRA module, what loracraft trains: nothing to set")
-        else:
-            report.ignore(shown, f"{value} is not supported yet (issue 14): imported as a plain LoRA", True)
-    elif key == "network_args":
-        if is_off(value):
-            report.ignore(shown, "networks.lora options (none here)")
-        else:
-            listed = " ".join(value) if isinstance(value, list) else value
-            report.ignore(shown, f"network options are not supported yet: {listed} not applied", True)
+    elif key in NETWORK_ARG_KEYS:
+        report.ignore(
+            shown,
+            f"a --network_args key, which sd-scripts does not read as a setting: give it as network_args "
+            f"{key}={value}",
+            not is_off(value),
+        )
     elif key in GUI_TOML_EXTRAS:
         report.ignore(shown, "written by the kohya_ss GUI for itself; sd-scripts does not read it")
     else:
-        reason, lost = ignore_reason(key, value, "Standard") or unknown_key(value)
+        reason, lost = ignore_reason(key, value) or unknown_key(value)
         report.ignore(shown, reason, lost)

@@ -14,6 +14,7 @@ from typing import Any
 
 from loracraft.config.fields import alias_names
 from loracraft.config.importers.gui_keys import ignore_reason, is_off, unknown_key
+from loracraft.config.importers.gui_network import NETWORK_FORM_KEYS, UNSUPPORTED, GuiNetwork, gui_network
 from loracraft.config.importers.kinds import gui_json_family
 from loracraft.config.importers.report import ImportReport, MappedKey
 from loracraft.config.schema import TrainConfig
@@ -26,7 +27,7 @@ ZERO_IS_UNSET = frozenset({
     "min_snr_gamma", "sample_every_n_epochs", "sample_every_n_steps", "save_every_n_epochs",
     "save_every_n_steps", "save_last_n_steps", "save_last_n_steps_state", "save_last_n_epochs",
     "save_last_n_epochs_state", "seed", "unet_lr", "v_pred_like_loss", "vae_batch_size",
-    "adaptive_noise_scale", "noise_offset", "multires_noise_iterations",
+    "adaptive_noise_scale", "noise_offset", "multires_noise_iterations", "network_dropout", "scale_weight_norms",
 })  # fmt: skip
 # Which noise settings the GUI passes, by its noise_offset_type selector.
 NOISE_SETTINGS = {
@@ -47,7 +48,10 @@ def import_gui_json(data: dict[str, Any], source: str) -> ImportReport:
     family = gui_json_family(data, source)
     network_type = _network_type(data)
     report = ImportReport(f"{source}: a kohya_ss GUI LoRA config ({family}, LoRA_type {network_type})")
-    special = _special_keys(data, network_type)
+    network = gui_network(data, network_type)
+    if network.args:
+        report.values["network_args"] = network.args
+    special = _special_keys(data, network_type, network)
     # The GUI appends additional_parameters after --config_file: its flags win, so they are read last.
     ordered = sorted(data.items(), key=lambda item: item[0] == EXTRA_FLAGS_KEY)
     for key, value in ordered:
@@ -57,7 +61,7 @@ def import_gui_json(data: dict[str, Any], source: str) -> ImportReport:
             field_name = ALIASES.get(key, key)
             report.map(key, field_name, _field_value(field_name, value))
         else:
-            reason, lost = ignore_reason(key, value, network_type) or unknown_key(value)
+            reason, lost = ignore_reason(key, value) or unknown_key(value)
             report.ignore(key, reason, lost)
     return report
 
@@ -70,7 +74,7 @@ def _network_type(data: dict[str, Any]) -> str:
 Handler = Callable[[str, Any, ImportReport], None]
 
 
-def _special_keys(data: dict[str, Any], network_type: str) -> dict[str, Handler]:
+def _special_keys(data: dict[str, Any], network_type: str, network: GuiNetwork) -> dict[str, Handler]:
     """The keys the GUI does not pass under their own name, each with how it becomes flags."""
     sdxl = data.get("sdxl") is True
     noise_type = str(data.get("noise_offset_type") or "Original")
@@ -80,12 +84,21 @@ def _special_keys(data: dict[str, Any], network_type: str) -> dict[str, Handler]
     unet_lr = _number(data.get("unet_lr")) or 0
 
     def lora_type(key: str, value: Any, report: ImportReport) -> None:
-        if network_type == LORA_TYPE_STANDARD:
-            report.ignore(key, "Standard is kohya's networks.lora, what loracraft trains: nothing to set")
+        if network_type in UNSUPPORTED:
+            report.ignore(key, UNSUPPORTED[network_type], True)
+            return
+        report.map(key, "network_module", network.module)
+        if network.from_type:
+            report.mapped.append(MappedKey(key, "network_args", " ".join(network.from_type)))
+
+    def network_form_key(key: str, value: Any, report: ImportReport) -> None:
+        # Its words are in network_args already (gui_network), in the GUI's order.
+        if key in network.left_out:
+            report.ignore(key, network.left_out[key])
+        elif key in network.words:
+            report.mapped.append(MappedKey(key, "network_args", " ".join(network.words[key]) or None))
         else:
-            report.ignore(
-                key, f"{network_type} is not supported yet (issue 14): imported as a plain LoRA", True
-            )
+            report.ignore(key, f"LoRA_type {network_type} does not pass it ({value!r})")
 
     def sdxl_switch(key: str, value: Any, report: ImportReport) -> None:
         report.ignore(key, "loracraft tells SDXL from the model file: nothing to set")
@@ -199,6 +212,7 @@ def _special_keys(data: dict[str, Any], network_type: str) -> dict[str, Handler]
 
     handlers: dict[str, Handler] = {
         "LoRA_type": lora_type,
+        **dict.fromkeys(NETWORK_FORM_KEYS, network_form_key),
         "sdxl": sdxl_switch,
         **dict.fromkeys(SDXL_KEYS, sdxl_only),
         "epoch": epoch,
