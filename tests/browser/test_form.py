@@ -76,14 +76,14 @@ def test_a_kohya_ss_gui_json_imports_into_the_form_with_its_report(open_page):
     set_value(text_input(page, "import-source"), str(KOHYA_SS / "sd15 - EDG_LoraOptiSettings.json"))
     page.locator("#import-run").click()
     report = page.locator("#import-report textarea")
-    expect(report).to_have_value(re.compile(r"49 keys mapped, 14 ignored$"))
+    expect(report).to_have_value(re.compile(r"56 keys mapped, 7 ignored$"))
     lines = report.input_value().splitlines()
     assert lines[0].endswith(
         "EDG_LoraOptiSettings.json: a kohya_ss GUI LoRA config (SD1.x/SD2.x, LoRA_type Standard)"
     )
     assert "mapped   optimizer                      -> optimizer_type = 'AdamW8bit'" in lines
     assert "mapped   max_resolution                 -> resolution = '512,650'" in lines
-    assert any(line.startswith("ignored  LoRA_type ") for line in lines)
+    assert "mapped   LoRA_type                      -> network_module = 'networks.lora'" in lines
     open_tab(page, "tab-network")
     expect(number_input(page, "network_dim")).to_have_value("64")
     expect(number_input(page, "network_alpha")).to_have_value("64")

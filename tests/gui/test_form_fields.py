@@ -63,6 +63,8 @@ _SAMPLES = {
     "bucket_reso_steps": 128,
     "lr_scheduler_type": "CosineAnnealingLR",
     "lr_scheduler": "cosine_with_restarts",
+    # Network args are checked key by key; a quoted list value must survive the text box too.
+    "network_args": ["conv_dim=4", "exclude_patterns=['.*proj_in', 'two words']"],
 }
 _CONTEXT = {
     "conditioning_data_dir": {"masked_loss": True},

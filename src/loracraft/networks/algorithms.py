@@ -202,3 +202,31 @@ def adapter_kind(spec: NetworkSpec, multiplier: float = 1.0) -> AdapterKind:
         module_dropout=spec.module_dropout,
         options=options,
     )
+
+
+def check_buildable(spec: NetworkSpec) -> None:
+    """Refuse, in one line, a network option whose building is not in loracraft yet, rather than train
+    a network other than the one asked for."""
+    if spec.module == "networks.oft":
+        raise UserError(
+            "--network_module networks.oft: kohya's OFT files (oft_unet_ keys) are not built by this version of "
+            "loracraft yet; --network_module lycoris.kohya --network_args algo=diag-oft trains Diag-OFT"
+        )
+    unbuilt = []
+    if spec.preset != "full":
+        unbuilt.append(f"preset={spec.preset}")
+    for key in ("target_module", "exclude_patterns", "include_patterns"):
+        if getattr(spec, key):
+            unbuilt.append(key)
+    unbuilt += [key for key, text in spec.blocks.items() if str(text).strip()]
+    for key in ("loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio"):
+        if getattr(spec, key) is not None:
+            unbuilt.append(key)
+    for key in ("train_norm", "enable_all_linear", "enable_conv"):
+        if getattr(spec, key):
+            unbuilt.append(key)
+    if unbuilt:
+        raise UserError(
+            f"--network_args {', '.join(unbuilt)}: not built by this version of loracraft yet; "
+            "leave them out to train the same type with its default targets"
+        )

@@ -81,10 +81,8 @@ class RunSummary:
     """kohya style: `module.Class` plus `(key=value,...)` when optimizer args were given."""
     num_validation_images: int = 0
     """Held-out images (each counts once) whose loss is the validation loss."""
-    network_module: str = "networks.lora"
-    """kohya's module name, so A1111 and other tools recognise a plain LoRA."""
-    network_dropout: float | None = None
-    network_args: dict[str, str] | None = None
+    network_args: dict[str, str | float | None] | None = None
+    """kohya's ss_network_args: --network_args as given, with --network_dropout (network_spec.py)."""
     family: str = "sd1"
     """The base model's family: "sd1", "sd2" or "sdxl"."""
     dataset_dirs: dict = field(default_factory=dict)
@@ -154,8 +152,6 @@ def _ss_metadata(info: RunSummary, v_parameterization: bool) -> dict[str, object
         "ss_num_batches_per_epoch": info.num_batches_per_epoch,
         "ss_num_epochs": info.num_epochs,
         "ss_max_train_steps": info.max_train_steps,
-        "ss_network_module": info.network_module,
-        "ss_network_dropout": info.network_dropout,
         "ss_base_model_version": base_model_version(info.family, v_parameterization),
         "ss_seed": info.seed,
         "ss_optimizer": info.optimizer,

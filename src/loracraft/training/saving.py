@@ -22,6 +22,7 @@ from loracraft.data.plan import DatasetPlan
 from loracraft.networks.lora_file import save_lora_file
 from loracraft.networks.lora_network import LoRANetwork
 from loracraft.networks.metadata import ModelSource, RunSummary, kohya_metadata
+from loracraft.networks.network_spec import recorded_network_args
 from loracraft.training.optimizer import describe_optimizer
 
 SAVE_DTYPES = {"float": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -74,6 +75,7 @@ def run_summary(config: TrainConfig, plan: DatasetPlan, facts: RunFacts, epoch: 
         max_train_steps=plan.steps.max_train_steps,
         total_batch_size=config.train_batch_size * plan.num_processes * config.gradient_accumulation_steps,
         optimizer=describe_optimizer(config),
+        network_args=recorded_network_args(config),
         family=facts.family,
         dataset_dirs=merged_dataset_dirs(plan) if config.dataset_config else dataset_dirs(plan, is_reg=False),
         datasets=datasets_metadata(plan) if config.dataset_config else None,

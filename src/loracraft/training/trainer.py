@@ -32,9 +32,11 @@ from loracraft.models.attention import attention_for, set_attention
 from loracraft.models.bundle import ModelBundle
 from loracraft.models.family import FAMILY_NAMES
 from loracraft.models.loading import load_model_bundle
+from loracraft.networks.algorithms import adapter_kind, check_buildable
 from loracraft.networks.initial_weights import InitialWeights, initial_weights_settings
 from loracraft.networks.lora_network import LoRANetwork, build_lora_network
 from loracraft.networks.merge_into_base import BaseMerge
+from loracraft.networks.network_spec import network_spec
 from loracraft.sampling.during_training import TrainingSamples
 from loracraft.sampling.prompts import check_sample_prompts
 from loracraft.training.accelerator import (
@@ -303,6 +305,11 @@ def start_run(
     may run beside a live training of the same name, whose half-written files those are."""
     check_required(config)
     check_trackers(config)
+    check_buildable(network_spec(config))
+    if config.scale_weight_norms:
+        raise UserError(
+            "--scale_weight_norms: not built by this version of loracraft yet; leave it out (or 0) to train"
+        )
     accelerator = make_accelerator(
         config.mixed_precision,
         config.gradient_accumulation_steps,
@@ -506,6 +513,7 @@ def build_model(
     cast_frozen_model(bundle.unet, precision.compute, precision.unet_storage)
     for text_encoder in text_encoders:
         cast_frozen_model(text_encoder, precision.compute, precision.text_encoder_storage)
+    spec = network_spec(config)
     network = build_lora_network(
         bundle.unet,
         text_encoders,
@@ -514,6 +522,9 @@ def build_model(
         alpha=config.network_alpha,
         train_unet=config.train_unet,
         train_text_encoder=config.train_text_encoder,
+        kind=adapter_kind(spec),
+        conv_dim=spec.conv_dim,
+        conv_alpha=spec.conv_alpha,
     )
     if initial is not None:
         initial.load_into(network)
