@@ -23,6 +23,7 @@ TYPES = {
         "lycoris.kohya",
         "lokr_w1",
     ),
+    "loraplus": (["--network_args", "conv_dim=4", "loraplus_lr_ratio=16"], "networks.lora", "lora_up.weight"),
     "dora": (
         ["--network_module", "lycoris.kohya", "--network_args", "algo=locon", "dora_wd=True"],
         "lycoris.kohya",

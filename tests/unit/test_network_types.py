@@ -177,3 +177,41 @@ def test_a_type_the_installed_lycoris_builds_wrongly_is_refused(monkeypatch, tin
     assert str(refused.value) == (
         "--network_args algo=boft needs lycoris-lora 4.1 or newer (installed: 3.1.1): pip install -U lycoris-lora"
     )
+
+
+def test_loraplus_moves_each_parts_lora_up_weights_into_a_faster_group(tiny_sd1_bundle):
+    """kohya's LoRA+: every lora_up weight of a part in a group "NAME plus" at lr x that part's ratio."""
+    network, _ = network_of(tiny_sd1_bundle, AdapterKind("locon"), seed=None)
+    groups = network.param_groups(1e-4, 5e-5, plus_ratios=(16.0, 4.0))
+    assert [(group["name"], group["lr"]) for group in groups] == [
+        ("unet", 1e-4),
+        ("unet plus", 1e-4 * 16),
+        ("textencoder", 5e-5),
+        ("textencoder plus", 5e-5 * 4),
+    ]
+    ups = {
+        id(p)
+        for name in network.names
+        for part, p in network.adapter(name).named_parameters()
+        if "lora_up" in part
+    }
+    for group in groups:
+        assert all((id(p) in ups) == group["name"].endswith(" plus") for p in group["params"])
+    everything = [p for group in groups for p in group["params"]]
+    assert len(everything) == len(list(network.parameters())) == len({id(p) for p in everything})
+    assert [group["name"] for group in network.param_groups(1e-4, 5e-5, plus_ratios=(16.0, None))] == [
+        "unet",
+        "unet plus",
+        "textencoder",
+    ]
+
+
+def test_loraplus_finds_dyloras_up_weights_in_their_blocks(tiny_sd1_bundle):
+    network, _ = network_of(tiny_sd1_bundle, AdapterKind("dylora", options={"block_size": 1}), seed=None)
+    plus = [
+        group
+        for group in network.param_groups(1e-4, 5e-5, plus_ratios=(16.0, 16.0))
+        if "plus" in group["name"]
+    ]
+    ups = [p for name in network.names for p in network.adapter(name).up_list]
+    assert len(plus) == 2 and sum(len(group["params"]) for group in plus) == len(ups) > 0

@@ -219,9 +219,6 @@ def check_buildable(spec: NetworkSpec) -> None:
         if getattr(spec, key):
             unbuilt.append(key)
     unbuilt += [key for key, text in spec.blocks.items() if str(text).strip()]
-    for key in ("loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio"):
-        if getattr(spec, key) is not None:
-            unbuilt.append(key)
     for key in ("train_norm", "enable_all_linear", "enable_conv"):
         if getattr(spec, key):
             unbuilt.append(key)
@@ -230,3 +227,14 @@ def check_buildable(spec: NetworkSpec) -> None:
             f"--network_args {', '.join(unbuilt)}: not built by this version of loracraft yet; "
             "leave them out to train the same type with its default targets"
         )
+
+
+def loraplus_ratios(spec: NetworkSpec) -> tuple[float | None, float | None]:
+    """LoRA+'s lr ratio of the `lora_up` weights (U-Net, text encoders): the part's own ratio, else
+    loraplus_lr_ratio, as kohya reads them; None where LoRA+ is off."""
+    shared = spec.loraplus_lr_ratio
+    unet = spec.loraplus_unet_lr_ratio if spec.loraplus_unet_lr_ratio is not None else shared
+    text_encoder = (
+        spec.loraplus_text_encoder_lr_ratio if spec.loraplus_text_encoder_lr_ratio is not None else shared
+    )
+    return unet, text_encoder

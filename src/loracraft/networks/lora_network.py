@@ -94,12 +94,20 @@ class LoRANetwork(nn.Module):
             adapter.requires_grad_(False)
             adapter.eval()
 
-    def param_groups(self, unet_lr: float, text_encoder_lr: float | Sequence[float]) -> list[dict]:
+    def param_groups(
+        self,
+        unet_lr: float,
+        text_encoder_lr: float | Sequence[float],
+        plus_ratios: tuple[float | None, float | None] = (None, None),
+    ) -> list[dict]:
         """Optimizer parameter groups `{"params", "lr", "name"}`, named as kohya's learning-rate logs:
         "unet", then "textencoder" (SD1/SD2) or "textencoder 1" and "textencoder 2" (SDXL).
 
         `text_encoder_lr` is one rate for every text encoder or one per text encoder, as kohya reads
         `--text_encoder_lr` (config.effective_text_encoder_lrs): a single-encoder network uses the first.
+        LoRA+ (`plus_ratios`: the U-Net's and the text encoders' ratio, None for off) moves every
+        `lora_up` weight of a part into its own group "NAME plus" at lr x ratio, as kohya does.
+
         Like kohya, a group whose lr is 0 is dropped (`--text_encoder_lr 0` trains only the U-Net
         adapters), as is a group with no adapters. Unlike kohya, the dropped group's parameters are also
         frozen (requires_grad=False), so no gradient is computed for weights that never change.
@@ -110,14 +118,28 @@ class LoRANetwork(nn.Module):
             trained = bool(params) and lr != 0
             for param in params:
                 param.requires_grad_(trained)
-            if trained:
-                groups.append({"params": params, "lr": lr, "name": group_name})
+            if not trained:
+                continue
+            ratio = plus_ratios[0 if group_name == "unet" else 1]
+            plus = self._lora_up_parameters(names) if ratio is not None else []
+            rest = [param for param in params if not any(param is up for up in plus)]
+            groups.append({"params": rest, "lr": lr, "name": group_name})
+            if plus:
+                groups.append({"params": plus, "lr": lr * ratio, "name": f"{group_name} plus"})
         if not groups:
             raise UserError(
                 "nothing to train: the learning rate of every trained part is 0 "
                 "(--unet_lr / --text_encoder_lr / --learning_rate); set at least one above 0"
             )
         return groups
+
+    def _lora_up_parameters(self, names: Sequence[str]) -> list[nn.Parameter]:
+        return [
+            param
+            for name in names
+            for part, param in self.adapter(name).named_parameters()
+            if "lora_up" in part or part.startswith("up_list.")  # DyLoRA keeps its up weight in blocks
+        ]
 
     def _groups(
         self, unet_lr: float, text_encoder_lr: float | Sequence[float]

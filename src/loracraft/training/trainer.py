@@ -32,7 +32,7 @@ from loracraft.models.attention import attention_for, set_attention
 from loracraft.models.bundle import ModelBundle
 from loracraft.models.family import FAMILY_NAMES
 from loracraft.models.loading import load_model_bundle
-from loracraft.networks.algorithms import adapter_kind, check_buildable
+from loracraft.networks.algorithms import adapter_kind, check_buildable, loraplus_ratios
 from loracraft.networks.initial_weights import InitialWeights, initial_weights_settings
 from loracraft.networks.lora_network import LoRANetwork, build_lora_network
 from loracraft.networks.merge_into_base import BaseMerge
@@ -448,7 +448,9 @@ def setup_training(
         f"LoRA: {network.num_unet_modules} U-Net modules, {network.num_text_encoder_modules} text-encoder "
         f"modules, rank {config.network_rank}, alpha {config.network_alpha:g}"
     )
-    param_groups = network.param_groups(config.effective_unet_lr, config.effective_text_encoder_lrs)
+    param_groups = network.param_groups(
+        config.effective_unet_lr, config.effective_text_encoder_lrs, loraplus_ratios(network_spec(config))
+    )
     optimizer = build_optimizer(config, param_groups)
     lr_scheduler = build_lr_scheduler(
         config, optimizer, plan.steps.max_train_steps, accelerator.num_processes
