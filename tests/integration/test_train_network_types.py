@@ -71,3 +71,11 @@ def test_an_option_not_built_yet_stops_before_any_file(tiny_sd1, tmp_path, capsy
         "to train the same type with its default targets"
     )
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_scale_weight_norms_not_built_yet_stops_before_any_file(tiny_sd1, tmp_path, capsys):
+    assert train(tiny_sd1, tmp_path, "--scale_weight_norms", "1") == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: --scale_weight_norms: not built by this version of loracraft yet; leave it out (or 0) to train"
+    )
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

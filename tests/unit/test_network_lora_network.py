@@ -8,6 +8,7 @@ from diffusers import UNet2DConditionModel
 from transformers import CLIPTextModel
 
 from loracraft.errors import UserError
+from loracraft.networks.algorithms import AdapterKind
 from loracraft.networks.lora_network import LoRANetwork, build_lora_network
 from model_helpers import tiny_sdxl_text_encoders, tiny_sdxl_unet, tiny_text_encoder, tiny_unet
 
@@ -179,7 +180,8 @@ def test_load_kohya_state_dict_rejects_mismatches(models) -> None:
 
 def test_dropout_only_in_training(models) -> None:
     unet = copy.deepcopy(models[0])
-    network = build_lora_network(unet, [], "sd1", rank=RANK, alpha=1.0, train_text_encoder=False, dropout=0.5)
+    network = build_lora_network(unet, [], "sd1", rank=RANK, alpha=1.0, train_text_encoder=False,
+                                 kind=AdapterKind("lora", dropout=0.5))  # fmt: skip
     network.apply()
     fill_random(network)
     with torch.no_grad():

@@ -215,3 +215,23 @@ def test_loraplus_finds_dyloras_up_weights_in_their_blocks(tiny_sd1_bundle):
     ]
     ups = [p for name in network.names for p in network.adapter(name).up_list]
     assert len(plus) == 2 and sum(len(group["params"]) for group in plus) == len(ups) > 0
+
+
+def test_a_run_s_network_args_become_the_adapters_options():
+    """adapter_kind: DoRA's dora_scale per input column unless wd_on_output is given (the layout A1111,
+    ComfyUI and Forge read alike), the dropouts and LoKr's factor passed through to LyCORIS."""
+    from loracraft.config.load import build_config
+    from loracraft.networks.algorithms import adapter_kind
+    from loracraft.networks.network_spec import network_spec
+
+    def kind(*args: str, **flags):
+        config = build_config({}, {"network_module": "lycoris.kohya", "network_args": list(args), **flags})
+        return adapter_kind(network_spec(config))
+
+    dora = kind("algo=locon", "dora_wd=True")
+    assert dora.options["weight_decompose"] is True and dora.options["wd_on_out"] is False
+    assert kind("algo=locon", "dora_wd=True", "wd_on_output=True").options["wd_on_out"] is True
+    assert "weight_decompose" not in kind("algo=locon").options
+    dropped = kind("algo=loha", "rank_dropout=0.2", "module_dropout=0.1", network_dropout=0.3)
+    assert (dropped.dropout, dropped.rank_dropout, dropped.module_dropout) == (0.3, 0.2, 0.1)
+    assert kind("algo=lokr", "factor=8").options["factor"] == 8

@@ -278,8 +278,6 @@ def build_lora_network(
     alpha: float | None,
     train_unet: bool = True,
     train_text_encoder: bool = True,
-    multiplier: float = 1.0,
-    dropout: float = 0.0,
     kind: AdapterKind | None = None,
     conv_dim: int | None = None,
     conv_alpha: float | None = None,
@@ -289,8 +287,8 @@ def build_lora_network(
 
     `text_encoders` are the base model's text encoders in kohya's TE1, TE2 order (ModelBundle.text_encoders),
     or empty when the text encoders do not train (their outputs cached). `rank` is `--network_dim`, `alpha`
-    is `--network_alpha` (None or 0 means alpha = rank), `dropout` is `--network_dropout` (applied by
-    LyCORIS to each adapter's output during training). `kind` is the network type (plain LoRA when None);
+    is `--network_alpha` (None or 0 means alpha = rank). `kind` is the network type with its multiplier and
+    dropouts (plain LoRA, no dropout, when None);
     `conv_dim` adds kohya's LoCon targets (ResNet blocks, down/up-samplers), whose 3x3 convolutions get
     `conv_dim`/`conv_alpha` (kohya's default conv_alpha is 1).
     """
@@ -303,7 +301,7 @@ def build_lora_network(
     prefixes = text_encoder_prefixes(family)
     if train_text_encoder and len(text_encoders) != len(prefixes):
         raise ValueError(f"training {family}'s text encoders needs {len(prefixes)}, got {len(text_encoders)}")
-    kind = kind or AdapterKind("lora", multiplier=multiplier, dropout=dropout)
+    kind = kind or AdapterKind("lora")
     check_installed_lycoris(kind)
     containers = (Transformer2DModel, *CONV_BLOCKS) if conv_dim else (Transformer2DModel,)
     conv = (conv_dim or rank, 1.0 if conv_alpha is None else conv_alpha)
