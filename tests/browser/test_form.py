@@ -140,6 +140,7 @@ def test_the_dataset_tab_prepares_a_folder_tree_puts_it_in_the_form_and_checks_i
     assert (tree / "img" / "40_sks toy").is_dir()
 
     page.locator("#prepare-use").click()
+    expect(text_input(page, "dataset-check-target")).to_have_value(str(tree / "img"))
     page.locator("#dataset-check-run").click()
     report = page.locator("#dataset-check-report textarea")
     expect(report).to_have_value(re.compile(r"\n0 error\(s\), \d+ warning\(s\): ready to train$"))

@@ -70,9 +70,9 @@ def prepared_folders(output: str) -> dict[str, str]:
     return {name: str(path) for name, path in folders.items()}
 
 
-def check_section(controls: list[gr.components.Component], prefix: str) -> None:
+def check_section(controls: list[gr.components.Component], prefix: str) -> gr.Textbox:
     """A target box, a Check button and the report, wired to the form's `controls` (FIELD_NAMES order);
-    `prefix` keeps the elem_ids of its copies (Dataset tab, Folders tab) apart."""
+    `prefix` keeps the elem_ids of its copies (Dataset tab, Folders tab) apart. Returns the target box."""
     target = gr.Textbox(
         label="Folder or dataset TOML to check (empty: the form's dataset_config or train_data_dir)",
         elem_id=f"{prefix}-check-target",
@@ -80,6 +80,7 @@ def check_section(controls: list[gr.components.Component], prefix: str) -> None:
     run = gr.Button("Check dataset", elem_id=f"{prefix}-check-run")
     report = gr.Textbox(label="Dataset check", lines=12, interactive=False, elem_id=f"{prefix}-check-report")
     run.click(lambda chosen, *shown: check_dataset(chosen, shown), inputs=[target, *controls], outputs=report)
+    return target
 
 
 def dataset_tab(controls: list[gr.components.Component]) -> Any:
@@ -110,7 +111,7 @@ def dataset_tab(controls: list[gr.components.Component]) -> Any:
             label="Prepare report", lines=10, interactive=False, elem_id="prepare-report"
         )
         gr.Markdown("### Check a dataset with the form's settings")
-        check_section(controls, "dataset")
+        check_target = check_section(controls, "dataset")
 
     prepare.click(
         prepare_dataset,
@@ -129,9 +130,14 @@ def dataset_tab(controls: list[gr.components.Component]) -> Any:
     targets = ["train_data_dir", "reg_data_dir", "output_dir", "logging_dir"]
 
     def use_folders(root: str) -> list[Any]:
+        # The check box names the tree's images too: a Check clicked before the form's fields are
+        # updated in the browser still checks the prepared tree, not the form's older folder.
         if not root.strip():
-            return [gr.update()] * len(targets)
+            return [gr.update()] * (len(targets) + 1)
         folders = prepared_folders(root)
-        return [folders[name] if name in folders else gr.update() for name in targets]
+        fields = [folders[name] if name in folders else gr.update() for name in targets]
+        return [*fields, folders["train_data_dir"]]
 
-    return use.click(use_folders, inputs=output, outputs=[by_name[name] for name in targets])
+    return use.click(
+        use_folders, inputs=output, outputs=[*(by_name[name] for name in targets), check_target]
+    )
