@@ -1,6 +1,7 @@
 """`loracraft train` with kohya's --network_module / --network_args on the tiny SD1 model: each type
 trains, writes its own parts under kohya's names and records the type as kohya does (ss_network_module,
-ss_network_args); an option loracraft does not build yet stops the run in one line before any file."""
+ss_network_args); per-block args shape the network; an option loracraft does not build yet stops the run in
+one line before any file."""
 
 import json
 
@@ -9,6 +10,7 @@ from safetensors import safe_open
 
 from data_helpers import make_kohya_dataset
 from loracraft.cli import main
+from loracraft.networks.blocks import block_index
 from run_helpers import train_argv
 
 TYPES = {
@@ -73,9 +75,24 @@ def test_an_option_not_built_yet_stops_before_any_file(tiny_sd1, tmp_path, capsy
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
-def test_scale_weight_norms_not_built_yet_stops_before_any_file(tiny_sd1, tmp_path, capsys):
-    assert train(tiny_sd1, tmp_path, "--scale_weight_norms", "1") == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        "error: --scale_weight_norms: not built by this version of loracraft yet; leave it out (or 0) to train"
+def test_block_args_give_each_block_its_rank_and_leave_zero_lr_blocks_out(tiny_sd1, tmp_path, capsys):
+    dims = [1 + index % 3 for index in range(25)]
+    code = train(
+        tiny_sd1,
+        tmp_path,
+        "--network_args",
+        "block_dims=" + ",".join(map(str, dims)),
+        "up_lr_weight=zeros",
     )
-    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    assert code == 0
+    with safe_open(str(tmp_path / "out" / "toy.safetensors"), "pt") as file:
+        ranks = {
+            key.removesuffix(".lora_down.weight"): file.get_tensor(key).shape[0]
+            for key in file.keys()
+            if key.startswith("lora_unet_") and key.endswith(".lora_down.weight")
+        }
+    blocks = {name: block_index(name, "sd1") for name in ranks}
+    assert ranks and all(blocks[name] <= 12 for name in ranks)  # the OUT blocks (lr 0) have none
+    assert {name: rank for name, rank in ranks.items()} == {name: dims[blocks[name]] for name in ranks}
+    out = capsys.readouterr().out
+    assert out.count("have no attention layers, so these ranks are not used") == 1

@@ -218,7 +218,6 @@ def check_buildable(spec: NetworkSpec) -> None:
     for key in ("target_module", "exclude_patterns", "include_patterns"):
         if getattr(spec, key):
             unbuilt.append(key)
-    unbuilt += [key for key, text in spec.blocks.items() if str(text).strip()]
     for key in ("train_norm", "enable_all_linear", "enable_conv"):
         if getattr(spec, key):
             unbuilt.append(key)

@@ -24,14 +24,10 @@ from loracraft.networks.algorithms import (
     load_adapter_state,
     make_adapter,
 )
+from loracraft.networks.blocks import BlockDims, block_index
 from loracraft.networks.kohya_names import text_encoder_prefixes
-from loracraft.networks.targets import (
-    CONV_BLOCKS,
-    LoRATarget,
-    is_conv_3x3,
-    text_encoder_targets,
-    unet_targets,
-)
+from loracraft.networks.module_ranks import ModuleRanks, RankAlpha
+from loracraft.networks.targets import CONV_BLOCKS, LoRATarget, text_encoder_targets, unet_targets
 
 _PARTS = ("lora_down.weight", "lora_up.weight", "alpha")
 
@@ -47,9 +43,12 @@ class LoRANetwork(nn.Module):
         self,
         unet_adapters: Sequence[nn.Module],
         text_encoder_adapters: Sequence[Sequence[nn.Module]] = (),
+        family: str = "sd1",
     ):
-        """`text_encoder_adapters` holds one list per text encoder, in kohya's TE1, TE2 order."""
+        """`text_encoder_adapters` holds one list per text encoder, in kohya's TE1, TE2 order; `family`
+        numbers the U-Net's blocks (per-block learning rates)."""
         super().__init__()
+        self.family = family
         for adapter in (*unet_adapters, *(a for adapters in text_encoder_adapters for a in adapters)):
             self.add_module(adapter.lora_name, adapter)
         self.unet_names = tuple(adapter.lora_name for adapter in unet_adapters)
@@ -99,6 +98,7 @@ class LoRANetwork(nn.Module):
         unet_lr: float,
         text_encoder_lr: float | Sequence[float],
         plus_ratios: tuple[float | None, float | None] = (None, None),
+        unet_block_lrs: Sequence[float] | None = None,
     ) -> list[dict]:
         """Optimizer parameter groups `{"params", "lr", "name"}`, named as kohya's learning-rate logs:
         "unet", then "textencoder" (SD1/SD2) or "textencoder 1" and "textencoder 2" (SDXL).
@@ -107,20 +107,23 @@ class LoRANetwork(nn.Module):
         `--text_encoder_lr` (config.effective_text_encoder_lrs): a single-encoder network uses the first.
         LoRA+ (`plus_ratios`: the U-Net's and the text encoders' ratio, None for off) moves every
         `lora_up` weight of a part into its own group "NAME plus" at lr x ratio, as kohya does.
+        `unet_block_lrs` (networks/blocks.block_learning_rates: one rate per block) splits the U-Net into
+        kohya's groups "unet_block{index}", in kohya's module order; U-Net modules outside
+        kohya's blocks (LyCORIS' conv_in, time embedding) stay in "unet" at `unet_lr`.
 
         Like kohya, a group whose lr is 0 is dropped (`--text_encoder_lr 0` trains only the U-Net
         adapters), as is a group with no adapters. Unlike kohya, the dropped group's parameters are also
         frozen (requires_grad=False), so no gradient is computed for weights that never change.
         """
         groups = []
-        for group_name, names, lr in self._groups(unet_lr, text_encoder_lr):
+        for group_name, names, lr in self._groups(unet_lr, text_encoder_lr, unet_block_lrs):
             params = [p for name in names for p in self.adapter(name).parameters()]
             trained = bool(params) and lr != 0
             for param in params:
                 param.requires_grad_(trained)
             if not trained:
                 continue
-            ratio = plus_ratios[0 if group_name == "unet" else 1]
+            ratio = plus_ratios[0 if group_name.startswith("unet") else 1]
             plus = self._lora_up_parameters(names) if ratio is not None else []
             rest = [param for param in params if not any(param is up for up in plus)]
             groups.append({"params": rest, "lr": lr, "name": group_name})
@@ -142,11 +145,14 @@ class LoRANetwork(nn.Module):
         ]
 
     def _groups(
-        self, unet_lr: float, text_encoder_lr: float | Sequence[float]
+        self,
+        unet_lr: float,
+        text_encoder_lr: float | Sequence[float],
+        unet_block_lrs: Sequence[float] | None = None,
     ) -> list[tuple[str, tuple[str, ...], float]]:
         """(kohya's group name, adapter names, lr) of every part."""
         rates = [text_encoder_lr] if isinstance(text_encoder_lr, (int, float)) else list(text_encoder_lr)
-        groups = [("unet", self.unet_names, unet_lr)]
+        groups = self._unet_groups(unet_lr, unet_block_lrs)
         if not self.per_text_encoder_names:  # U-Net only, or the text-encoder outputs are cached
             return groups
         if len(self.per_text_encoder_names) == 1:
@@ -156,6 +162,23 @@ class LoRANetwork(nn.Module):
         return groups + [
             (f"textencoder {index}", names, lr)
             for index, (names, lr) in enumerate(zip(self.per_text_encoder_names, rates, strict=True), 1)
+        ]
+
+    def _unet_groups(
+        self, unet_lr: float, block_lrs: Sequence[float] | None
+    ) -> list[tuple[str, tuple[str, ...], float]]:
+        if block_lrs is None:
+            return [("unet", self.unet_names, unet_lr)]
+        by_block: dict[int | None, list[str]] = {}
+        for name in self.unet_names:
+            by_block.setdefault(block_index(name, self.family), []).append(name)
+        if self.family == "sdxl":  # kohya's SDXL U-Net holds its blocks in LDM order (IN, MID, OUT)
+            by_block = dict(sorted(by_block.items(), key=lambda item: -1 if item[0] is None else item[0]))
+        return [
+            ("unet", tuple(names), unet_lr)
+            if block is None
+            else (f"unet_block{block}", tuple(names), block_lrs[block])
+            for block, names in by_block.items()
         ]
 
     def kohya_state_dict(self) -> dict[str, Tensor]:
@@ -255,19 +278,15 @@ def _check_plain_parts(name: str, parts: dict[str, Tensor], adapter: LoConModule
 
 
 def _adapters(
-    targets: list[LoRATarget],
-    kind: AdapterKind,
-    rank: int,
-    alpha: float | None,
-    conv: tuple[int, float | None],
+    targets: list[LoRATarget], kind: AdapterKind, ranks: ModuleRanks, in_unet: bool
 ) -> list[nn.Module]:
-    """An adapter per target: 3x3 convolutions at `conv` (conv_dim, conv_alpha), the rest at rank/alpha."""
-    return [
-        make_adapter(
-            kind, target.name, target.module, *(conv if is_conv_3x3(target.module) else (rank, alpha))
-        )
-        for target in targets
-    ]
+    """An adapter per target that `ranks` gives a rank (a block's rank 0 or a file without it: none)."""
+    adapters = []
+    for target in targets:
+        rank_alpha = ranks.of(target, in_unet)
+        if rank_alpha is not None:
+            adapters.append(make_adapter(kind, target.name, target.module, *rank_alpha))
+    return adapters
 
 
 def build_lora_network(
@@ -281,6 +300,9 @@ def build_lora_network(
     kind: AdapterKind | None = None,
     conv_dim: int | None = None,
     conv_alpha: float | None = None,
+    *,
+    blocks: BlockDims | None = None,
+    from_file: Mapping[str, RankAlpha] | None = None,
 ) -> LoRANetwork:
     """Create (not yet apply) adapters on kohya's targets, under kohya's names for `family` ("sd1",
     "sd2" or "sdxl").
@@ -290,7 +312,9 @@ def build_lora_network(
     is `--network_alpha` (None or 0 means alpha = rank). `kind` is the network type with its multiplier and
     dropouts (plain LoRA, no dropout, when None);
     `conv_dim` adds kohya's LoCon targets (ResNet blocks, down/up-samplers), whose 3x3 convolutions get
-    `conv_dim`/`conv_alpha` (kohya's default conv_alpha is 1).
+    `conv_dim`/`conv_alpha` (kohya's default conv_alpha is 1). `blocks` gives the U-Net's modules their
+    block's rank and alpha instead (networks/blocks.py); `from_file` builds exactly the modules of a
+    --network_weights file at its ranks and alphas (--dim_from_weights).
     """
     if not train_unet and not train_text_encoder:
         raise UserError(
@@ -303,19 +327,18 @@ def build_lora_network(
         raise ValueError(f"training {family}'s text encoders needs {len(prefixes)}, got {len(text_encoders)}")
     kind = kind or AdapterKind("lora")
     check_installed_lycoris(kind)
-    containers = (Transformer2DModel, *CONV_BLOCKS) if conv_dim else (Transformer2DModel,)
-    conv = (conv_dim or rank, 1.0 if conv_alpha is None else conv_alpha)
-
-    def adapters(targets: list[LoRATarget]) -> list[nn.Module]:
-        return _adapters(targets, kind, rank, alpha, conv)
-
-    unet_adapters = adapters(unet_targets(unet, family, containers)) if train_unet else []
+    conv = (conv_dim, 1.0 if conv_alpha is None else conv_alpha) if conv_dim else None
+    ranks = ModuleRanks(rank, alpha, conv, family, blocks, from_file)
+    containers = (Transformer2DModel, *CONV_BLOCKS) if ranks.trains_convolutions else (Transformer2DModel,)
+    unet_adapters = (
+        _adapters(unet_targets(unet, family, containers), kind, ranks, in_unet=True) if train_unet else []
+    )
     text_encoder_adapters = (
         [
-            adapters(text_encoder_targets(model, prefix))
+            _adapters(text_encoder_targets(model, prefix), kind, ranks, in_unet=False)
             for model, prefix in zip(text_encoders, prefixes, strict=True)
         ]
         if train_text_encoder
         else []
     )
-    return LoRANetwork(unet_adapters, text_encoder_adapters)
+    return LoRANetwork(unet_adapters, text_encoder_adapters, family)

@@ -18,8 +18,6 @@ from pathlib import Path
 from loracraft.config.load import updated_config
 from loracraft.config.schema import TrainConfig
 from loracraft.data.plan import DatasetPlan
-from loracraft.networks.algorithms import loraplus_ratios
-from loracraft.networks.network_spec import network_spec
 from loracraft.sampling.prompts import check_sample_prompts
 from loracraft.training.accelerator import main_process_echo
 from loracraft.training.lr_curve import LRCurve, describe_lr_curve, lr_curve, write_lr_curve
@@ -32,7 +30,7 @@ from loracraft.training.throughput_record import (
     device_name,
     known_throughput,
 )
-from loracraft.training.trainer import RunStart, build_model, start_run
+from loracraft.training.trainer import RunStart, build_model, network_param_groups, start_run
 
 
 @dataclass(frozen=True)
@@ -74,9 +72,7 @@ def _plan_started(start: RunStart, echo: Callable[[str], None]) -> RunPlan:
 
     # The model as the run builds it, without gradient checkpointing so both settings can be measured.
     model = build_model(updated_config(config, {"gradient_checkpointing": False}), start.bundle, echo)
-    groups = model.network.param_groups(
-        config.effective_unet_lr, config.effective_text_encoder_lrs, loraplus_ratios(network_spec(config))
-    )
+    groups = network_param_groups(model.network, config)
     curve = lr_curve(config, groups, steps.max_train_steps, plan.num_processes)
 
     memory = estimate_memory(config, plan, start.bundle, model, device)

@@ -33,6 +33,7 @@ from loracraft.models.bundle import ModelBundle
 from loracraft.models.family import FAMILY_NAMES
 from loracraft.models.loading import load_model_bundle
 from loracraft.networks.algorithms import adapter_kind, check_buildable, loraplus_ratios
+from loracraft.networks.blocks import block_dims, block_learning_rates, block_warnings
 from loracraft.networks.initial_weights import InitialWeights, initial_weights_settings
 from loracraft.networks.lora_network import LoRANetwork, build_lora_network
 from loracraft.networks.merge_into_base import BaseMerge
@@ -306,10 +307,6 @@ def start_run(
     check_required(config)
     check_trackers(config)
     check_buildable(network_spec(config))
-    if config.scale_weight_norms:
-        raise UserError(
-            "--scale_weight_norms: not built by this version of loracraft yet; leave it out (or 0) to train"
-        )
     accelerator = make_accelerator(
         config.mixed_precision,
         config.gradient_accumulation_steps,
@@ -351,6 +348,7 @@ def start_run(
         tokenizer_2_path=config.tokenizer_2_path,
     )
     echo(f"base model: {FAMILY_NAMES[bundle.family]} ({bundle.source.name})")
+    check_network_blocks(config, bundle.family, echo)
     check_bucket_steps(plan, bundle.family)
     config = _noted(
         model_settings(config, bundle.family, bundle.prediction, config.pretrained_model_name_or_path), echo
@@ -448,10 +446,7 @@ def setup_training(
         f"LoRA: {network.num_unet_modules} U-Net modules, {network.num_text_encoder_modules} text-encoder "
         f"modules, rank {config.network_rank}, alpha {config.network_alpha:g}"
     )
-    param_groups = network.param_groups(
-        config.effective_unet_lr, config.effective_text_encoder_lrs, loraplus_ratios(network_spec(config))
-    )
-    optimizer = build_optimizer(config, param_groups)
+    optimizer = build_optimizer(config, network_param_groups(network, config))
     lr_scheduler = build_lr_scheduler(
         config, optimizer, plan.steps.max_train_steps, accelerator.num_processes
     )
@@ -496,6 +491,28 @@ def release_cached_encoders(
     return lambda pixels: encode_images(vae, pixels, len(pixels), config.latent_sampling, on_upcast=upcast)
 
 
+def check_network_blocks(config: TrainConfig, family: str, echo: Callable[[str], None]) -> None:
+    """Read the per-block network args for the base model's block count (a wrong count stops the run in
+    one line before anything trains) and say once what kohya would do silently with them."""
+    spec = network_spec(config)
+    block_dims(spec.blocks, family, config.network_rank, config.network_alpha, spec.conv_dim, spec.conv_alpha)
+    block_learning_rates(spec.blocks, family, config.effective_unet_lr)
+    for warning in block_warnings(spec.blocks, family, spec.conv_dim):
+        echo(f"note: {warning}")
+
+
+def network_param_groups(network: LoRANetwork, config: TrainConfig) -> list[dict]:
+    """The optimizer's groups of the run's network: kohya's names and rates, per block with block lr
+    weights or block_lr, LoRA+'s "plus" groups."""
+    spec = network_spec(config)
+    return network.param_groups(
+        config.effective_unet_lr,
+        config.effective_text_encoder_lrs,
+        loraplus_ratios(spec),
+        block_learning_rates(spec.blocks, network.family, config.effective_unet_lr),
+    )
+
+
 def build_model(
     config: TrainConfig, bundle: ModelBundle, echo: Callable[[str], None] = print
 ) -> LoRADiffusionModel:
@@ -516,6 +533,9 @@ def build_model(
     for text_encoder in text_encoders:
         cast_frozen_model(text_encoder, precision.compute, precision.text_encoder_storage)
     spec = network_spec(config)
+    blocks = block_dims(
+        spec.blocks, bundle.family, config.network_rank, config.network_alpha, spec.conv_dim, spec.conv_alpha
+    )
     network = build_lora_network(
         bundle.unet,
         text_encoders,
@@ -527,6 +547,7 @@ def build_model(
         kind=adapter_kind(spec),
         conv_dim=spec.conv_dim,
         conv_alpha=spec.conv_alpha,
+        blocks=blocks,
     )
     if initial is not None:
         initial.load_into(network)
