@@ -96,3 +96,28 @@ def test_block_args_give_each_block_its_rank_and_leave_zero_lr_blocks_out(tiny_s
     assert {name: rank for name, rank in ranks.items()} == {name: dims[blocks[name]] for name in ranks}
     out = capsys.readouterr().out
     assert out.count("have no attention layers, so these ranks are not used") == 1
+
+
+def test_kohya_oft_trains_the_unet_and_writes_kohyas_oft_file(tiny_sd1, tmp_path):
+    code = train(tiny_sd1, tmp_path, "--network_module", "networks.oft", "--network_alpha", "1e-3")
+    assert code == 0
+    with safe_open(str(tmp_path / "out" / "toy.safetensors"), "pt") as file:
+        keys = set(file.keys())
+        recorded = file.metadata()
+        blocks = file.get_tensor(
+            "oft_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.oft_blocks"
+        )
+    assert keys and all(key.startswith("oft_unet_") for key in keys)
+    assert {key.rsplit(".", 1)[1] for key in keys} == {"oft_blocks", "alpha"}
+    assert blocks.shape[0] == 4 and blocks.abs().sum() > 0  # --network_dim 4 blocks, trained away from 0
+    assert recorded["ss_network_module"] == "networks.oft"
+
+
+def test_kohya_oft_refuses_a_dropout_it_would_ignore(tiny_sd1, tmp_path, capsys):
+    code = train(tiny_sd1, tmp_path, "--network_module", "networks.oft", "--network_dropout", "0.1")
+    assert code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: --network_dropout 0.1: kohya's OFT (--network_module networks.oft) has no dropout, so this "
+        "changes nothing; leave it out"
+    )
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

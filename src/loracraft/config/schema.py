@@ -62,6 +62,11 @@ class TrainConfig(
         conflict = run_conflict_with_subset(self, self) or optimizer_schedule_conflict(self)
         if conflict is not None:
             raise conflict
+        if self.network_module == "networks.oft" and self.network_train_text_encoder_only:
+            raise RuleViolation(
+                "`network_train_text_encoder_only` with `network_module` networks.oft leaves nothing to train: "
+                "kohya's OFT adapts the U-Net only"
+            )
         if self.cache_text_encoder_outputs and self.train_text_encoder:
             raise RuleViolation(
                 "`cache_text_encoder_outputs` needs a frozen text encoder: add `network_train_unet_only`"
@@ -75,4 +80,9 @@ class TrainConfig(
     @property
     def train_text_encoder(self) -> bool:
         # SDXL trains its text encoders when either rate is above 0 (`--text_encoder_lr 0 1e-5`: TE2 only).
-        return not self.network_train_unet_only and max(self.effective_text_encoder_lrs) > 0
+        # kohya's OFT (networks.oft) has no text-encoder modules at all.
+        return (
+            not self.network_train_unet_only
+            and max(self.effective_text_encoder_lrs) > 0
+            and self.network_module != "networks.oft"
+        )

@@ -208,23 +208,36 @@ def check_buildable(spec: NetworkSpec) -> None:
     """Refuse, in one line, a network option whose building is not in loracraft yet, rather than train
     a network other than the one asked for."""
     if spec.module == "networks.oft":
-        raise UserError(
-            "--network_module networks.oft: kohya's OFT files (oft_unet_ keys) are not built by this version of "
-            "loracraft yet; --network_module lycoris.kohya --network_args algo=diag-oft trains Diag-OFT"
-        )
+        _check_oft(spec)
     unbuilt = []
     if spec.preset != "full":
         unbuilt.append(f"preset={spec.preset}")
     for key in ("target_module", "exclude_patterns", "include_patterns"):
         if getattr(spec, key):
             unbuilt.append(key)
-    for key in ("train_norm", "enable_all_linear", "enable_conv"):
+    for key in ("train_norm",):
         if getattr(spec, key):
             unbuilt.append(key)
     if unbuilt:
         raise UserError(
             f"--network_args {', '.join(unbuilt)}: not built by this version of loracraft yet; "
             "leave them out to train the same type with its default targets"
+        )
+
+
+def _check_oft(spec: NetworkSpec) -> None:
+    """kohya's OFT has no dropout (its network args refuse rank and module dropout already) and no
+    per-block learning rates."""
+    blocks = [key for key, text in spec.blocks.items() if str(text).strip()]
+    if blocks:
+        raise UserError(
+            f"--network_args {', '.join(blocks)}: kohya's OFT (--network_module networks.oft) has no per-block "
+            "learning rates; leave them out"
+        )
+    if spec.dropout:
+        raise UserError(
+            f"--network_dropout {spec.dropout:g}: kohya's OFT (--network_module networks.oft) has no dropout, "
+            "so this changes nothing; leave it out"
         )
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +33,11 @@ from torch import Tensor, nn
 
 from loracraft.errors import UserError
 from loracraft.networks.kohya_names import UNET_PREFIX
+from loracraft.networks.lora_network import LoRANetwork
 from loracraft.networks.targets import CONV_BLOCKS, LoRATarget, unet_targets
+
+if TYPE_CHECKING:
+    from loracraft.networks.network_spec import NetworkSpec
 
 OFT_PREFIX = "oft_unet"
 # kohya's OFTModule adds this to the clamped and the raw norm, so an all-zero Q keeps its scale of 1.
@@ -161,3 +166,10 @@ def kohya_oft_adapters(
     at once, so the error lists them all."""
     check_oft_settings(dim, alpha, [output_width(target.module) for target in targets])
     return [KohyaOFTModule(target.name, target.module, multiplier, dim, alpha) for target in targets]
+
+
+def build_kohya_oft_network(unet: nn.Module, family: str, spec: NetworkSpec, dim: int) -> LoRANetwork:
+    """kohya's OFT network of the U-Net (not yet applied): `dim` blocks per layer (--network_dim), the
+    constraint from --network_alpha (spec.constraint), the targets enable_all_linear / enable_conv choose."""
+    targets = oft_unet_targets(unet, family, spec.enable_all_linear, spec.enable_conv)
+    return LoRANetwork(kohya_oft_adapters(targets, 1.0, dim, spec.constraint), [], family)

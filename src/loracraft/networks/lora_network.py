@@ -209,7 +209,7 @@ class LoRANetwork(nn.Module):
             _check_parts(name, parts, self.adapter(name), source)
         for name, parts in by_name.items():
             adapter = self.adapter(name)
-            if "alpha" in adapter_state(adapter) and "alpha" not in parts:
+            if "alpha" in adapter_state(adapter) and "alpha" not in parts and hasattr(adapter, "lora_dim"):
                 parts["alpha"] = torch.tensor(float(adapter.lora_dim))
             load_adapter_state(adapter, parts)
             if isinstance(getattr(adapter, "alpha", None), Tensor) and hasattr(adapter, "lora_dim"):
@@ -236,7 +236,7 @@ def _check_parts(name: str, parts: dict[str, Tensor], adapter: nn.Module, source
         _check_plain_parts(name, parts, adapter, source)
         return
     needed = adapter_state(adapter)
-    optional = {"alpha"}
+    optional = {"alpha"} if hasattr(adapter, "lora_dim") else set()  # a missing alpha means rank
     if set(parts) - set(needed) or set(needed) - set(parts) - optional:
         raise UserError(
             f"{source}: {name} has the parts {', '.join(sorted(parts))}; this network's "

@@ -35,9 +35,10 @@ from loracraft.models.loading import load_model_bundle
 from loracraft.networks.algorithms import adapter_kind, check_buildable, loraplus_ratios
 from loracraft.networks.blocks import block_dims, block_learning_rates, block_warnings
 from loracraft.networks.initial_weights import InitialWeights, initial_weights_settings
+from loracraft.networks.kohya_oft import build_kohya_oft_network
 from loracraft.networks.lora_network import LoRANetwork, build_lora_network
 from loracraft.networks.merge_into_base import BaseMerge
-from loracraft.networks.network_spec import network_spec
+from loracraft.networks.network_spec import OFT, NetworkSpec, network_spec
 from loracraft.sampling.during_training import TrainingSamples
 from loracraft.sampling.prompts import check_sample_prompts
 from loracraft.training.accelerator import (
@@ -533,21 +534,10 @@ def build_model(
     for text_encoder in text_encoders:
         cast_frozen_model(text_encoder, precision.compute, precision.text_encoder_storage)
     spec = network_spec(config)
-    blocks = block_dims(
-        spec.blocks, bundle.family, config.network_rank, config.network_alpha, spec.conv_dim, spec.conv_alpha
-    )
-    network = build_lora_network(
-        bundle.unet,
-        text_encoders,
-        bundle.family,
-        rank=config.network_rank,
-        alpha=config.network_alpha,
-        train_unet=config.train_unet,
-        train_text_encoder=config.train_text_encoder,
-        kind=adapter_kind(spec),
-        conv_dim=spec.conv_dim,
-        conv_alpha=spec.conv_alpha,
-        blocks=blocks,
+    network = (
+        build_kohya_oft_network(bundle.unet, bundle.family, spec, config.network_rank)
+        if spec.module == OFT
+        else _lora_network(config, spec, bundle, text_encoders)
     )
     if initial is not None:
         initial.load_into(network)
@@ -566,3 +556,25 @@ def build_model(
     if config.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     return model
+
+
+def _lora_network(
+    config: TrainConfig, spec: NetworkSpec, bundle: ModelBundle, text_encoders: list[torch.nn.Module]
+) -> LoRANetwork:
+    """The network of networks.lora, networks.dylora and lycoris.kohya: LyCORIS adapters on kohya's targets."""
+    blocks = block_dims(
+        spec.blocks, bundle.family, config.network_rank, config.network_alpha, spec.conv_dim, spec.conv_alpha
+    )
+    return build_lora_network(
+        bundle.unet,
+        text_encoders,
+        bundle.family,
+        rank=config.network_rank,
+        alpha=config.network_alpha,
+        train_unet=config.train_unet,
+        train_text_encoder=config.train_text_encoder,
+        kind=adapter_kind(spec),
+        conv_dim=spec.conv_dim,
+        conv_alpha=spec.conv_alpha,
+        blocks=blocks,
+    )
