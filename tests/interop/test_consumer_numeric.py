@@ -20,7 +20,8 @@ off by 1e-2 or more. OFT and BOFT: 1e-4, as LyCORIS inverts (I - Q) and trains i
 Where a consumer computes something else, a test below pins what it does, so a change shows: A1111
 applies (IA)³ to Linear layers only and no LyCORIS GLoRA; ComfyUI caps an OFT constraint at alpha
 where LyCORIS trains alpha × out; LyCORIS' loader misreads Tucker LoKr, (IA)³ and the DoRA axis that
-is not its default; consumers read a DyLoRA trained with block_size > 1 at 1/block_size (xfail).
+is not its default. A DyLoRA trained with block_size > 1 is saved with alpha x block_size (LyCORIS scales by
+alpha / blocks, consumers by alpha / rank), so every consumer computes the delta that trained.
 """
 
 import copy
@@ -375,17 +376,12 @@ DIVERGES = {
     ("comfyui", "diag-oft-constraint"): "test_comfyui_caps_an_oft_constraint_at_alpha",
     ("comfyui", "boft-constraint"): "test_comfyui_caps_an_oft_constraint_at_alpha",
 }
-DYLORA_UNIT_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="LyCORIS' DyLoRA trains at alpha / blocks, block_size times every consumer's alpha / rank",
-)
 CONSUMER_CASES = [
     pytest.param(
         family,
         label,
         consumer,
         id=f"{family}-{label}-{consumer}",
-        marks=[DYLORA_UNIT_BUG] if label == "dylora-unit-2" else [],
     )
     for family, label in [*FAMILY_LABELS, ("sd1", "dylora-unit-2")]
     for consumer in CONSUMERS

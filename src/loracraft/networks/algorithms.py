@@ -143,10 +143,14 @@ def _size(module: nn.Module) -> str:
 def adapter_state(adapter: nn.Module) -> dict[str, Tensor]:
     """The adapter's tensors as the file holds them (part -> tensor, detached): LyCORIS' own state of the
     module (DyLoRA joins its blocks, full writes the difference), with a DyLoRA Conv2d's `lora_up` made
-    4-D, since consumers reshape a convolution's delta from 4-D parts."""
+    4-D, since consumers reshape a convolution's delta from 4-D parts, and DyLoRA's alpha in consumers' scale."""
     state = {part: tensor.detach() for part, tensor in adapter.state_dict().items()}
-    if isinstance(adapter, DyLoraModule) and _is_conv(adapter):
-        state["lora_up.weight"] = state["lora_up.weight"].reshape(*state["lora_up.weight"].shape, 1, 1)
+    if isinstance(adapter, DyLoraModule):
+        if _is_conv(adapter):
+            state["lora_up.weight"] = state["lora_up.weight"].reshape(*state["lora_up.weight"].shape, 1, 1)
+        # LyCORIS' DyLoRA scales by alpha / blocks, every consumer by alpha / rank: the file's alpha is
+        # block_size times the trained one, so consumers compute the full-rank delta that trained.
+        state["alpha"] = state["alpha"] * adapter.block_size
     return state
 
 
@@ -163,7 +167,7 @@ def load_adapter_state(adapter: nn.Module, parts: Mapping[str, Tensor]) -> None:
             up_block.copy_(up[:, index * size : (index + 1) * size])
             down_block.copy_(down[index * size : (index + 1) * size])
         if "alpha" in parts:
-            adapter.alpha.copy_(parts["alpha"])
+            adapter.alpha.copy_(parts["alpha"] / size)
 
 
 def _is_conv(adapter: nn.Module) -> bool:
