@@ -1,4 +1,5 @@
-"""The training loop: batches -> loss -> backward -> (every accumulation window) clip, step.
+"""The training loop: batches -> loss -> backward -> (every accumulation window) clip, step, and with
+--scale_weight_norms kohya's max-norm on the adapters (networks/max_norm.py).
 
 The model, the loader, the optimizer and the schedule go through `accelerator.prepare` together. The
 prepared loader tells accelerate where each epoch ends, so an accumulation window never spans two
@@ -22,6 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from loracraft.data.plan import StepCount
+from loracraft.networks.max_norm import apply_max_norm
 from loracraft.training.interrupt import StopRequest
 from loracraft.training.optimizer import learning_rates
 from loracraft.training.progress import TrainingLog
@@ -126,10 +128,15 @@ def run_epochs(
     log: TrainingLog,
     hooks: LoopHooks,
     start: Position = Position(),
+    *,
+    max_norm: float = 0.0,
 ) -> LoopResult:
     """Train from `start` to `steps.max_train_steps` optimizer steps; `loss_of(batch)` runs the prepared
-    model. Raises NonFiniteLoss when a loss is NaN or inf, StopRequested when `hooks.stop` asks."""
+    model. `max_norm` above 0 (--scale_weight_norms) scales down, after every optimizer step, each adapter
+    of the model's `network` whose weight difference has a larger norm. Raises NonFiniteLoss when a loss
+    is NaN or inf, StopRequested when `hooks.stop` asks."""
     trainable = [p for group in parts.optimizer.param_groups for p in group["params"]]
+    network = accelerator.unwrap_model(parts.model).network if max_norm > 0 else None
     parts.model.train()
     done = start.step
     batches_in_epoch = len(parts.loader)
@@ -167,7 +174,11 @@ def run_epochs(
             if not accelerator.sync_gradients:
                 continue
             done += 1
-            if log.step(done, epoch, loss.detach(), learning_rates(parts.optimizer, parts.lr_scheduler)):
+            # kohya scales after every batch, also inside an accumulation window, where the weights have
+            # not changed since the last step: after the optimizer steps is the same.
+            norms = apply_max_norm(network, max_norm, accelerator.device) if network is not None else None
+            lrs = learning_rates(parts.optimizer, parts.lr_scheduler)
+            if log.step(done, epoch, loss.detach(), lrs, norms):
                 _stop_if_non_finite(log, accelerator, done, epoch)
             if done >= steps.max_train_steps:
                 break

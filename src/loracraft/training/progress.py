@@ -1,10 +1,11 @@
 """The loop's progress: the console bar, and per optimizer step the numbers the trackers get.
 
 Per step: loss/current, loss/average (over the last epoch's worth of steps), lr/<group> (and
-lr/d*lr/<group> for D-Adaptation and Prodigy), in kohya's names; at each read-back, the speed
-(throughput/images_per_s, throughput/s_per_step) and the peak memory (memory/peak_gib); per epoch,
-loss/epoch_average against the epoch number. The validation and the sampler log through `log_scalars`
-and `log_images`, so every number of a run reaches the same trackers.
+lr/d*lr/<group> for D-Adaptation and Prodigy), with --scale_weight_norms max_norm/keys_scaled,
+max_norm/max_key_norm and norm/avg_key_norm (the bar shows kohya's "Keys Scaled" and "Average key norm"),
+in kohya's names; at each read-back, the speed (throughput/images_per_s, throughput/s_per_step) and the
+peak memory (memory/peak_gib); per epoch, loss/epoch_average against the epoch number. The validation and
+the sampler log through `log_scalars` and `log_images`, so every number of a run reaches the same trackers.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from PIL import Image
@@ -26,8 +27,14 @@ from loracraft.data.plan import DatasetPlan, StepCount
 from loracraft.training.run_log import RunLog
 from loracraft.training.trackers import ProgressFileTracker, TensorBoardTracker, Tracker
 
+if TYPE_CHECKING:
+    from loracraft.networks.max_norm import MaxNormStats
+
 GIB = 1024**3
 CPU = torch.device("cpu")
+# kohya's tracker names of MaxNormStats' numbers (train_network.py, generate_step_logs; before sd-scripts
+# 0.10 the average was max_norm/average_key_norm).
+MAX_NORM_KEYS = ("max_norm/keys_scaled", "norm/avg_key_norm", "max_norm/max_key_norm")
 
 
 class MovingAverage:
@@ -148,7 +155,7 @@ class TrainingLog:
         self.device = device
         self.run_log = run_log
         self.clock = StepClock()
-        self.pending: list[tuple[int, int, torch.Tensor, dict[str, float]]] = []
+        self.pending: list[tuple[int, int, torch.Tensor, dict[str, float], MaxNormStats | None]] = []
         self.last_average = float("nan")
         self.last_step = initial_step
         self.non_finite: tuple[int, int, float] | None = None
@@ -161,11 +168,19 @@ class TrainingLog:
             (tracker.folder for tracker in self.trackers if isinstance(tracker, TensorBoardTracker)), None
         )
 
-    def step(self, step: int, epoch: int, loss: torch.Tensor, lrs: dict[str, float]) -> bool:
-        """Record a step's loss; True when the pending losses were read back (every `sync_every` steps)."""
+    def step(
+        self,
+        step: int,
+        epoch: int,
+        loss: torch.Tensor,
+        lrs: dict[str, float],
+        max_norm: MaxNormStats | None = None,
+    ) -> bool:
+        """Record a step's loss (and, with --scale_weight_norms, what the max-norm did after it); True when
+        the pending losses were read back (every `sync_every` steps)."""
         self.bar.update(1)
         self.clock.step()
-        self.pending.append((step, epoch, loss, lrs))
+        self.pending.append((step, epoch, loss, lrs, max_norm))
         if len(self.pending) < self.sync_every:
             return False
         self.flush()
@@ -175,14 +190,16 @@ class TrainingLog:
         """Read back the pending losses, update the bar and the trackers; returns the moving average."""
         if not self.pending:
             return self.last_average
-        values = torch.stack([loss for _, _, loss, _ in self.pending]).float().cpu().tolist()
+        values = torch.stack([loss for _, _, loss, _, _ in self.pending]).float().cpu().tolist()
+        max_norms = self._read_max_norms()
         seconds_per_step = self.clock.lap()
         last = len(values) - 1
-        for index, ((step, epoch, _, lrs), value) in enumerate(zip(self.pending, values, strict=True)):
+        for index, ((step, epoch, _, lrs, _), value) in enumerate(zip(self.pending, values, strict=True)):
             self.last_average = self.average.add(value)
             self.last_step = step
             scalars = {"loss/current": value, "loss/average": self.last_average}
             scalars |= {f"lr/{name}": lr for name, lr in lrs.items()}
+            scalars |= max_norms[index]
             if index == last:
                 scalars |= self._speed_and_memory(seconds_per_step)
             self.log_scalars(scalars, step)
@@ -190,9 +207,21 @@ class TrainingLog:
                 # The steps after it trained on broken weights: they are not logged.
                 self.non_finite = (step, epoch, value)
                 break
-        self._show(epoch, value, lrs)
+        self._show(epoch, value, lrs, max_norms[index])
         self.pending.clear()
         return self.last_average
+
+    def _read_max_norms(self) -> list[dict[str, float]]:
+        """Each pending step's max-norm numbers under kohya's names (none when the option is off), read
+        back in one copy."""
+        stats = [entry[-1] for entry in self.pending]
+        given = [numbers for numbers in stats if numbers is not None]
+        if not given:
+            return [{} for _ in stats]
+        read = iter(torch.stack([numbers.as_tensor() for numbers in given]).cpu().tolist())
+        return [
+            {} if numbers is None else dict(zip(MAX_NORM_KEYS, next(read), strict=True)) for numbers in stats
+        ]
 
     def _speed_and_memory(self, seconds_per_step: float | None) -> dict[str, float]:
         numbers = {}
@@ -202,7 +231,7 @@ class TrainingLog:
         numbers["memory/peak_gib"] = peak_memory_gib(self.device)
         return numbers
 
-    def _show(self, epoch: int, value: float, lrs: dict[str, float]) -> None:
+    def _show(self, epoch: int, value: float, lrs: dict[str, float], max_norm: dict[str, float]) -> None:
         first_lr = next(iter(lrs.values()), 0.0)
         shown = {"epoch": epoch, "loss": f"{value:.4f}", "avr_loss": f"{self.last_average:.4f}"}
         shown["lr"] = f"{first_lr:.2e}"
@@ -210,6 +239,9 @@ class TrainingLog:
         effective_lr = next((lr for name, lr in lrs.items() if name.startswith("d*lr/")), None)
         if effective_lr is not None:
             shown["d*lr"] = f"{effective_lr:.2e}"
+        if max_norm:  # kohya's words on its bar, which guides (and users watching for overtraining) quote
+            shown["Keys Scaled"] = int(max_norm["max_norm/keys_scaled"])
+            shown["Average key norm"] = f"{max_norm['norm/avg_key_norm']:.4f}"
         self.bar.set_postfix(shown)
 
     def epoch_end(self, epoch: int, epoch_average: float) -> None:
