@@ -57,21 +57,37 @@ def test_each_type_trains_and_records_itself_as_kohya_does(tiny_sd1, tmp_path, l
     assert {key: args[key] for key in given} == given
 
 
-def test_an_option_not_built_yet_stops_before_any_file(tiny_sd1, tmp_path, capsys):
-    code = train(
-        tiny_sd1,
-        tmp_path,
+def test_a_preset_with_train_norm_trains_its_targets_and_norms(tiny_sd1, tmp_path):
+    args = [
         "--network_module",
         "lycoris.kohya",
         "--network_args",
         "algo=loha",
-        "preset=attn-only",
-    )
-    assert code == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        "error: --network_args preset=attn-only: not built by this version of loracraft yet; leave them out "
-        "to train the same type with its default targets"
-    )
+        "preset=attn-mlp",
+        "train_norm=True",
+    ]
+    assert train(tiny_sd1, tmp_path, *args) == 0
+    with safe_open(str(tmp_path / "out" / "toy.safetensors"), "pt") as file:
+        parts = {key.split(".")[0]: key.split(".", 1)[1] for key in file.keys()}
+    unet = {name for name in parts if name.startswith("lora_unet_")}
+    # attn-mlp: the transformer blocks (attention, feed-forward and, with train_norm, their norms), no ResNets
+    assert unet and all("_attentions_" in name for name in unet)
+    assert any(name.endswith("_ff_net_2") for name in unet)
+    assert parts["lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_norm1"] in ("w_norm", "b_norm")
+    assert any(name.startswith("lora_te_") and "_mlp_" in name for name in parts)
+
+
+def test_exclude_patterns_leave_modules_out_as_kohya_matches_them(tiny_sd1, tmp_path):
+    assert train(tiny_sd1, tmp_path, "--network_args", "exclude_patterns=['.*attn2.*']") == 0
+    with safe_open(str(tmp_path / "out" / "toy.safetensors"), "pt") as file:
+        names = {key.split(".")[0] for key in file.keys()}
+    assert any("_attn1_" in name for name in names) and not any("_attn2_" in name for name in names)
+
+
+def test_a_bad_pattern_stops_before_any_file(tiny_sd1, tmp_path, capsys):
+    assert train(tiny_sd1, tmp_path, "--network_args", "exclude_patterns=['(']") == 2
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message.startswith("error: --network_args exclude_patterns") and "\n" not in message
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 

@@ -8,10 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from loracraft.errors import UserError
 from loracraft.networks.algorithms import MINIMUM_LYCORIS, AdapterKind, adapter_state, make_adapter
 from loracraft.networks.lora_network import LoRANetwork, build_lora_network
-from loracraft.networks.max_norm import apply_max_norm, check_max_norm
+from loracraft.networks.max_norm import apply_max_norm, effective_max_norm
 from loracraft.networks.network_spec import ALGOS, NetworkSpec
 
 CPU = torch.device("cpu")
@@ -263,22 +262,25 @@ def test_dylora_scales_every_block_of_its_rank_alike(tiny_sd1_bundle):
 
 
 @pytest.mark.parametrize("algo", ALGOS)
-def test_every_lycoris_type_has_a_max_norm_or_is_refused_in_one_line(algo):
+def test_every_lycoris_type_has_a_max_norm_or_trains_without_one_with_a_note(algo):
     spec = NetworkSpec(module="lycoris.kohya", algo=algo)
     if algo in ("ia3", "glora", "full"):
-        with pytest.raises(UserError, match=rf"^--scale_weight_norms: algo={algo} has no max-norm") as error:
-            check_max_norm(spec, 1.0)
-        assert "\n" not in str(error.value)
+        assert effective_max_norm(spec, 1.0) == (
+            0.0,
+            f"--scale_weight_norms 1: algo={algo} has no max-norm (LyCORIS leaves its modules as they are), so "
+            "it trains without one, as in kohya",
+        )
     else:
         assert any(kind.algo == algo for kind in KINDS.values())
-        check_max_norm(spec, 1.0)
-    check_max_norm(spec, None)
-    check_max_norm(spec, 0.0)
+        assert effective_max_norm(spec, 1.0) == (1.0, None)
+    assert effective_max_norm(spec, None) == effective_max_norm(spec, 0.0) == (0.0, None)
 
 
-def test_kohyas_oft_is_refused_in_one_line():
+def test_kohyas_oft_trains_without_a_max_norm_with_a_note():
     spec = NetworkSpec(module="networks.oft", algo="diag-oft")
-    with pytest.raises(UserError, match=r"^--scale_weight_norms: kohya's OFT .*algo=diag-oft"):
-        check_max_norm(spec, 1.0)
-    check_max_norm(spec, 0.0)
-    check_max_norm(NetworkSpec(module="networks.dylora", algo="dylora"), 1.0)
+    max_norm, note = effective_max_norm(spec, 1.0)
+    assert (
+        max_norm == 0.0 and note.startswith("--scale_weight_norms 1: kohya's OFT") and "algo=diag-oft" in note
+    )
+    assert effective_max_norm(spec, 0.0) == (0.0, None)
+    assert effective_max_norm(NetworkSpec(module="networks.dylora", algo="dylora"), 1.0) == (1.0, None)

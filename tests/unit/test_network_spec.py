@@ -68,9 +68,13 @@ def test_lycoris_conv_rank_defaults_to_the_network_rank_and_alpha():
     assert (given.conv_dim, given.conv_alpha) == (4, 2.0)
     zero = spec("lycoris.kohya", "conv_dim=0", "conv_alpha=0", network_dim=16, network_alpha=8)
     assert (zero.conv_dim, zero.conv_alpha) == (16, 8.0)  # LyCORIS: `conv_dim or network_dim`
-    assert (spec("lycoris.kohya", "algo=ia3").conv_dim, spec("lycoris.kohya", "algo=full").conv_alpha) == (
-        None,
-        None,
+    # IA3 and full have no rank, yet LyCORIS adapts their convolutions: they hold the (unused) network rank.
+    assert (
+        spec("lycoris.kohya", "algo=ia3", network_dim=16).conv_dim,
+        spec("lycoris.kohya", "algo=full").conv_alpha,
+    ) == (
+        16,
+        1.0,
     )
 
 

@@ -209,34 +209,26 @@ def adapter_kind(spec: NetworkSpec, multiplier: float = 1.0) -> AdapterKind:
 
 
 def check_buildable(spec: NetworkSpec) -> None:
-    """Refuse, in one line, a network option whose building is not in loracraft yet, rather than train
-    a network other than the one asked for."""
+    """Refuse, in one line, an option that would change nothing for the chosen network (network_spec
+    refuses the network args that do not apply; this adds the flags)."""
     if spec.module == "networks.oft":
         _check_oft(spec)
-    unbuilt = []
-    if spec.preset != "full":
-        unbuilt.append(f"preset={spec.preset}")
-    for key in ("target_module", "exclude_patterns", "include_patterns"):
-        if getattr(spec, key):
-            unbuilt.append(key)
-    for key in ("train_norm",):
-        if getattr(spec, key):
-            unbuilt.append(key)
-    if unbuilt:
-        raise UserError(
-            f"--network_args {', '.join(unbuilt)}: not built by this version of loracraft yet; "
-            "leave them out to train the same type with its default targets"
-        )
 
 
 def _check_oft(spec: NetworkSpec) -> None:
-    """kohya's OFT has no dropout (its network args refuse rank and module dropout already) and no
-    per-block learning rates."""
+    """kohya's OFT has no dropout (its network args refuse rank and module dropout already), no
+    per-block learning rates and its own targets."""
     blocks = [key for key, text in spec.blocks.items() if str(text).strip()]
     if blocks:
         raise UserError(
             f"--network_args {', '.join(blocks)}: kohya's OFT (--network_module networks.oft) has no per-block "
             "learning rates; leave them out"
+        )
+    chosen = [key for key in ("target_module", "exclude_patterns", "include_patterns") if getattr(spec, key)]
+    if chosen:
+        raise UserError(
+            f"--network_args {', '.join(chosen)}: kohya's OFT (--network_module networks.oft) chooses its "
+            "targets with enable_all_linear and enable_conv only; leave them out"
         )
     if spec.dropout:
         raise UserError(

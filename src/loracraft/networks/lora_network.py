@@ -12,7 +12,6 @@ globals, which two networks in one process would share.
 from collections.abc import Mapping, Sequence
 
 import torch
-from diffusers import Transformer2DModel
 from lycoris.modules.locon import LoConModule
 from torch import Tensor, nn
 
@@ -27,7 +26,14 @@ from loracraft.networks.algorithms import (
 from loracraft.networks.blocks import BlockDims, block_index
 from loracraft.networks.kohya_names import text_encoder_prefixes
 from loracraft.networks.module_ranks import ModuleRanks, RankAlpha
-from loracraft.networks.targets import CONV_BLOCKS, LoRATarget, text_encoder_targets, unet_targets
+from loracraft.networks.target_selection import (
+    TargetChoice,
+    is_norm,
+    norm_adapter,
+    text_encoder_targets_for,
+    unet_targets_for,
+)
+from loracraft.networks.targets import LoRATarget
 
 _PARTS = ("lora_down.weight", "lora_up.weight", "alpha")
 
@@ -283,6 +289,10 @@ def _adapters(
     """An adapter per target that `ranks` gives a rank (a block's rank 0 or a file without it: none)."""
     adapters = []
     for target in targets:
+        if is_norm(target.module):  # train_norm: LyCORIS' NormModule, whatever the algorithm
+            if ranks.from_file is None or target.name in ranks.from_file:
+                adapters.append(norm_adapter(kind, target.name, target.module))
+            continue
         rank_alpha = ranks.of(target, in_unet)
         if rank_alpha is not None:
             adapters.append(make_adapter(kind, target.name, target.module, *rank_alpha))
@@ -303,6 +313,7 @@ def build_lora_network(
     *,
     blocks: BlockDims | None = None,
     from_file: Mapping[str, RankAlpha] | None = None,
+    choice: TargetChoice | None = None,
 ) -> LoRANetwork:
     """Create (not yet apply) adapters on kohya's targets, under kohya's names for `family` ("sd1",
     "sd2" or "sdxl").
@@ -314,7 +325,8 @@ def build_lora_network(
     `conv_dim` adds kohya's LoCon targets (ResNet blocks, down/up-samplers), whose 3x3 convolutions get
     `conv_dim`/`conv_alpha` (kohya's default conv_alpha is 1). `blocks` gives the U-Net's modules their
     block's rank and alpha instead (networks/blocks.py); `from_file` builds exactly the modules of a
-    --network_weights file at its ranks and alphas (--dim_from_weights).
+    --network_weights file at its ranks and alphas (--dim_from_weights). `choice` (preset, target_module,
+    exclude/include patterns, train_norm: networks/target_selection.py) picks the targets; None: kohya's.
     """
     if not train_unet and not train_text_encoder:
         raise UserError(
@@ -329,13 +341,17 @@ def build_lora_network(
     check_installed_lycoris(kind)
     conv = (conv_dim, 1.0 if conv_alpha is None else conv_alpha) if conv_dim else None
     ranks = ModuleRanks(rank, alpha, conv, family, blocks, from_file)
-    containers = (Transformer2DModel, *CONV_BLOCKS) if ranks.trains_convolutions else (Transformer2DModel,)
+    choice = choice or TargetChoice()
     unet_adapters = (
-        _adapters(unet_targets(unet, family, containers), kind, ranks, in_unet=True) if train_unet else []
+        _adapters(
+            unet_targets_for(unet, family, choice, ranks.trains_convolutions), kind, ranks, in_unet=True
+        )
+        if train_unet
+        else []
     )
     text_encoder_adapters = (
         [
-            _adapters(text_encoder_targets(model, prefix), kind, ranks, in_unet=False)
+            _adapters(text_encoder_targets_for(model, prefix, choice), kind, ranks, in_unet=False)
             for model, prefix in zip(text_encoders, prefixes, strict=True)
         ]
         if train_text_encoder

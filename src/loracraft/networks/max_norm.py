@@ -20,7 +20,7 @@ the product of (n factors: each x ratio^(1/n)), so ΔW is scaled by exactly the 
   every factor, as LyCORIS' LoKr does (its LoHa scales a hidden multiplier, which a resumed run would lose).
 - Diag-OFT, BOFT: LyCORIS' rule: the norm of the trained blocks themselves, which are scaled by the ratio.
 - IA3, GLoRA, full, kohya's OFT: neither kohya nor LyCORIS has a max-norm for them (kohya warns or skips
-  them and trains without it); `check_max_norm` refuses them before the run loads anything.
+  them and trains without it); `effective_max_norm` turns it off for them, with a note, as kohya does.
 
 The norms are measured with dropout off, and nothing waits for the device: the ratio stays a device
 tensor, and a module under the limit is multiplied by exactly 1 (unchanged), where kohya and LyCORIS read
@@ -44,8 +44,6 @@ from lycoris.modules import (
     LokrModule,
 )
 from torch import Tensor, nn
-
-from loracraft.errors import UserError
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -77,21 +75,24 @@ class MaxNormStats:
         return torch.stack([self.keys_scaled, self.average_key_norm, self.max_key_norm])
 
 
-def check_max_norm(spec: NetworkSpec, max_norm: float | None) -> None:
-    """Refuse, in one line, --scale_weight_norms on a type that has no max-norm (0 or None: off)."""
+def effective_max_norm(spec: NetworkSpec, max_norm: float | None) -> tuple[float, str | None]:
+    """The max-norm the run applies (0: none) and a note when --scale_weight_norms is given to a type with
+    no max-norm: kohya warns and trains without it, and so does loracraft, so that a kohya_ss preset that
+    sets it for every type (the GUI's IA3 presets do) still trains as in kohya."""
     if not max_norm:
-        return
+        return 0.0, None
     if spec.module == "networks.oft":
-        raise UserError(
-            "--scale_weight_norms: kohya's OFT (--network_module networks.oft) has no max-norm (kohya warns "
-            "and trains without it); leave --scale_weight_norms out, or train "
-            "--network_module lycoris.kohya --network_args algo=diag-oft, whose blocks it limits"
+        return 0.0, (
+            f"--scale_weight_norms {max_norm:g}: kohya's OFT (--network_module networks.oft) has no max-norm, so "
+            "it trains without one, as in kohya; --network_module lycoris.kohya --network_args algo=diag-oft "
+            "has one"
         )
     if spec.algo in WITHOUT_MAX_NORM:
-        raise UserError(
-            f"--scale_weight_norms: algo={spec.algo} has no max-norm (LyCORIS leaves its modules as they "
-            "are, so kohya trains without it); leave --scale_weight_norms out (or 0)"
+        return 0.0, (
+            f"--scale_weight_norms {max_norm:g}: algo={spec.algo} has no max-norm (LyCORIS leaves its modules "
+            "as they are), so it trains without one, as in kohya"
         )
+    return max_norm, None
 
 
 def apply_max_norm(network: LoRANetwork, max_norm: float, device: torch.device) -> MaxNormStats:
@@ -132,7 +133,7 @@ def _norm_and_factors(adapter: nn.Module, device: torch.device) -> tuple[Tensor,
         return delta.norm() * _trained_scalar(adapter, device), _factors(adapter)
     if isinstance(adapter, (DiagOFTModule, ButterflyOFTModule)):
         return adapter.oft_blocks.to(device).norm(), [[adapter.oft_blocks]]
-    raise TypeError(f"{type(adapter).__name__} has no max-norm (check_max_norm refuses its type)")
+    raise TypeError(f"{type(adapter).__name__} has no max-norm (effective_max_norm turns it off for its type)")
 
 
 def _trained_scalar(adapter: nn.Module, device: torch.device) -> Tensor | float:

@@ -85,7 +85,7 @@ class NetworkSpec:
     conv_dim: int | None = None
     """Rank on the 3x3 convolutions. networks.lora / networks.dylora: None = no conv adapters.
     lycoris.kohya: LyCORIS' value (conv_dim, else --network_dim) and the preset decides which convolutions
-    get adapters; None for ia3 and full, which have no rank."""
+    get adapters; ia3 and full, which have no rank, hold --network_dim (unused) so their convolutions train."""
     conv_alpha: float | None = None
     """kohya's default 1.0 once convolutions train; LyCORIS' default --network_alpha."""
     use_tucker: bool = False
@@ -450,8 +450,8 @@ def _conv(
     """(conv_dim, conv_alpha) with the module's defaults (see NetworkSpec.conv_dim)."""
     conv_dim, conv_alpha = values.get("conv_dim"), values.get("conv_alpha")
     if module == LYCORIS:  # LyCORIS: `int(conv_dim or network_dim)`, `float(conv_alpha or network_alpha)`
-        if algo not in WITH_CONV_RANK:
-            return None, None
+        if algo not in WITH_CONV_RANK:  # IA3 and full adapt the convolutions too, with no rank to give
+            return config.network_rank, config.network_alpha
         return conv_dim or config.network_rank, conv_alpha or config.network_alpha
     if module == OFT:
         return None, None

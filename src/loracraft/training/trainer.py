@@ -37,8 +37,10 @@ from loracraft.networks.blocks import block_dims, block_learning_rates, block_wa
 from loracraft.networks.initial_weights import InitialWeights, initial_weights_settings
 from loracraft.networks.kohya_oft import build_kohya_oft_network
 from loracraft.networks.lora_network import LoRANetwork, build_lora_network
+from loracraft.networks.max_norm import effective_max_norm
 from loracraft.networks.merge_into_base import BaseMerge
 from loracraft.networks.network_spec import OFT, NetworkSpec, network_spec
+from loracraft.networks.target_selection import TargetChoice
 from loracraft.sampling.during_training import TrainingSamples
 from loracraft.sampling.prompts import check_sample_prompts
 from loracraft.training.accelerator import (
@@ -162,8 +164,17 @@ def train(
                 if start.resume is not None
                 else LoopHooks.restore_generators,
             )
+            max_norm, _ = effective_max_norm(network_spec(config), config.scale_weight_norms)
             result = run_epochs(
-                accelerator, setup.parts, loss_of, plan.steps, config.max_grad_norm, log, hooks, position
+                accelerator,
+                setup.parts,
+                loss_of,
+                plan.steps,
+                config.max_grad_norm,
+                log,
+                hooks,
+                position,
+                max_norm=max_norm,
             )
             end = Position(plan.steps.num_epochs + 1, 0, result.steps)
             final = outputs.at_end(end)
@@ -307,7 +318,10 @@ def start_run(
     may run beside a live training of the same name, whose half-written files those are."""
     check_required(config)
     check_trackers(config)
-    check_buildable(network_spec(config))
+    spec = network_spec(config)
+    check_buildable(spec)
+    if spec.module != OFT:
+        TargetChoice.of(spec)  # a bad preset file or pattern stops the run before anything loads
     accelerator = make_accelerator(
         config.mixed_precision,
         config.gradient_accumulation_steps,
@@ -318,6 +332,9 @@ def start_run(
     )
     # With `accelerate launch` every process runs this; the plan and the notes are printed once.
     echo = main_process_echo(accelerator, echo)
+    _, max_norm_note = effective_max_norm(spec, config.scale_weight_norms)
+    if max_norm_note:
+        echo(f"note: {max_norm_note}")
     if accelerator.is_main_process:
         check_output_folder(Path(config.output_dir))
         if sweep_stale_files:
@@ -577,4 +594,5 @@ def _lora_network(
         conv_dim=spec.conv_dim,
         conv_alpha=spec.conv_alpha,
         blocks=blocks,
+        choice=TargetChoice.of(spec),
     )
