@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from loracraft.errors import UserError
-from loracraft.networks.algorithms import MINIMUM_LYCORIS, AdapterKind
+from loracraft.networks.algorithms import MINIMUM_LYCORIS, AdapterKind, adapter_state
 from loracraft.networks.lora_network import build_lora_network
 
 # The parts each type writes per module (lora-format.md §2), for a Linear and for a 3x3 Conv2d.
@@ -215,6 +215,25 @@ def test_loraplus_finds_dyloras_up_weights_in_their_blocks(tiny_sd1_bundle):
     ]
     ups = [p for name in network.names for p in network.adapter(name).up_list]
     assert len(plus) == 2 and sum(len(group["params"]) for group in plus) == len(ups) > 0
+
+
+def test_dylora_evaluates_at_its_full_rank_and_trains_random_ranks(tiny_sd1_bundle):
+    network, _ = network_of(tiny_sd1_bundle, AdapterKind("dylora", options={"block_size": 1}))
+    adapter = next(
+        network.adapter(name)
+        for name in network.unet_names
+        if isinstance(network.adapter(name).org_module[0], torch.nn.Linear)
+    )
+    module = adapter.org_module[0]
+    x = torch.randn(2, module.in_features, generator=torch.Generator().manual_seed(1))
+    base = torch.nn.functional.linear(x, module.weight, module.bias)
+    parts = adapter_state(adapter)  # the file's tensors: consumers apply all of the rank at alpha / rank
+    expected = base + x @ (parts["lora_up.weight"] @ parts["lora_down.weight"]).T * (parts["alpha"] / 4)
+    with torch.no_grad():
+        for _ in range(5):  # LyCORIS alone draws a rank per call, evaluated or not
+            torch.testing.assert_close(module(x), expected, rtol=1e-5, atol=1e-6)
+        network.train()
+        assert len({module(x).sum().item() for _ in range(12)}) > 1
 
 
 def test_a_run_s_network_args_become_the_adapters_options():

@@ -39,13 +39,24 @@ from loracraft.errors import UserError
 if TYPE_CHECKING:
     from loracraft.networks.network_spec import NetworkSpec
 
+
+class DyLoraFullRankInEval(DyLoraModule):
+    """LyCORIS' DyLoRA, at its full rank outside training: LyCORIS draws a random rank on every forward,
+    so samples and validation during a run would show a random part of the network, not the file."""
+
+    def get_random_rank_weight(self) -> tuple[Tensor, Tensor, Tensor]:
+        if self.training:
+            return super().get_random_rank_weight()
+        return self.get_weight((self.block_count - 1) * self.block_size)  # every block
+
+
 MODULE_CLASSES: dict[str, type[LycorisBaseModule]] = {
     "lora": LoConModule,
     "locon": LoConModule,
     "loha": LohaModule,
     "lokr": LokrModule,
     "ia3": IA3Module,
-    "dylora": DyLoraModule,
+    "dylora": DyLoraFullRankInEval,
     "glora": GLoRAModule,
     "diag-oft": DiagOFTModule,
     "boft": ButterflyOFTModule,
