@@ -34,6 +34,7 @@ from loracraft.models.family import FAMILY_NAMES
 from loracraft.models.loading import load_model_bundle
 from loracraft.networks.algorithms import adapter_kind, check_buildable, loraplus_ratios
 from loracraft.networks.blocks import block_dims, block_learning_rates, block_warnings
+from loracraft.networks.consumers import consumers_line
 from loracraft.networks.initial_weights import InitialWeights, initial_weights_settings
 from loracraft.networks.kohya_oft import build_kohya_oft_network
 from loracraft.networks.lora_network import LoRANetwork, build_lora_network
@@ -367,6 +368,7 @@ def start_run(
     )
     echo(f"base model: {FAMILY_NAMES[bundle.family]} ({bundle.source.name})")
     check_network_blocks(config, bundle.family, echo)
+    echo(consumers_line(network_spec(config), bundle.family))
     check_bucket_steps(plan, bundle.family)
     config = _noted(
         model_settings(config, bundle.family, bundle.prediction, config.pretrained_model_name_or_path), echo
