@@ -138,6 +138,4 @@ def dataset_tab(controls: list[gr.components.Component]) -> Any:
         fields = [folders[name] if name in folders else gr.update() for name in targets]
         return [*fields, folders["train_data_dir"]]
 
-    return use.click(
-        use_folders, inputs=output, outputs=[*(by_name[name] for name in targets), check_target]
-    )
+    return use.click(use_folders, inputs=output, outputs=[*(by_name[name] for name in targets), check_target])

@@ -133,7 +133,9 @@ def _norm_and_factors(adapter: nn.Module, device: torch.device) -> tuple[Tensor,
         return delta.norm() * _trained_scalar(adapter, device), _factors(adapter)
     if isinstance(adapter, (DiagOFTModule, ButterflyOFTModule)):
         return adapter.oft_blocks.to(device).norm(), [[adapter.oft_blocks]]
-    raise TypeError(f"{type(adapter).__name__} has no max-norm (effective_max_norm turns it off for its type)")
+    raise TypeError(
+        f"{type(adapter).__name__} has no max-norm (effective_max_norm turns it off for its type)"
+    )
 
 
 def _trained_scalar(adapter: nn.Module, device: torch.device) -> Tensor | float:
