@@ -297,7 +297,6 @@ def test_a_locon_run_starts_from_the_file_with_its_own_settings(tiny_sd1, tree, 
     assert not any(line.startswith("note: --network_weights") for line in lines)
 
 
-@pytest.mark.xfail(strict=True, reason="build_model does not pass from_file=initial.module_ranks() yet")
 def test_dim_from_weights_trains_the_files_conv_ranks_without_conv_dim(tiny_sd1, tree, tmp_path, trained):
     """kohya's create_network_from_weights builds every module of the file at its rank, the 3x3
     convolutions included, whatever the run's network args say."""

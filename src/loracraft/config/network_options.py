@@ -99,16 +99,16 @@ class NetworkOptions(BaseModel):
         NETWORK,
         "Start from an existing LoRA file (.safetensors, .ckpt, .pt): its weights are the network's "
         "initial values. Not a resume: the optimizer and the learning-rate schedule start fresh. The file "
-        "must have exactly the modules this run trains, at --network_dim's rank (or add "
-        "--dim_from_weights). Its alpha is kept, so training starts from what the file computes: unlike "
+        "must be of this run's network type and options and have exactly the modules this run trains, at "
+        "--network_dim's rank (or add --dim_from_weights). Its alpha is kept, so training starts from what the file computes: unlike "
         "kohya, which keeps --network_alpha's scale and then saves the file's alpha; the saved files "
         "record the alpha used.",
     )
     dim_from_weights: bool = flag(
         False,
         NETWORK,
-        "Take the rank from --network_weights instead of --network_dim. The file must have one rank for "
-        "every module (kohya can build a rank per module; loracraft trains one rank).",
+        "Take each module's rank and alpha from --network_weights instead of --network_dim, as kohya's "
+        "create_network_from_weights builds the network from the file (3x3 convolutions included).",
     )
 
     @field_validator("network_module", mode="before")

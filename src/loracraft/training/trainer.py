@@ -556,7 +556,7 @@ def build_model(
     network = (
         build_kohya_oft_network(bundle.unet, bundle.family, spec, config.network_rank)
         if spec.module == OFT
-        else _lora_network(config, spec, bundle, text_encoders)
+        else _lora_network(config, spec, bundle, text_encoders, initial)
     )
     if initial is not None:
         initial.load_into(network)
@@ -578,9 +578,15 @@ def build_model(
 
 
 def _lora_network(
-    config: TrainConfig, spec: NetworkSpec, bundle: ModelBundle, text_encoders: list[torch.nn.Module]
+    config: TrainConfig,
+    spec: NetworkSpec,
+    bundle: ModelBundle,
+    text_encoders: list[torch.nn.Module],
+    initial: InitialWeights | None,
 ) -> LoRANetwork:
-    """The network of networks.lora, networks.dylora and lycoris.kohya: LyCORIS adapters on kohya's targets."""
+    """The network of networks.lora, networks.dylora and lycoris.kohya: LyCORIS adapters on the chosen
+    targets; with --dim_from_weights, exactly the file's modules at their own ranks (kohya's
+    create_network_from_weights)."""
     blocks = block_dims(
         spec.blocks, bundle.family, config.network_rank, config.network_alpha, spec.conv_dim, spec.conv_alpha
     )
@@ -596,5 +602,6 @@ def _lora_network(
         conv_dim=spec.conv_dim,
         conv_alpha=spec.conv_alpha,
         blocks=blocks,
+        from_file=initial.module_ranks() if initial is not None and config.dim_from_weights else None,
         choice=TargetChoice.of(spec),
     )
