@@ -2,16 +2,16 @@
 the oracle of every LyCORIS type, the norms the saved file holds, and the types refused in one line."""
 
 import copy
-import importlib.metadata
 
 import pytest
 import torch
 from torch import nn
 
-from loracraft.networks.algorithms import MINIMUM_LYCORIS, AdapterKind, adapter_state, make_adapter
-from loracraft.networks.lora_network import LoRANetwork, build_lora_network
+from loracraft.networks.algorithms import AdapterKind, adapter_state, make_adapter
+from loracraft.networks.lora_network import LoRANetwork
 from loracraft.networks.max_norm import apply_max_norm, effective_max_norm
 from loracraft.networks.network_spec import ALGOS, NetworkSpec
+from network_helpers import tiny_network
 
 CPU = torch.device("cpu")
 
@@ -132,24 +132,7 @@ MAX_NORM = 0.05
 
 def trained_network(bundle, kind: AdapterKind) -> LoRANetwork:
     """The type's network on copies of the tiny model, every parameter moved well away from its start."""
-    needed = MINIMUM_LYCORIS.get(kind.algo)
-    installed = importlib.metadata.version("lycoris-lora")
-    if needed and tuple(map(int, installed.split(".")[:2])) < tuple(map(int, needed.split("."))):
-        pytest.skip(
-            f"{kind.algo} needs lycoris-lora {needed}; {installed} is installed (the type is refused)"
-        )
-    unet, text_encoder = copy.deepcopy(bundle.unet), copy.deepcopy(bundle.text_encoders[0])
-    # BOFT cannot factorise the tiny text encoder's MLP width (37).
-    text_encoders = [] if kind.algo == "boft" else [text_encoder]
-    network = build_lora_network(
-        unet, text_encoders, "sd1", 4, 2.0, train_text_encoder=bool(text_encoders), kind=kind,
-        conv_dim=4, conv_alpha=2.0,
-    )  # fmt: skip
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for parameter in network.parameters():
-            parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.3)
-    return network
+    return tiny_network(bundle, kind, noise=0.3)[0]
 
 
 def file_norms(network: LoRANetwork) -> list[float]:

@@ -11,8 +11,9 @@ import torch
 from torch import nn
 
 from loracraft.errors import UserError
-from loracraft.networks.algorithms import MINIMUM_LYCORIS, AdapterKind, adapter_state
+from loracraft.networks.algorithms import AdapterKind, adapter_state
 from loracraft.networks.lora_network import build_lora_network
+from network_helpers import needs_lycoris, tiny_network
 
 # The parts each type writes per module (lora-format.md §2), for a Linear and for a 3x3 Conv2d.
 KINDS = {
@@ -44,31 +45,10 @@ CONV_NAME = "lora_unet_down_blocks_0_resnets_0_conv1"
 LINEAR_NAME = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
 
 
-def needs_lycoris(kind: AdapterKind) -> None:
-    needed = MINIMUM_LYCORIS.get(kind.algo)
-    installed = importlib.metadata.version("lycoris-lora")
-    if needed and tuple(map(int, installed.split(".")[:2])) < tuple(map(int, needed.split("."))):
-        pytest.skip(
-            f"{kind.algo} needs lycoris-lora {needed}; {installed} is installed (refused, tested below)"
-        )
-
-
 def network_of(bundle, kind: AdapterKind, seed: int | None = 0):
-    """The type's network on copies of the tiny model's U-Net and text encoder (the shared bundle is
-    never patched), with LoCon's conv targets; with a `seed`, every adapter parameter moved by noise (as
-    training would move it), else as built."""
-    unet, text_encoder = copy.deepcopy(bundle.unet), copy.deepcopy(bundle.text_encoders[0])
-    # BOFT cannot factorise the tiny text encoder's MLP width (37); real models' widths are fine.
-    text_encoders = [] if kind.algo == "boft" else [text_encoder]
-    network = build_lora_network(
-        unet, text_encoders, "sd1", 4, 2.0, train_text_encoder=bool(text_encoders), kind=kind,
-        conv_dim=4, conv_alpha=2.0,
-    )  # fmt: skip
-    if seed is not None:
-        generator = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for parameter in network.parameters():
-                parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.05)
+    """The type's network, applied and evaluated, on copies of the tiny model; with a `seed`, every adapter
+    parameter moved by noise (as training would move it), else as built."""
+    network, unet = tiny_network(bundle, kind, None if seed is None else 0.05, seed or 0)
     network.apply()
     network.eval()  # DyLoRA trains a random rank each step; evaluated, every type uses all of it
     return network, unet
