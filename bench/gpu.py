@@ -519,8 +519,8 @@ class TimedLog(TrainingLog):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def step(self, step, epoch, loss, lrs) -> bool:
-        flushed = super().step(step, epoch, loss, lrs)
+    def step(self, step, epoch, loss, lrs, max_norm=None) -> bool:
+        flushed = super().step(step, epoch, loss, lrs, max_norm)
         if step == 1:
             self._sync()
             self.first = time.perf_counter()

@@ -24,8 +24,8 @@ class TimedLog(TrainingLog):
         super().__init__(total_steps, show_bar=False)
         self.times: list[float] = []
 
-    def step(self, step, epoch, loss, lrs) -> bool:
-        flushed = super().step(step, epoch, loss, lrs)
+    def step(self, step, epoch, loss, lrs, max_norm=None) -> bool:
+        flushed = super().step(step, epoch, loss, lrs, max_norm)
         self.times.append(time.perf_counter())
         return flushed
 

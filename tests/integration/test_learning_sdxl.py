@@ -90,6 +90,9 @@ def pretrain_unconditionally(unet, sd1, text_encoder_2, tokenizers) -> None:
 
 def build_sdxl_model(folder: Path) -> None:
     """The tiny SDXL model as a diffusers folder (see the module docstring)."""
+    # TE2's projection and the U-Net start from the global RNG: seeded, the model is the same whatever
+    # ran before in this process (unseeded, CI once built a base on which the thresholds did not hold).
+    torch.manual_seed(0)
     sd1 = load_model_bundle(shipped.CHECKPOINT)
     config = {**sd1.text_encoder.config.to_dict(), "projection_dim": sd1.text_encoder.config.hidden_size}
     text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**config))
