@@ -45,7 +45,11 @@ def module_norms(path) -> dict[str, float]:
     return norms
 
 
-def test_the_file_is_within_the_limit_and_the_trackers_get_kohyas_numbers(tiny_sd1, tree, tmp_path, capsys):
+def test_the_file_is_within_the_limit_and_the_trackers_get_kohyas_numbers(
+    tiny_sd1, tree, tmp_path, capsys, monkeypatch
+):
+    # tqdm cuts the bar to the terminal's width, which it reads from COLUMNS when stderr is captured.
+    monkeypatch.setenv("COLUMNS", "400")
     steps = train(tiny_sd1, tree, tmp_path, "--scale_weight_norms", str(MAX_NORM))
     file = tmp_path / "toy.safetensors"
     norms = module_norms(file)
