@@ -49,7 +49,6 @@ prompts at 0.00 (bench/RESULTS.md, the learning controls).
 from pathlib import Path
 
 import pytest
-from diffusers import DDIMScheduler, StableDiffusionPipeline
 from safetensors import safe_open
 
 from learning_thresholds import learnt
@@ -60,7 +59,7 @@ from loracraft.models.loading import load_model_bundle
 from loracraft.models.tiny import shipped
 from loracraft.tools.concept_probe import ConceptProbe, ProbeResult
 from loracraft.tools.demo import DemoConcept, demo_config, make_demo_dataset
-from loracraft.tools.lora_preview import LoRAPreview
+from loracraft.tools.lora_preview import LoRAPreview, preview_pipeline
 from loracraft.training.trainer import build_model
 from run_helpers import train_argv
 
@@ -97,18 +96,7 @@ def preview_of(config: TrainConfig) -> LoRAPreview:
     bundle = load_model_bundle(shipped.CHECKPOINT, tokenizer_path=shipped.TOKENIZER_DIR)
     network = build_model(config, bundle, echo=lambda _: None).network
     network.eval()
-    pipeline = StableDiffusionPipeline(
-        vae=bundle.vae,
-        text_encoder=bundle.text_encoder,
-        tokenizer=bundle.tokenizer,
-        unet=bundle.unet,
-        scheduler=DDIMScheduler.from_config(bundle.scheduler_config),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipeline.set_progress_bar_config(disable=True)
-    return LoRAPreview(pipeline, network)
+    return LoRAPreview(preview_pipeline(bundle), network)
 
 
 @pytest.fixture(scope="module")

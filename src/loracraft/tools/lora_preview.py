@@ -8,6 +8,7 @@ import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 from PIL import Image
 
+from loracraft.models.bundle import ModelBundle
 from loracraft.models.loading import load_model_bundle
 from loracraft.networks.lora_file import read_lora_file
 from loracraft.networks.lora_network import LoRANetwork, build_lora_network
@@ -42,18 +43,7 @@ class LoRAPreview:
         )
         network.apply()
         network.eval()
-        pipeline = StableDiffusionPipeline(
-            vae=bundle.vae,
-            text_encoder=bundle.text_encoder,
-            tokenizer=bundle.tokenizer,
-            unet=bundle.unet,
-            scheduler=DDIMScheduler.from_config(bundle.scheduler_config),
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
-        pipeline.set_progress_bar_config(disable=True)
-        preview = cls(pipeline, network)
+        preview = cls(preview_pipeline(bundle), network)
         preview.use(lora_file, 1.0)
         return preview
 
@@ -82,3 +72,19 @@ class LoRAPreview:
 
 def _rank_of(tensors: dict[str, torch.Tensor]) -> int:
     return next(t.shape[0] for k, t in tensors.items() if k.endswith("lora_down.weight"))
+
+
+def preview_pipeline(bundle: ModelBundle) -> StableDiffusionPipeline:
+    """An SD1 pipeline of the bundle's own modules (a network patched into them shows), DDIM, no bars."""
+    pipeline = StableDiffusionPipeline(
+        vae=bundle.vae,
+        text_encoder=bundle.text_encoder,
+        tokenizer=bundle.tokenizer,
+        unet=bundle.unet,
+        scheduler=DDIMScheduler.from_config(bundle.scheduler_config),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
