@@ -13,9 +13,10 @@ import argparse
 import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING
 
 from loracraft.errors import UserError
+from loracraft.tools.tool_parser import ToolParser
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -134,7 +135,7 @@ def start_server(
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = ToolParser(
         prog="loracraft gui",
         description="Serve the web UI: the training form, dataset tools and the job queue. Jobs run as "
         "`loracraft train` subprocesses and survive the UI.",
@@ -149,11 +150,6 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=1, help="Jobs run at once, one GPU each [1].")
     parser.add_argument("--inbrowser", action="store_true", help="Open the page in the browser.")
     return parser
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise UserError(f"gui: {message}")
 
 
 def serve(server: RunningServer) -> None:

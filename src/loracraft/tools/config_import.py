@@ -10,13 +10,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import NoReturn
 
 from loracraft.atomic import write_text_atomic
 from loracraft.config.importers import KINDS, import_config, report_lines
 from loracraft.config.importers.apply import imported_config, imported_toml, write_prompt_file
 from loracraft.config.presets import preset_names, preset_text
 from loracraft.errors import UserError
+from loracraft.tools.tool_parser import ToolParser
 
 USAGE = """usage: loracraft config import FILE [-o run.toml] | import --preset NAME [-o run.toml] | presets
 
@@ -27,13 +27,8 @@ USAGE = """usage: loracraft config import FILE [-o run.toml] | import --preset N
 """
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise UserError(f"config import: {message}")
-
-
 def make_import_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="loracraft config import", description=__doc__.split("\n\n")[1])
+    parser = ToolParser(prog="loracraft config import", description=__doc__.split("\n\n")[1])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("file", nargs="?", type=Path, help="the config to import")
     source.add_argument("--preset", metavar="NAME", help="a shipped preset instead of a file")

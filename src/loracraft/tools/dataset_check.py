@@ -21,7 +21,6 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import NoReturn
 
 from PIL import Image
 
@@ -41,6 +40,7 @@ from loracraft.data.records import ImageRecord, Subset
 from loracraft.data.scan import find_subset_dirs, parse_subset_dir_name
 from loracraft.data.summary import format_plan
 from loracraft.errors import UserError
+from loracraft.tools.tool_parser import ToolParser
 from loracraft.training.dataset_setup import scan_planned_subset
 
 # Out of 64 bits: re-saved, resized or lightly edited copies land within it, different pictures far outside.
@@ -50,11 +50,6 @@ _HASH_SIZE = (9, 8)
 # JPEGs decode at a reduced DCT scale down to this size: every byte is still read, at a fraction of the cost.
 _DECODE_AT_LEAST = (64, 64)
 _MAX_LISTED = 5
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise UserError(f"dataset check: {message}")
 
 
 @dataclass
@@ -277,7 +272,7 @@ def format_report(report: Report) -> str:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = ToolParser(
         prog="loracraft dataset check",
         usage="loracraft dataset check DIR_or_TOML [--resolution 512 --train_batch_size 2 ... any train flag]",
         description="Check a kohya dataset folder or dataset TOML before training. Train flags set the "

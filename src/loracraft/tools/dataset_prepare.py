@@ -17,11 +17,11 @@ import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
 
 from loracraft.atomic import write_atomic
 from loracraft.data.scan import IMAGE_EXTENSIONS, list_images
 from loracraft.errors import UserError
+from loracraft.tools.tool_parser import ToolParser
 
 CAPTION_EXTENSIONS = (".txt", ".caption")
 # Characters Windows forbids in folder names; a prompt holding one cannot name a kohya folder anywhere.
@@ -29,13 +29,8 @@ _FORBIDDEN_IN_NAMES = set('<>:"/\\|?*')
 LINK_MODES = ("hard", "symlink")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise UserError(f"dataset prepare: {message}")
-
-
 def make_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = ToolParser(
         prog="loracraft dataset prepare",
         description="Build kohya's img/ reg/ log/ model/ folder tree from a folder of images.",
     )

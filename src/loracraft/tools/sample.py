@@ -21,7 +21,6 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import NoReturn
 
 import torch
 from PIL import Image
@@ -29,7 +28,6 @@ from torch import nn
 
 from loracraft.atomic import write_atomic
 from loracraft.config.sample_options import SAMPLERS
-from loracraft.errors import UserError
 from loracraft.models.loading import load_model_bundle
 from loracraft.networks.merge_into_base import base_modules
 from loracraft.sampling.grid import labelled_grid
@@ -37,17 +35,13 @@ from loracraft.sampling.lora_swap import LoRAFile, lora_applied
 from loracraft.sampling.png_info import image_settings, write_sample_png
 from loracraft.sampling.prompts import SamplePrompt, check_prompt_samplers, read_prompts
 from loracraft.sampling.render import SamplingModels, render_image
+from loracraft.tools.tool_parser import ToolParser
 
 PRECISIONS = {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise UserError(f"sample: {message}")
-
-
 def make_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = ToolParser(
         prog="loracraft sample", description="Draw a prompt file's images from saved LoRA files."
     )
     parser.add_argument(
