@@ -22,6 +22,11 @@ commands:
   demo    train a LoRA on the embedded tiny model and render a comparison grid
   dataset prepare (kohya folder tree from your images) | check (the dataset doctor)
   sample  draw a prompt file's images from saved LoRA files, several side by side (loracraft sample --help)
+  grid    a training run's epochs x weights as one labelled image, to pick the epoch and weight to keep
+  inspect what a LoRA file holds: type, family, ranks, training settings, tags, norms, zeros and NaNs, hashes
+  resize  reduce a LoRA's rank by SVD (kohya's resize_lora.py flags)
+  merge   LoRAs into a checkpoint, or LoRAs into one LoRA (kohya's merge_lora.py flags)
+  extract a LoRA from a fine-tuned checkpoint and its base (kohya's extract_lora_from_models.py flags)
   gui     the web UI: the training form, dataset tools and the job queue (loracraft gui --help)
   config  import a kohya_ss GUI JSON, kohya TOML or command line as loracraft TOML | presets (loracraft config)
   queue   add | list | stop | resume | cancel | delete | move | run: the job queue (loracraft queue --help)
@@ -101,6 +106,17 @@ def run_sample(argv: list[str]) -> int:
     return sample_main(argv)
 
 
+def tool_command(module: str) -> Callable[[list[str]], int]:
+    """A tool's `main(argv)`, imported when the command runs (the CLI starts without torch)."""
+
+    def run(argv: list[str]) -> int:
+        from importlib import import_module
+
+        return import_module(f"loracraft.tools.{module}").main(argv)
+
+    return run
+
+
 def run_queue_command(argv: list[str]) -> int:
     from loracraft.jobs.cli import main as queue_main
 
@@ -129,6 +145,11 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "demo": run_demo,
     "dataset": run_dataset,
     "sample": run_sample,
+    "grid": tool_command("epoch_grid"),
+    "inspect": tool_command("inspect_lora"),
+    "resize": tool_command("resize_lora"),
+    "merge": tool_command("merge_lora"),
+    "extract": tool_command("extract_lora"),
     "config": run_config,
     "queue": run_queue_command,
     "gui": run_gui,
