@@ -78,12 +78,6 @@ def run_plan(argv: list[str]) -> int:
     return 0
 
 
-def run_demo(argv: list[str]) -> int:
-    from loracraft.tools.demo import main as demo_main
-
-    return demo_main(argv)
-
-
 def run_dataset(argv: list[str]) -> int:
     from loracraft.config.suggest import did_you_mean
     from loracraft.tools import dataset_check, dataset_prepare
@@ -98,12 +92,6 @@ def run_dataset(argv: list[str]) -> int:
             f"unknown dataset action {argv[0]!r}{did_you_mean(argv[0], actions)}; use prepare or check"
         )
     return action(argv[1:])
-
-
-def run_sample(argv: list[str]) -> int:
-    from loracraft.tools.sample import main as sample_main
-
-    return sample_main(argv)
 
 
 def tool_command(module: str) -> Callable[[list[str]], int]:
@@ -123,12 +111,6 @@ def run_queue_command(argv: list[str]) -> int:
     return queue_main(argv)
 
 
-def run_config(argv: list[str]) -> int:
-    from loracraft.tools.config_import import main as config_main
-
-    return config_main(argv)
-
-
 def run_gui(argv: list[str]) -> int:
     try:
         import gradio  # noqa: F401 - the gui extra's one dependency
@@ -142,15 +124,15 @@ def run_gui(argv: list[str]) -> int:
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "train": run_train,
     "plan": run_plan,
-    "demo": run_demo,
+    "demo": tool_command("demo"),
     "dataset": run_dataset,
-    "sample": run_sample,
+    "sample": tool_command("sample"),
     "grid": tool_command("epoch_grid"),
     "inspect": tool_command("inspect_lora"),
     "resize": tool_command("resize_lora"),
     "merge": tool_command("merge_lora"),
     "extract": tool_command("extract_lora"),
-    "config": run_config,
+    "config": tool_command("config_import"),
     "queue": run_queue_command,
     "gui": run_gui,
 }
