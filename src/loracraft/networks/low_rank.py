@@ -52,15 +52,16 @@ class Factored:
 
 
 def dynamic_rank(singular_values: Tensor, method: str, param: float) -> int:
-    """The rank a dynamic method asks for, before any cap (kohya's index_sv_* + 1)."""
-    s = singular_values.double()
+    """The rank a dynamic method asks for, before any cap: kohya's index_sv_* + 1, in the singular
+    values' own dtype as kohya computes it (a target on a boundary then falls the same side)."""
+    s = singular_values
     if method == "sv_ratio":
         index = int(torch.sum(s > s[0] / param).item())
     elif method == "sv_cumulative":
-        index = int(torch.searchsorted(torch.cumsum(s, 0) / s.sum(), param)) + 1
+        index = int(torch.searchsorted(torch.cumsum(s, 0) / float(s.sum()), param)) + 1
     elif method == "sv_fro":
         squares = s.pow(2)
-        index = int(torch.searchsorted(torch.cumsum(squares, 0) / squares.sum(), param**2)) + 1
+        index = int(torch.searchsorted(torch.cumsum(squares, 0) / float(squares.sum()), param**2)) + 1
     else:
         raise ValueError(f"unknown dynamic method {method!r}; expected one of {', '.join(DYNAMIC_METHODS)}")
     return max(1, min(index, len(s) - 1)) + 1
