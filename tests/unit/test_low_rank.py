@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from loracraft.networks.low_rank import DYNAMIC_METHODS, choose_rank, factorize, quantile
+from loracraft.networks.low_rank import DYNAMIC_METHODS, choose_rank, factorize, factorize_product, quantile
 
 SINGULAR_VALUES = {
     "S1": [10.0, 6.0, 3.0, 2.0, 1.0, 0.5, 0.25, 0.1],
@@ -161,3 +161,30 @@ def test_clamp_is_kohyas_signed_quantile_of_both_factors():
 def test_quantile_is_torch_quantile(q):
     values = torch.randn(1001, generator=torch.Generator().manual_seed(6))
     torch.testing.assert_close(quantile(values, q), torch.quantile(values, q))
+
+
+@pytest.mark.parametrize(
+    ("up_shape", "down_shape"),
+    [((40, 8), (8, 30)), ((16, 8, 1, 1), (8, 4, 3, 3)), ((5, 8), (8, 6)), ((12, 6, 1, 1), (6, 9, 1, 1))],
+)
+@pytest.mark.parametrize(
+    ("max_rank", "method", "param"), [(3, None, None), (16, None, None), (16, "sv_fro", 0.9)]
+)
+def test_factorize_product_is_factorize_of_the_product(up_shape, down_shape, max_rank, method, param):
+    generator = torch.Generator().manual_seed(7)
+    up, down = torch.randn(up_shape, generator=generator), torch.randn(down_shape, generator=generator)
+    product = (up.flatten(1) @ down.flatten(1)).reshape(up_shape[0], *down_shape[1:])
+    via_qr = factorize_product(up, down, max_rank, method, param)
+    direct = factorize(product, max_rank, method, param)
+    # the product has at most r = 8 (or 6) non-zero singular values: the full SVD's others are noise
+    assert via_qr.rank == min(direct.rank, down_shape[0])
+    assert via_qr.up.shape == (up_shape[0], via_qr.rank, *up_shape[2:])
+    assert via_qr.down.shape == (via_qr.rank, *down_shape[1:])
+    kept = via_qr.up.flatten(1).double() @ via_qr.down.flatten(1).double()
+    full = torch.linalg.svdvals(product.flatten(1).double())
+    torch.testing.assert_close(
+        torch.linalg.svdvals(kept)[: via_qr.rank], full[: via_qr.rank], rtol=1e-4, atol=1e-4
+    )
+    error = float((product.flatten(1).double() - kept).pow(2).sum())
+    assert error == pytest.approx(float(full[via_qr.rank :].pow(2).sum()), rel=1e-3, abs=1e-6)
+    assert via_qr.fro_retained == pytest.approx(direct.fro_retained, abs=1e-5)

@@ -23,7 +23,7 @@ factors actually reproduce, so it is also right after a clamp.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -92,21 +92,23 @@ def factorize(
     the delta's device; the factors stay there."""
     matrix = delta.float().reshape(delta.shape[0], -1)
     u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
-    rank = choose_rank(s, max_rank, method, param)
-    up, down = u[:, :rank] * s[:rank], vh[:rank]
-    if clamp_quantile is not None:
-        up, down = _clamped(up, down, clamp_quantile)
-        fro_retained = _reproduced_share(matrix, up @ down)
-    else:
-        fro_retained = _fro_share(s, rank)
-    return Factored(
-        up=up.reshape(up.shape[0], rank, *([1] * (delta.dim() - 2))),
-        down=down.reshape(rank, *delta.shape[1:]),
-        rank=rank,
-        fro_retained=fro_retained,
-        sum_retained=_sum_share(s, rank),
-        max_ratio=_max_ratio(s, rank),
-    )
+    factored = _truncated(u, s, vh, tuple(delta.shape), choose_rank(s, max_rank, method, param))
+    return factored if clamp_quantile is None else _clamped(factored, matrix, clamp_quantile)
+
+
+def factorize_product(
+    up: Tensor, down: Tensor, max_rank: int, method: str | None = None, param: float | None = None
+) -> Factored:
+    """up @ down (a LoRA's factors as a file stores them, (out, r[, 1, 1]) and (r, in[, kh, kw])) factored
+    again, as `factorize(up @ down)` would: the SVD of the product comes from a QR of each factor and the
+    SVD of an r x r core, exact and O((out + in) r^2) instead of a full SVD of the out x in product. Only
+    the product's r singular values exist (the rest are 0), so the rank never exceeds r."""
+    rank = down.shape[0]
+    q_up, r_up = torch.linalg.qr(up.float().reshape(up.shape[0], rank))
+    q_down, r_down = torch.linalg.qr(down.float().reshape(rank, -1).T)
+    u, s, vh = torch.linalg.svd(r_up @ r_down.T, full_matrices=False)
+    shape = (up.shape[0], *down.shape[1:])
+    return _truncated(q_up @ u, s, vh @ q_down.T, shape, choose_rank(s, max_rank, method, param))
 
 
 def quantile(values: Tensor, q: float) -> Tensor:
@@ -119,9 +121,31 @@ def quantile(values: Tensor, q: float) -> Tensor:
     return torch.lerp(ordered[low], ordered[high], position - low)
 
 
-def _clamped(up: Tensor, down: Tensor, q: float) -> tuple[Tensor, Tensor]:
+def _truncated(u: Tensor, s: Tensor, vh: Tensor, shape: tuple[int, ...], rank: int) -> Factored:
+    """The first `rank` singular triplets as kohya's factors (U_k S_k, Vh_k), shaped for a weight of
+    `shape`."""
+    up, down = u[:, :rank] * s[:rank], vh[:rank]
+    return Factored(
+        up=up.reshape(shape[0], rank, *([1] * (len(shape) - 2))),
+        down=down.reshape(rank, *shape[1:]),
+        rank=rank,
+        fro_retained=_fro_share(s, rank),
+        sum_retained=_sum_share(s, rank),
+        max_ratio=_max_ratio(s, rank),
+    )
+
+
+def _clamped(factored: Factored, matrix: Tensor, q: float) -> Factored:
+    """extract's clamp; the Frobenius figure then measures what the clamped factors reproduce."""
+    up, down = factored.up.flatten(1), factored.down.flatten(1)
     high = quantile(torch.cat([up.flatten(), down.flatten()]), q)
-    return up.clamp(-high, high), down.clamp(-high, high)
+    up, down = up.clamp(-high, high), down.clamp(-high, high)
+    return replace(
+        factored,
+        up=up.reshape(factored.up.shape),
+        down=down.reshape(factored.down.shape),
+        fro_retained=_reproduced_share(matrix, up @ down),
+    )
 
 
 def _sum_share(s: Tensor, rank: int) -> float:
