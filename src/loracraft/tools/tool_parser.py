@@ -40,3 +40,21 @@ def check_new_output(path: str | Path, overwrite: bool, flag: str = "--save_to")
     if not path.parent.is_dir():
         raise UserError(f"{flag} {path}: the folder {path.parent} does not exist; create it first")
     return path
+
+
+def compute_device(name: str | None, flag: str = "--device") -> torch.device:
+    """The device a tool computes on (kohya's --device; the CPU when not given), refused in one line when
+    this machine has none such (the kohya_ss GUI passes --device cuda by default)."""
+    if name is None:
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"{flag} {name}: not a device name; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and (
+        not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()
+    ):
+        raise UserError(
+            f"{flag} {name}: this machine has no such CUDA device; leave {flag} out to use the CPU"
+        )
+    return device
