@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import time
 from pathlib import Path
 
 from loracraft.errors import UserError
 from loracraft.jobs.queue import Job, JobQueue
+from loracraft.jobs.tool_jobs import TOOL_COMMANDS
 
 ACTIONS_HELP = """actions:
   add CONFIG.toml [--name N]    queue a run of a `loracraft train --config_file` file
+  add-tool [--name N] TOOL ...  queue a tool command: TOOL and its flags as `loracraft TOOL ...` takes them
+                                (loracraft queue add-tool resize --model a.safetensors --save_to b.safetensors
+                                --new_rank 8); TOOL is {tools}
   list                          the jobs: id, state, name, step/total, output
   stop ID                       stop a running job (it saves a state to resume from)
   resume ID                     queue a stopped, interrupted or failed job again, from its last state
@@ -24,8 +29,9 @@ ACTIONS_HELP = """actions:
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="loracraft queue",
-        description="The job queue: training runs that run one after another, outliving this terminal.",
-        epilog=ACTIONS_HELP,
+        description="The job queue: training runs and tool commands that run one after another, outliving "
+        "this terminal.",
+        epilog=ACTIONS_HELP.format(tools=", ".join(TOOL_COMMANDS)),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--queue", type=Path, help="the queue's file (default: in the user's data folder)")
@@ -33,6 +39,11 @@ def make_parser() -> argparse.ArgumentParser:
     add = actions.add_parser("add", help="queue a run of a config file")
     add.add_argument("config", type=Path, metavar="CONFIG.toml")
     add.add_argument("--name", help="the job's name (default: the config's output_name)")
+    add_tool = actions.add_parser("add-tool", help="queue a tool command")
+    add_tool.add_argument("--name", help="the job's name (default: the tool and its output's name)")
+    add_tool.add_argument("tool", metavar="TOOL", help=", ".join(TOOL_COMMANDS))
+    # Everything after TOOL is the tool's own (a `--` before it is dropped).
+    add_tool.add_argument("tool_flags", nargs=argparse.REMAINDER, metavar="...")
     actions.add_parser("list", help="the jobs")
     for action, text in (
         ("stop", "stop a running job"),
@@ -60,6 +71,12 @@ def main(argv: list[str]) -> int:
     queue = JobQueue(args.queue)
     if args.action == "add":
         return add(queue, args.config, args.name)
+    if args.action == "add-tool":
+        job = queue.add_tool([args.tool, *args.tool_flags], args.name)
+        print(
+            f"job {job.id} ({job.name}) queued at position {job.position}: loracraft {shlex.join(job.tool_argv)}"
+        )
+        return 0
     if args.action == "list":
         print(job_table(queue.jobs()))
         return 0
@@ -76,7 +93,8 @@ def main(argv: list[str]) -> int:
         print(f"job {args.id} is now at position {queue.get(args.id).position}")
         return 0
     job = getattr(queue, args.action)(args.id)
-    print(f"job {job.id} ({job.name}): {job.state}" + NEXT_STEP.get(args.action, ""))
+    next_step = NEXT_STEP.get(args.action, "") if job.tool is None else ""
+    print(f"job {job.id} ({job.name}): {job.state}" + next_step)
     return 0
 
 
@@ -107,9 +125,8 @@ def job_table(jobs: list[Job]) -> str:
     rows = [("ID", "STATE", "NAME", "STEP", "OUTPUT", "NOTE")]
     for job in jobs:
         progress = read_progress_file(job.progress_file)
-        steps = f"{progress.step}/{progress.total_steps or '?'}" if job.started_at else "-"
-        output = str(job.output_dir / job.output_name)
-        rows.append((str(job.id), job.state, job.name, steps, output, _note(job)))
+        steps = f"{progress.step}/{progress.total_steps or '?'}" if job.started_at and not job.tool else "-"
+        rows.append((str(job.id), job.state, job.name, steps, job.output or "-", _note(job)))
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
     return "\n".join("  ".join(map(str.ljust, row, widths)).rstrip() for row in rows)
 

@@ -1,4 +1,5 @@
-"""The job queue: training runs stored in one SQLite file, shared by every process that opens it.
+"""The job queue: training runs and tool commands stored in one SQLite file, shared by every process that
+opens it.
 
 Each change is one `BEGIN IMMEDIATE` transaction on a WAL-mode database with a busy timeout, so two
 processes adding jobs at the same moment both land, and two workers never claim the same job. Beside the
@@ -8,10 +9,14 @@ printed) and progress.jsonl (what the run's progress-file tracker wrote, read by
 A job marked running whose process is gone (a machine restart, a killed worker) is settled whenever a
 queue opens: from its progress file's end event when the run wrote one, else as `interrupted`, which
 `resume` continues from the run's last saved state.
+
+A tool job (`tool_jobs.py`) stores a `loracraft` tool command's argv instead of a config; it has no
+progress file and no saved state, so it is never resumed: it is run again as a new job.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
@@ -30,6 +35,8 @@ from loracraft.config.load import build_config, read_config_file
 from loracraft.config.schema import TrainConfig
 from loracraft.errors import UserError
 from loracraft.jobs.paths import default_queue_path
+from loracraft.jobs.queue_table import JOB_COLUMNS, create_or_update_table
+from loracraft.jobs.tool_jobs import check_tool_call, command_words, default_job_name
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -42,34 +49,8 @@ RESUMABLE = ("stopped", "interrupted", "failed")
 ACTIVE = ("queued", "running")
 JOB_CONFIG, CONSOLE_LOG, PROGRESS_FILE = "job.toml", "console.log", "progress.jsonl"
 LOST = "its process ended while no worker watched it (a restart or a killed worker); resume it"
+LOST_TOOL = "its process ended while no worker watched it (a restart or a killed worker); run it again"
 BUSY_TIMEOUT_S = 30.0
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    name TEXT NOT NULL,
-    state TEXT NOT NULL,
-    position INTEGER NOT NULL UNIQUE,
-    config_toml TEXT NOT NULL,
-    workdir TEXT NOT NULL,
-    output_dir TEXT NOT NULL,
-    output_name TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    started_at REAL,
-    finished_at REAL,
-    exit_reason TEXT,
-    exit_code INTEGER,
-    pid INTEGER,
-    pid_started REAL,
-    worker_pid INTEGER,
-    worker_started REAL,
-    resume_next INTEGER NOT NULL DEFAULT 0
-)
-"""
-_JOB_COLUMNS = (
-    "id, name, state, position, config_toml, output_dir, output_name, created_at, started_at, "
-    "finished_at, exit_reason, pid"
-)
 
 
 @dataclass(frozen=True)
@@ -88,6 +69,20 @@ class Job:
     pid: int | None
     folder: Path
     """The job's own folder: job.toml, progress.jsonl, console.log."""
+    tool_argv: tuple[str, ...] | None = None
+    """A tool job's `loracraft` argv (command words first); None for a training run."""
+
+    @property
+    def tool(self) -> str | None:
+        """A tool job's command words (`resize`, `dataset check`); None for a training run."""
+        return command_words(self.tool_argv) if self.tool_argv is not None else None
+
+    @property
+    def output(self) -> str:
+        """What the job writes: a run's output folder and name, a tool's output path ("" when none)."""
+        if self.tool_argv is not None and not self.output_name:
+            return ""
+        return str(self.output_dir / self.output_name)
 
     @property
     def config_file(self) -> Path:
@@ -151,7 +146,8 @@ class JobQueue:
             self.root.mkdir(parents=True, exist_ok=True)
             with self._connection() as db:
                 db.execute("PRAGMA journal_mode=WAL")
-                db.execute(_SCHEMA)
+            with self._transaction() as db:
+                create_or_update_table(db)
         except (OSError, sqlite3.DatabaseError) as error:
             raise UserError(
                 f"queue {self.path} cannot be opened: {error}; choose another with --queue FILE"
@@ -163,7 +159,7 @@ class JobQueue:
     def jobs(self) -> list[Job]:
         """Every job, in queue order."""
         with self._connection() as db:
-            rows = db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs ORDER BY position").fetchall()
+            rows = db.execute(f"SELECT {JOB_COLUMNS} FROM jobs ORDER BY position").fetchall()
         return [self._job(row) for row in rows]
 
     def get(self, job_id: int) -> Job:
@@ -190,6 +186,26 @@ class JobQueue:
             job = self._get(db, cursor.lastrowid)
             job.folder.mkdir(parents=True, exist_ok=True)
             write_text_atomic(job.config_file, config_toml)
+        return job
+
+    def add_tool(self, argv: list[str], name: str | None = None, *, workdir: Path | None = None) -> Job:
+        """Queue the tool command `argv` (`["resize", "--model", ...]`, checked by the tool's parser; its
+        relative paths are read from `workdir`, default the current folder) at the end of the line."""
+        workdir = (workdir or Path.cwd()).resolve()
+        call = check_tool_call(argv, workdir)
+        output_dir, output_name = (call.output.parent, call.output.name) if call.output else (workdir, "")
+        with self._transaction() as db:
+            if output_name:
+                fix = "choose another output path, or queue this one when that job is done"
+                self._refuse_same_outputs(db, output_dir, output_name, fix)
+            cursor = db.execute(
+                "INSERT INTO jobs (name, state, position, config_toml, workdir, output_dir, output_name, "
+                "created_at, tool_argv) VALUES (?, 'queued', ?, '', ?, ?, ?, ?, ?)",
+                (name or default_job_name(call), self._end_of_line(db), str(workdir), str(output_dir),
+                 output_name, time.time(), json.dumps(call.argv)),
+            )  # fmt: skip
+            job = self._get(db, cursor.lastrowid)
+            job.folder.mkdir(parents=True, exist_ok=True)
         return job
 
     def move(self, job_id: int, position: int) -> None:
@@ -236,6 +252,11 @@ class JobQueue:
 
         with self._transaction() as db:
             job = self._get(db, job_id)
+            if job.tool is not None:
+                raise UserError(
+                    f"job {job_id} runs `loracraft {job.tool}`, which saves no state to resume from; "
+                    "duplicate it to run it again"
+                )
             if job.state not in RESUMABLE:
                 raise UserError(
                     f"job {job_id} is {job.state}: only a stopped, interrupted or failed job resumes"
@@ -263,6 +284,9 @@ class JobQueue:
         job = self.get(job_id)
         with self._connection() as db:
             workdir = Path(db.execute("SELECT workdir FROM jobs WHERE id = ?", (job_id,)).fetchone()[0])
+        if job.tool_argv is not None:
+            # A tool refuses to replace its output unless told: the copy runs the same command.
+            return self.add_tool(list(job.tool_argv), job.name, workdir=workdir)
         if config_toml is None:
             import tomli_w
 
@@ -331,7 +355,8 @@ class JobQueue:
                 if is_alive(pid, pid_started) or (pid is None and is_alive(worker_pid, worker_started)):
                     continue
                 job = self._get(db, job_id)
-                state, reason = run_outcome(job.progress_file) or ("interrupted", LOST)
+                lost = ("interrupted", LOST if job.tool_argv is None else LOST_TOOL)
+                state, reason = run_outcome(job.progress_file) or lost
                 db.execute(
                     "UPDATE jobs SET state = ?, exit_reason = ?, finished_at = ? WHERE id = ?",
                     (state, reason, time.time(), job_id),
@@ -363,17 +388,18 @@ class JobQueue:
             db.execute("COMMIT")
 
     def _get(self, db: sqlite3.Connection, job_id: int) -> Job:
-        row = db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        row = db.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
             raise UserError(f"no job {job_id} in the queue {self.path} (loracraft queue list shows the jobs)")
         return self._job(row)
 
     def _job(self, row: tuple) -> Job:
         (job_id, name, state, position, config_toml, output_dir, output_name, created_at, started_at,
-         finished_at, exit_reason, pid) = row  # fmt: skip
+         finished_at, exit_reason, pid, tool_argv) = row  # fmt: skip
         return Job(
             job_id, name, state, position, config_toml, Path(output_dir), output_name, created_at,
             started_at, finished_at, exit_reason, pid, self.root / "jobs" / str(job_id),
+            tuple(json.loads(tool_argv)) if tool_argv is not None else None,
         )  # fmt: skip
 
     @staticmethod
@@ -388,16 +414,18 @@ class JobQueue:
         db.execute("UPDATE jobs SET position = -position WHERE position < 0")
 
     @staticmethod
-    def _refuse_same_outputs(db: sqlite3.Connection, output_dir: Path, stem: str) -> None:
+    def _refuse_same_outputs(
+        db: sqlite3.Connection,
+        output_dir: Path,
+        stem: str,
+        fix: str = "give this one another output_name or output_dir",
+    ) -> None:
         row = db.execute(
             f"SELECT id, state FROM jobs WHERE output_dir = ? AND output_name = ? AND state IN {ACTIVE}",
             (str(output_dir), stem),
         ).fetchone()
         if row is not None:
-            raise UserError(
-                f"job {row[0]} ({row[1]}) already writes {stem} in {output_dir}: give this one another "
-                "output_name or output_dir"
-            )
+            raise UserError(f"job {row[0]} ({row[1]}) already writes {stem} in {output_dir}: {fix}")
 
     def _free_output_name(self, job: Job) -> str:
         taken = {other.output_name for other in self.jobs() if other.output_dir == job.output_dir}
@@ -410,6 +438,8 @@ class JobQueue:
 
     @staticmethod
     def _what_to_do(job: Job) -> str:
+        if job.tool_argv is not None and job.state not in ACTIVE:
+            return f"delete it with `loracraft queue delete {job.id}`"
         return {
             "queued": f"cancel it with `loracraft queue cancel {job.id}`",
             "running": f"stop it with `loracraft queue stop {job.id}`",
@@ -426,7 +456,11 @@ def send_stop_signal(pid: int) -> None:
 
 
 def output_files(job: Job) -> list[Path]:
-    """The job's LoRA files (final, per epoch, per step) and saved states in its output folder."""
+    """The job's LoRA files (final, per epoch, per step) and saved states in its output folder; a tool
+    job's output file when it wrote one (a folder it wrote may hold the user's other files: never listed)."""
+    if job.tool_argv is not None:
+        written = job.output_dir / job.output_name
+        return [written] if job.output_name and written.is_file() else []
     stem = job.output_name
     patterns = (
         f"{stem}.*",

@@ -5,6 +5,9 @@ and records how each ended: exit 0 done, 130/143 (Ctrl-C, SIGTERM: a state was s
 else failed with the run's last `error:` line. A run whose worker died is settled by the next queue that
 opens (`JobQueue.settle_lost_jobs`).
 
+A tool job runs as `python -m loracraft TOOL ARGV...` the same way. A tool saves no state: the signal
+`stop` sends ends it at once (stopped); its outputs, written atomically, are never left half-written.
+
 With `workers` N > 1 on a CUDA machine, each slot runs its jobs on its own GPU (CUDA_VISIBLE_DEVICES set
 to one of the visible GPUs); one worker leaves the GPUs as the environment says.
 
@@ -65,13 +68,21 @@ def train_command(claim: Claim) -> list[str]:
     return command + (["--resume", "latest"] if claim.resume else [])
 
 
-def exit_outcome(code: int, console_lines: list[str]) -> tuple[str, str | None]:
-    """(job state, reason) of a run that exited with `code`, from what it printed last."""
+def tool_command(job: Job) -> list[str]:
+    return [sys.executable, "-m", "loracraft", *job.tool_argv]
+
+
+def exit_outcome(code: int, console_lines: list[str], tool: bool = False) -> tuple[str, str | None]:
+    """(job state, reason) of a run (or, with `tool`, a tool command) that exited with `code`, from what
+    it printed last."""
     if code == 0:
         return "done", None
     last = next((line for line in reversed(console_lines) if line.strip()), "")
     if code in STOPPED_CODES:
         return "stopped", last or None
+    if tool and -code in (signal.SIGINT, signal.SIGTERM):
+        # Python's default handlers end the process on the signal itself: no line says it stopped.
+        return "stopped", f"stopped by {signal.Signals(-code).name} before it finished"
     error = next((line for line in reversed(console_lines) if line.startswith("error: ")), None)
     if error is not None:
         return "failed", error.removeprefix("error: ")
@@ -142,7 +153,7 @@ class Worker:
 
     def _launch(self, claim: Claim, device: str | None) -> Running | None:
         job = claim.job
-        command = train_command(claim)
+        command = train_command(claim) if job.tool_argv is None else tool_command(job)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         if device is not None:
             env["CUDA_VISIBLE_DEVICES"] = device
@@ -166,7 +177,8 @@ class Worker:
             self.finished.append(self.queue.record_exit(job.id, "failed", None, f"could not start: {error}"))
             return None
         self.queue.record_process(job.id, process.pid)
-        self.echo(f"job {job.id} ({job.name}) started{gpu}: {'resuming' if claim.resume else 'training'}")
+        doing = f"loracraft {job.tool}" if job.tool else "resuming" if claim.resume else "training"
+        self.echo(f"job {job.id} ({job.name}) started{gpu}: {doing}")
         return Running(claim, process)
 
     def _reap(self) -> None:
@@ -174,8 +186,9 @@ class Worker:
             if slot is None or slot.process.poll() is None:
                 continue
             job = slot.claim.job
-            state, reason = exit_outcome(slot.process.returncode, log_tail(job.console_log))
-            ended = self.queue.record_exit(job.id, state, slot.process.returncode, reason)
+            code = slot.process.returncode
+            state, reason = exit_outcome(code, log_tail(job.console_log), tool=job.tool_argv is not None)
+            ended = self.queue.record_exit(job.id, state, code, reason)
             self.finished.append(ended)
             self.echo(f"job {job.id} ({job.name}) {state}" + (f": {reason}" if reason else ""))
             self.slots[index] = None
