@@ -5,7 +5,7 @@ Each named module's weight W becomes W + multiplier * (alpha / rank) * up @ down
 and diffusers' fuse_lora compute; networks/merge_into_base.py), and the original tensor is copied back
 afterwards, so the next LoRA starts from the untouched base. Every file is read, and matched to the base
 model's modules, before anything is drawn: a missing file, a LoRA of another family or for another base
-model is one line naming --lora.
+model is one line naming --lora (or the flag that chose the file).
 """
 
 from __future__ import annotations
@@ -31,33 +31,35 @@ FLAG = "lora"
 class LoRAFile:
     path: Path
     modules: LoRAModules
+    flag: str = FLAG
+    """The flag that chose the file, named in its errors."""
 
     @classmethod
-    def read(cls, path: str | Path) -> LoRAFile:
+    def read(cls, path: str | Path, flag: str = FLAG) -> LoRAFile:
         """The file's plain LoRA modules (no model needed yet: a bad file fails before the model loads)."""
-        return cls(Path(path), read_lora_modules(str(path), FLAG))
+        return cls(Path(path), read_lora_modules(str(path), flag), flag)
 
     def targets(self, base: dict[str, nn.Module], family: str) -> dict[str, nn.Module]:
         """The base model's module each of the file's modules changes (`base`: merge_into_base.base_modules)."""
-        check_naming_family(self.modules, family, FLAG, str(self.path))
+        check_naming_family(self.modules, family, self.flag, str(self.path))
         targets = {}
         for name, parts in self.modules.items():
             module = base.get(name)
             if module is None:
                 raise UserError(
-                    f"--lora {self.path}: {name} matches no module of this {FAMILY_NAMES[family]} model; use a "
+                    f"--{self.flag} {self.path}: {name} matches no module of this {FAMILY_NAMES[family]} model; use a "
                     "LoRA made for this base model"
                 )
             up, down = parts["lora_up.weight"], parts["lora_down.weight"]
             if up.dim() < 2 or up.shape[1] != down.shape[0]:
                 raise UserError(
-                    f"--lora {self.path}: {name}'s lora_up {tuple(up.shape)} does not fit its lora_down "
+                    f"--{self.flag} {self.path}: {name}'s lora_up {tuple(up.shape)} does not fit its lora_down "
                     f"{tuple(down.shape)}; the file is damaged: re-download or re-save it"
                 )
             made_for = (up.shape[0], prod(down.shape[1:]))
             if made_for != (module.weight.shape[0], prod(module.weight.shape[1:])):
                 raise UserError(
-                    f"--lora {self.path}: {name} changes a weight of shape {made_for}, but this model's is "
+                    f"--{self.flag} {self.path}: {name} changes a weight of shape {made_for}, but this model's is "
                     f"{tuple(module.weight.shape)}; the LoRA was made for another base model"
                 )
             targets[name] = module
