@@ -158,6 +158,21 @@ def test_defaults_the_run_s_prompts_and_seed_and_an_existing_grid_needs_overwrit
     assert written.read_bytes() != first
 
 
+def _moved(setting: str):
+    """A copy of the run whose NAME.toml names a `setting` file that is no longer there."""
+
+    def make(run: Path, folder: Path) -> None:
+        shutil.copytree(run, folder)
+        toml = folder / "toy.toml"
+        lines = toml.read_text(encoding="utf-8").splitlines()
+        moved = [
+            f'{setting} = "{folder}/moved"' if line.startswith(f"{setting} =") else line for line in lines
+        ]
+        toml.write_text("\n".join(moved) + "\n", encoding="utf-8")
+
+    return make
+
+
 def _lora_only(run: Path, folder: Path) -> None:
     folder.mkdir()
     shutil.copy(run / "toy-000001.safetensors", folder)
@@ -173,6 +188,10 @@ def _lora_only(run: Path, folder: Path) -> None:
          "--pretrained_model_name_or_path BASE"),
         (_lora_only, ("--pretrained_model_name_or_path", "{folder}"), "no prompts: toy's run had no sample_prompts; "
          "give --prompts FILE (.txt, .toml or .json)"),
+        (_moved("pretrained_model_name_or_path"), (), "{folder}/toy.toml: the run's base model {folder}/moved is "
+         "not there; give --pretrained_model_name_or_path BASE"),
+        (_moved("sample_prompts"), (), "{folder}/toy.toml: the run's sample_prompts {folder}/moved is not there; give "
+         "--prompts FILE"),
         (shutil.copytree, ("--weights", "0.5,x"), "grid: argument --weights: '0.5,x' is not a list of numbers; write "
          "e.g. --weights 0.4,0.7,1.0"),
         (shutil.copytree, ("--weights", "1,nan"), "grid: argument --weights: '1,nan' is not a list of numbers; write "
@@ -185,6 +204,8 @@ def _lora_only(run: Path, folder: Path) -> None:
          "epoch 2, epoch 3 (final)"),
         (shutil.copytree, ("--output_name", "other"), "--output_name other: OUTPUT_DIR {folder} holds no LoRA files "
          "of that name; its runs: toy"),
+        (shutil.copytree, ("--device", "cuda:7"), "--device cuda:7: this machine has no such CUDA device; leave "
+         "--device out to use the CPU"),
     ],
 )  # fmt: skip
 def test_bad_inputs_are_one_line_and_write_nothing(run, tmp_path, capsys, make, argv, message):

@@ -62,7 +62,8 @@ class BaseModelSettings:
     v_parameterization: bool = False
     zero_terminal_snr: bool = False
     mixed_precision: str = "no"
-    device: str | None = None
+    device: torch.device | None = None
+    """None: cuda when there is one."""
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ class LoadedBase:
             tokenizer_path=settings.tokenizer_path,
             tokenizer_2_path=settings.tokenizer_2_path,
         )
-        device = torch.device(settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        device = settings.device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
         for model in (bundle.unet, bundle.vae, *bundle.text_encoders):
             model.to(device)
         models = SamplingModels(

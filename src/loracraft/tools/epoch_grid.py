@@ -52,7 +52,7 @@ from loracraft.sampling.lora_swap import LoRAFile
 from loracraft.sampling.png_info import PARAMETERS_KEY, SETTINGS_KEY, image_settings, parameters_text
 from loracraft.sampling.prompts import PromptFile, SamplePrompt, check_prompt_samplers, read_prompts
 from loracraft.sampling.render import RenderedImage
-from loracraft.tools.tool_parser import ToolParser, add_overwrite_flag, check_new_output
+from loracraft.tools.tool_parser import ToolParser, add_overwrite_flag, check_new_output, compute_device
 
 DEFAULT_WEIGHTS = (0.7, 1.0, 1.3)
 """Seed 003's range (0.7 to 1.5) in three steps: below 1 shows what the LoRA keeps at a lower weight,
@@ -376,7 +376,8 @@ def _prompt_file(request: GridRequest, config: TrainConfig | None, name: str) ->
         )
     if not Path(config.sample_prompts).is_file():
         raise UserError(
-            f"{name}.toml: the run's sample_prompts {config.sample_prompts} is not there; give --prompts FILE"
+            f"{request.output_dir / f'{name}.toml'}: the run's sample_prompts {config.sample_prompts} is not there; "
+            "give --prompts FILE"
         )
     return read_prompts(config.sample_prompts, "--sample_prompts")
 
@@ -389,7 +390,8 @@ def _base_settings(request: GridRequest, config: TrainConfig | None, name: str) 
         path = Path(config.pretrained_model_name_or_path)
         if not path.exists():
             raise UserError(
-                f"{name}.toml: the run's base model {path} is not there; give --pretrained_model_name_or_path BASE"
+                f"{request.output_dir / f'{name}.toml'}: the run's base model {path} is not there; give "
+                "--pretrained_model_name_or_path BASE"
             )
     else:
         raise UserError(
@@ -406,7 +408,7 @@ def _base_settings(request: GridRequest, config: TrainConfig | None, name: str) 
         v_parameterization=request.v_parameterization or run.v_parameterization,
         zero_terminal_snr=run.zero_terminal_snr,
         mixed_precision=request.mixed_precision,
-        device=request.device,
+        device=compute_device(request.device) if request.device else None,
     )
 
 

@@ -34,7 +34,7 @@ from loracraft.sampling.lora_swap import LoRAFile
 from loracraft.sampling.png_info import image_settings, write_sample_png
 from loracraft.sampling.prompts import SamplePrompt, check_prompt_samplers, read_prompts
 from loracraft.sampling.render import RenderedImage
-from loracraft.tools.tool_parser import ToolParser
+from loracraft.tools.tool_parser import ToolParser, compute_device
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -71,7 +71,7 @@ def main(argv: list[str], echo: Callable[[str], None] = print) -> int:
             clip_skip=args.clip_skip,
             v_parameterization=args.v_parameterization,
             mixed_precision=args.mixed_precision,
-            device=args.device,
+            device=compute_device(args.device) if args.device else None,
         )
     )
     several = len(args.multiplier) > 1
