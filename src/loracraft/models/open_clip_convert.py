@@ -36,6 +36,16 @@ _LAYER = re.compile(r"encoder\.layers\.(\d+)\.(.+)\.(weight|bias)")
 _QKV = ("q_proj", "k_proj", "v_proj")
 
 
+def open_clip_layer_weight(index: int, part: str) -> tuple[str, int | None]:
+    """Where an OpenCLIP file holds the weight of CLIP layer `index`'s Linear `part` (`self_attn.q_proj`,
+    `mlp.fc1`, ...): its key without the file's prefix, and for q, k and v which third of the stacked
+    in_proj rows (0, 1, 2; None for the others)."""
+    name = part.removeprefix("self_attn.")
+    if name in _QKV:
+        return f"transformer.resblocks.{index}.attn.in_proj_weight", _QKV.index(name)
+    return f"transformer.resblocks.{index}.{_LAYER_PARTS[part]}.weight", None
+
+
 def text_encoder_to_open_clip(
     state_dict: Mapping[str, torch.Tensor], *, unused_last_block: bool
 ) -> dict[str, torch.Tensor]:
