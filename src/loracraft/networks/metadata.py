@@ -188,16 +188,13 @@ def _modelspec(config: TrainConfig, info: RunSummary) -> dict[str, str]:
     timestamp = (
         info.training_finished_at if info.training_finished_at is not None else info.training_started_at
     )
-    width, height = _resolution(config, info.family)
-    spec = {
-        "modelspec.sai_model_spec": MODELSPEC_VERSION,
-        "modelspec.architecture": f"{_architecture(info.family, config.v_parameterization)}/lora",
-        "modelspec.implementation": SDXL_IMPLEMENTATION if info.family == "sdxl" else "diffusers",
-        "modelspec.title": config.output_stem,
-        "modelspec.resolution": f"{width}x{height}",
-        "modelspec.date": datetime.datetime.fromtimestamp(int(timestamp)).isoformat(),
-        "modelspec.prediction_type": "v" if config.v_parameterization else "epsilon",
-    }
+    spec = lora_modelspec(
+        info.family,
+        config.v_parameterization,
+        config.output_stem,
+        timestamp,
+        _resolution(config, info.family),
+    )
     if config.min_timestep is not None or config.max_timestep is not None:
         low = 0 if config.min_timestep is None else config.min_timestep
         high = 1000 if config.max_timestep is None else config.max_timestep
@@ -207,14 +204,39 @@ def _modelspec(config: TrainConfig, info: RunSummary) -> dict[str, str]:
     return spec
 
 
+def lora_modelspec(
+    family: str,
+    v_parameterization: bool,
+    title: str,
+    timestamp: float,
+    resolution: tuple[int, int] | None = None,
+) -> dict[str, str]:
+    """The modelspec keys every kohya LoRA file has (sai_model_spec.build_metadata with lora=True); no
+    resolution: the family's native size, as kohya's determine_resolution."""
+    width, height = resolution or native_resolution(family, v_parameterization)
+    return {
+        "modelspec.sai_model_spec": MODELSPEC_VERSION,
+        "modelspec.architecture": f"{_architecture(family, v_parameterization)}/lora",
+        "modelspec.implementation": SDXL_IMPLEMENTATION if family == "sdxl" else "diffusers",
+        "modelspec.title": title,
+        "modelspec.resolution": f"{width}x{height}",
+        "modelspec.date": datetime.datetime.fromtimestamp(int(timestamp)).isoformat(),
+        "modelspec.prediction_type": "v" if v_parameterization else "epsilon",
+    }
+
+
 def _resolution(config: TrainConfig, family: str) -> tuple[int, int]:
     """The run's resolution. Without `--resolution`, a dataset config's datasets set their own and kohya
     writes the family's native size (sai_model_spec.determine_resolution)."""
     if not config.dataset_config or "resolution" in config.model_fields_set:
         return config.resolution
+    return native_resolution(family, config.v_parameterization)
+
+
+def native_resolution(family: str, v_parameterization: bool) -> tuple[int, int]:
     if family == "sdxl":
         return (1024, 1024)
-    return (768, 768) if family == "sd2" and config.v_parameterization else (512, 512)
+    return (768, 768) if family == "sd2" and v_parameterization else (512, 512)
 
 
 def _architecture(family: str, v_parameterization: bool) -> str:
