@@ -225,6 +225,17 @@ def lora_modelspec(
     }
 
 
+def checkpoint_modelspec(
+    family: str, v_parameterization: bool, title: str, timestamp: float
+) -> dict[str, str]:
+    """The modelspec keys kohya writes into a checkpoint (build_metadata with is_stable_diffusion_ckpt):
+    a LoRA's, for the model's own architecture, with Stability AI's implementation for every family."""
+    return lora_modelspec(family, v_parameterization, title, timestamp) | {
+        "modelspec.architecture": _architecture(family, v_parameterization),
+        "modelspec.implementation": SDXL_IMPLEMENTATION,
+    }
+
+
 def _resolution(config: TrainConfig, family: str) -> tuple[int, int]:
     """The run's resolution. Without `--resolution`, a dataset config's datasets set their own and kohya
     writes the family's native size (sai_model_spec.determine_resolution)."""
