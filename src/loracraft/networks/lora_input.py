@@ -23,6 +23,7 @@ from torch import Tensor
 
 from loracraft.errors import UserError
 from loracraft.models.family import FAMILY_NAMES
+from loracraft.networks.key_styles import to_kohya
 from loracraft.networks.lora_file import read_lora_file
 
 LoRAModules = dict[str, dict[str, Tensor]]
@@ -67,18 +68,18 @@ TUCKER_PARTS = ("lora_mid.weight", "hada_t1", "hada_t2", "lokr_t1", "lokr_t2", "
 
 
 def read_modules(path: str, flag: str) -> LoRAModules:
-    """The modules of the file `--flag` names, whatever their type: module name -> part -> tensor."""
+    """The modules of the file `--flag` names, whatever their type and key style (key_styles.py), under
+    kohya's names: module name -> part -> tensor."""
     try:
-        tensors, _ = read_lora_file(path)
+        tensors, metadata = read_lora_file(path)
     except UserError as error:
         raise UserError(f"--{flag} {error}") from None
-    modules: LoRAModules = {}
-    for key, tensor in tensors.items():
-        name, _, part = key.partition(".")
-        modules.setdefault(name, {})[part] = tensor
-    if not modules:
+    if not tensors:
         raise UserError(f"--{flag} {path}: the file holds no tensors; give a kohya LoRA file")
-    return modules
+    try:
+        return to_kohya(tensors, metadata)[0]
+    except UserError as error:
+        raise UserError(f"--{flag} {path} {error}") from None
 
 
 def read_lora_modules(path: str, flag: str) -> LoRAModules:
