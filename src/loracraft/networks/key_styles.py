@@ -89,6 +89,8 @@ _UNET_TOP_NAMES = {
 _SDXL_ATTENTION_UP_BLOCKS = (0, 1)
 _LAYERS_PER_BLOCK = 2  # SD1, SD2 and SDXL alike
 ADAPTER_METADATA_KEY = "lora_adapter_metadata"
+_MAGNITUDE = "lora_magnitude_vector"
+"""PEFT's DoRA magnitude, until it is shaped as LyCORIS' per-output dora_scale."""
 
 
 def detect_style(tensors: Mapping[str, Tensor]) -> str:
@@ -206,13 +208,15 @@ def _from_dotted(
 ) -> tuple[LoRAModules, str]:
     """Modules of a file with dotted module paths (PEFT, diffusers, OneTrainer's older output)."""
     found: dict[tuple[str, str], dict[str, Tensor]] = {}
+    sources: dict[tuple[str, str, str], str] = {}
     styles: dict[str, int] = {}
     for key in keys:
         component, path, part, style = _parse_dotted(key)
-        parts = found.setdefault((component, path), {})
-        if part in parts:
-            raise UserError(f"has two tensors for {component} module {path}'s {part} (one is {key})")
-        parts[part] = tensors[key]
+        if (component, path, part) in sources:
+            both = " and ".join(sorted((sources[component, path, part], key)))
+            raise UserError(f"has two tensors for {component} module {path}'s {part}: {both}")
+        sources[component, path, part] = key
+        found.setdefault((component, path), {})[part] = tensors[key]
         if style:
             styles[style] = styles.get(style, 0) + 1
     style = max(styles, key=styles.__getitem__) if styles else "peft"
@@ -279,7 +283,7 @@ def _kohya_part(raw: str, path: str, key: str) -> tuple[str, str | None]:
     if raw in ("lora_down.weight", "lora_up.weight"):
         return raw, "lora"
     if raw.startswith("lora_magnitude_vector"):
-        return "dora_scale", "peft"
+        return _MAGNITUDE, "peft"
     if raw in ("alpha", "dora_scale"):
         return raw, None
     if raw in ("down.weight", "up.weight") and not path.endswith("_lora"):
@@ -318,8 +322,8 @@ def _kohya_parts(
         )
     down = parts["lora_down.weight"]
     converted = dict(parts)
-    if "dora_scale" in parts and parts["dora_scale"].dim() == 1:
-        converted["dora_scale"] = parts["dora_scale"].reshape(-1, *[1] * (down.dim() - 1))
+    if _MAGNITUDE in parts:  # one per output row: [out] for Linear, [1, out, 1, 1] for Conv2d
+        converted["dora_scale"] = converted.pop(_MAGNITUDE).flatten().reshape(-1, *[1] * (down.dim() - 1))
     if "alpha" not in parts:
         converted["alpha"] = torch.tensor(_configured_alpha(config, path, int(down.shape[0])))
     return converted
