@@ -3,23 +3,30 @@ exactly what `loracraft sample` draws for the same file, weight, prompt and seed
 the base model, the axes recorded in the PNG text, and every bad input one line before the model loads,
 with nothing written."""
 
+import copy
 import json
 import re
 import shutil
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import save_file
 
+from consumer_math import delta
 from data_helpers import make_kohya_dataset
 from loracraft.cli import main
+from loracraft.sampling.lora_columns import BaseModelSettings, LoadedBase
+from loracraft.sampling.lora_swap import LoRAFile, lora_applied
 from loracraft.sampling.prompts import read_prompts
 from loracraft.sampling.render import SamplingModels, render_image
 from loracraft.tools import epoch_grid
 from loracraft.tools.epoch_grid import chosen_files, run_files
+from lycoris_files import VARIANTS, state_dict_of
 from run_helpers import train_argv
 
 CELL = 64
@@ -219,7 +226,7 @@ def test_bad_inputs_are_one_line_and_write_nothing(run, tmp_path, capsys, make, 
     assert (sorted(folder.iterdir()) if folder.exists() else None) == before
 
 
-def test_several_runs_or_a_damaged_file_are_one_line(run, tmp_path, capsys):
+def test_several_runs_a_damaged_file_or_unknown_parts_are_one_line(run, tmp_path, capsys):
     folder = tmp_path / "run"
     shutil.copytree(run, folder)
     shutil.copy(run / "toy.safetensors", folder / "other.safetensors")
@@ -236,4 +243,118 @@ def test_several_runs_or_a_damaged_file_are_one_line(run, tmp_path, capsys):
         r"re-save it\n",
         capsys.readouterr().err,
     )
+    unknown = folder / "toy-000001.safetensors"
+    save_file({"lora_unet_mid_block_attentions_0_proj_in.weird": torch.zeros(2)}, str(unknown))
+    assert grid(folder, "--output_name", "toy", "--epochs", "1") == 2
+    assert capsys.readouterr().err == (
+        f"error: --epochs {unknown}: lora_unet_mid_block_attentions_0_proj_in has parts of no LoRA or LyCORIS "
+        "type (weird); give a kohya LoRA or LyCORIS file\n"
+    )
     assert not list(folder.glob("*grid*"))
+
+
+def randomised(state: dict[str, torch.Tensor], seed: int, scale: float = 0.2) -> dict[str, torch.Tensor]:
+    """lycoris_files' zero parts filled with seeded noise (a DoRA magnitude or OFT rescale near 1); alpha
+    and IA3's on_input kept."""
+    generator = torch.Generator().manual_seed(seed)
+    filled = {}
+    for key, tensor in state.items():
+        part = key.split(".", 1)[1]
+        noise = torch.randn(tensor.shape, generator=generator)
+        if part in ("alpha", "on_input"):
+            filled[key] = tensor
+        else:
+            filled[key] = 1.0 + 0.05 * noise if part in ("dora_scale", "rescale") else scale * noise
+    return filled
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_sd1):
+    return LoadedBase.load(BaseModelSettings(path=tiny_sd1.diffusers_dir, device=torch.device("cpu")))
+
+
+# A1111 applies what LyCORIS trains for every type but GLoRA (lycoris_files writes A1111's layout, not
+# LyCORIS') and IA3 (A1111 patches Linear layers only): module_delta's own tests check those two against
+# LyCORIS' modules.
+LYCORIS_TYPES = sorted(set(VARIANTS) - {"glora", "ia3"}) + ["kohya_oft"]
+
+
+def lycoris_state(variant: str) -> dict[str, torch.Tensor]:
+    """lycoris_files' file of `variant`; kohya's OFT: Diag-OFT's U-Net blocks under kohya's oft_unet_ names."""
+    state, _ = state_dict_of("sd1", "oft" if variant == "kohya_oft" else variant)
+    if variant == "kohya_oft":
+        return {
+            "oft_unet_" + key.removeprefix("lora_unet_"): tensor
+            for key, tensor in state.items()
+            if key.startswith("lora_unet_") and not key.endswith(".rescale")
+        }
+    if variant == "boft":  # BOFT cannot factor the tiny text encoder's MLP width (37)
+        return {key: tensor for key, tensor in state.items() if not key.startswith("lora_te_")}
+    return state
+
+
+@pytest.mark.parametrize("variant", LYCORIS_TYPES)
+def test_every_lycoris_type_changes_each_layer_as_a1111_does_and_comes_out_exactly(loaded, tmp_path, variant):
+    path = tmp_path / f"{variant}.safetensors"
+    save_file(randomised(lycoris_state(variant), seed=len(variant)), str(path))
+    lora = LoRAFile.read(path)
+    column = loaded.column(lora, 0.6, variant)
+    before = {name: [_clone(layer.weight), _clone(layer.bias)] for name, layer in column.targets.items()}
+    with lora_applied(lora, column.targets, 0.6):
+        for name, layer in column.targets.items():
+            parts = lora.modules[name]
+            if variant == "norm":  # LyCORIS' NormModule: w_norm and b_norm added to the weight and bias
+                expected = [parts["w_norm"], parts["b_norm"]]
+            else:
+                change = delta(parts, before[name][0], "a1111")
+                expected = [change.weight, change.bias]
+            for tensor, original, added in zip(
+                (layer.weight, layer.bias), before[name], expected, strict=True
+            ):
+                if original is not None:
+                    added = (
+                        torch.zeros_like(original) if added is None else added.float().reshape(original.shape)
+                    )
+                    assert_added(tensor - original, 0.6 * added, name)
+    for name, layer in column.targets.items():
+        weight, bias = before[name]
+        assert torch.equal(layer.weight, weight) and (bias is None or torch.equal(layer.bias, bias)), name
+
+
+def assert_added(actual: torch.Tensor, expected: torch.Tensor, name: str) -> None:
+    scale = max(expected.abs().max().item(), 1e-3)
+    assert (actual - expected).abs().max().item() <= 1e-4 * scale, name
+
+
+def _clone(tensor: torch.Tensor | None) -> torch.Tensor | None:
+    return None if tensor is None else tensor.detach().clone()
+
+
+def test_a_lycoris_run_s_epochs_draw_as_a1111_applies_them(run, tiny_sd1_bundle, tmp_path):
+    """A LoHa epoch file in the run's folder: its cell is the base model with A1111's LoHa change added."""
+    folder = tmp_path / "run"
+    shutil.copytree(run, folder)
+    state = randomised(state_dict_of("sd1", "loha")[0], seed=7, scale=0.5)
+    save_file(state, str(folder / "toy-000002.safetensors"))
+    assert grid(folder, "--epochs", "2", "--weights", "0.8", "--base", "--seeds", "4") == 0
+    image = Image.open(folder / "toy-grid.png")
+    label_width = image.width - 2 * CELL
+
+    patched = copy.deepcopy(tiny_sd1_bundle)
+    modules = LoRAFile.read(folder / "toy-000002.safetensors").modules
+    with torch.no_grad():
+        for name, base_name in state_dict_of("sd1", "loha")[1].items():
+            component, path = base_name.split(".", 1)
+            model = patched.unet if component == "unet" else patched.text_encoders[int(component[2:]) - 1]
+            weight = model.get_submodule(path).weight
+            weight += 0.8 * delta(modules[name], weight, "a1111").weight.float().reshape(weight.shape)
+    models = SamplingModels(patched.unet, patched.vae, patched.text_encoders, patched.tokenizers)
+    prompt = replace(read_prompts(run.parent / "prompts.txt").prompts[0], seed=4)
+    expected = np.asarray(
+        render_image(
+            models, prompt, default_sampler="euler_a", device=torch.device("cpu"), autocast=nullcontext
+        ).image
+    )
+    drawn = cell(image, label_width, 0, 1).astype(int)
+    assert np.abs(drawn - expected).max() <= 2
+    assert np.abs(drawn - cell(image, label_width, 0, 0)).mean() > 5

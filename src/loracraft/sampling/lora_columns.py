@@ -1,7 +1,7 @@
 """Drawing prompts through saved LoRA files on one base model, a column per LoRA and multiplier: what
 `loracraft sample` and `loracraft grid` share.
 
-A column is one LoRA file at one multiplier, or the base model alone. Each column's LoRA is added into
+A column is one LoRA or LyCORIS file at one multiplier, or the base model alone. Each column's LoRA is added into
 the base weights while the column draws and taken out exactly afterwards (lora_swap.py); every column
 draws every prompt from the prompt's own seed, so the images of a row differ by their column only. A
 column at multiplier 0 is the base model, drawn once per prompt and shared by every such column (adding
@@ -24,8 +24,11 @@ import torch
 from PIL import Image
 from torch import nn
 
+from loracraft.models.bundle import ModelBundle
 from loracraft.models.loading import load_model_bundle
+from loracraft.networks.kohya_names import unet_namer
 from loracraft.networks.merge_into_base import base_modules
+from loracraft.networks.target_selection import is_norm
 from loracraft.sampling.lora_swap import LoRAFile, lora_applied
 from loracraft.sampling.prompts import SamplePrompt
 from loracraft.sampling.render import RenderedImage, SamplingModels, render_image
@@ -86,7 +89,7 @@ class LoadedBase:
 
     models: SamplingModels
     modules: dict[str, nn.Module]
-    """Every module a kohya LoRA file can name, by its kohya name (merge_into_base.base_modules)."""
+    """Every layer a LoRA or LyCORIS file can change, by its kohya name."""
     family: str
     name: str
     device: torch.device
@@ -114,7 +117,7 @@ class LoadedBase:
         )
         return cls(
             models=models,
-            modules=base_modules(bundle.unet, bundle.text_encoders, bundle.family),
+            modules=_layers_by_name(bundle),
             family=bundle.family,
             name=bundle.source.name,
             device=device,
@@ -130,6 +133,15 @@ class LoadedBase:
         return render_image(
             self.models, prompt, default_sampler=sampler, device=self.device, autocast=self.autocast
         )
+
+
+def _layers_by_name(bundle: ModelBundle) -> dict[str, nn.Module]:
+    """The layers kohya's and LyCORIS' modules change (merge_into_base.base_modules: the U-Net's Linear and
+    Conv2d layers, the text encoders' CLIP-layer Linear ones) and the U-Net's norm layers, which train_norm
+    adapts, named as training names them."""
+    name = unet_namer(bundle.family, bundle.unet.config)
+    norms = {name(path): module for path, module in bundle.unet.named_modules() if is_norm(module)}
+    return base_modules(bundle.unet, bundle.text_encoders, bundle.family) | norms
 
 
 def with_fixed_seeds(prompts: Sequence[SamplePrompt]) -> list[SamplePrompt]:

@@ -10,6 +10,7 @@ Columns are the run's saved files in training order (NAME-000001, ..., NAME-step
 NAME.safetensors) times `--weights`, with the base model alone first under `--base`; rows are the prompts
 times `--seeds`. A prompt's seed is fixed for its whole row (`--seeds`, else its --d, else one random seed
 drawn for the grid and shown in the row label), so the cells of a row differ by epoch and weight only.
+Every LoRA and LyCORIS type draws, added to the weights as AUTOMATIC1111 adds it (sampling/lora_swap.py).
 
 The run is read from its folder: NAME.toml (the effective config the run wrote) gives the base model,
 its tokenizers, VAE, clip skip, v-prediction, the sample prompts and sampler, each of which a flag here

@@ -1,4 +1,4 @@
-"""`loracraft sample`: draw a prompt file's images from saved LoRA files, without training.
+"""`loracraft sample`: draw a prompt file's images from saved LoRA (or LyCORIS) files, without training.
 
     loracraft sample --pretrained_model_name_or_path BASE --lora A.safetensors [B.safetensors ...]
         --prompts prompts.txt [--sampler euler_a] [--multiplier 0.6 1.0] [--output_dir DIR]
@@ -9,7 +9,8 @@ random seed for all of them. Images are saved as `{LoRA}[_x{multiplier}]_{prompt
 with their settings in the PNG text (see sampling/png_info.py); with more than one column (LoRAs times
 multipliers), `grid_{time}.png` shows them side by side, a row per prompt. Everything the user can get
 wrong (a missing or damaged LoRA file, a LoRA of another family, a bad prompt file) is one line, found
-before anything is drawn. The drawing itself is sampling/lora_columns.py, shared with `loracraft grid`.
+before anything is drawn. The drawing itself is sampling/lora_columns.py, shared with `loracraft grid`;
+every LoRA and LyCORIS type is added to the weights as AUTOMATIC1111 adds it (sampling/lora_swap.py).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def make_parser() -> argparse.ArgumentParser:
         prog="loracraft sample", description="Draw a prompt file's images from saved LoRA files."
     )
     parser.add_argument(
-        "--lora", required=True, nargs="+", action="extend", help="LoRA files (several: a grid)."
+        "--lora", required=True, nargs="+", action="extend", help="LoRA or LyCORIS files (several: a grid)."
     )
     parser.add_argument("--prompts", required=True, help="A --sample_prompts file: .txt, .toml or .json.")
     parser.add_argument(
