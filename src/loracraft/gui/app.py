@@ -1,4 +1,5 @@
-"""The web UI's page: the training form generated from TrainConfig, the dataset tools and the queue.
+"""The web UI's page: the training form generated from TrainConfig, the dataset tools, the queue and the
+LoRA tools (utilities_tab.py).
 
 The form has one control per TrainConfig field on kohya_ss-style tabs (tabs.py). Every edit re-validates
 the whole form with the CLI's model and shows the CLI's one-line message at the top and on the field it
@@ -34,6 +35,7 @@ from loracraft.gui.jobs_tab import jobs_tab
 from loracraft.gui.model_family import model_family
 from loracraft.gui.style import blocks_style
 from loracraft.gui.tabs import CONTROLLERS, FOLDERS, MODEL, TABS, hidden_fields, matches_search, tab_fields
+from loracraft.gui.utilities_tab import utilities_tab
 
 if TYPE_CHECKING:
     from loracraft.jobs.queue import JobQueue
@@ -158,7 +160,7 @@ def controls_of_toml(text: str | None) -> list[Any]:
 
 
 def build_app(queue: JobQueue) -> gr.Blocks:
-    """The whole page on `queue`: Train (the form), Dataset, and the Queue with its job pages."""
+    """The whole page on `queue`: Train (the form), Dataset, the Queue with its job pages, Utilities."""
     start_values = initial_controls()
     start_validation = validate(start_values)
     start_optimizer = start_validation.config.optimizer_name if start_validation.config else None
@@ -207,6 +209,7 @@ def build_app(queue: JobQueue) -> gr.Blocks:
                                     check_section(controls, "folders")
             form_rewrites.append(dataset_tab(controls))
             jobs = jobs_tab(queue, current_config)
+            utilities_tab(queue, jobs.selected_job)
 
         check_form = {
             "fn": lambda query, before, *shown: refresh_form(shown, query, before),

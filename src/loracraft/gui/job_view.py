@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import math
+import shlex
 import urllib.parse
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -43,7 +44,7 @@ class JobPage:
 def job_page(job: Job, progress: JobProgress) -> JobPage:
     return JobPage(
         headline=headline(job),
-        progress=progress_bar(progress),
+        progress=progress_bar(progress) if job.tool_argv is None else tool_command_line(job),
         speed=speed_line(progress),
         loss=loss_table(progress),
         lr=lr_table(progress),
@@ -82,6 +83,12 @@ def progress_bar(progress: JobProgress) -> str:
         return line
     bar = f"<progress value='{progress.step}' max='{progress.total_steps}'></progress>"
     return bar + line
+
+
+def tool_command_line(job: Job) -> str:
+    """A tool job's place of the progress bar: the command it runs (a tool reports no steps)."""
+    command = html.escape(f"loracraft {shlex.join(job.tool_argv)}")
+    return f"<span class='job-progress-line'>{command}</span>"
 
 
 def speed_line(progress: JobProgress) -> str:

@@ -185,7 +185,7 @@ def table_rows(queue: JobQueue) -> list[list[Any]]:
             job.state,
             _progress_cell(job_progress(job)),
             _time_text(job.started_at),
-            str(job.output_dir / job.output_name),
+            job.output,
         ]
         for job in queue.jobs()
     ]
@@ -287,6 +287,8 @@ def edit_copy(queue: JobQueue, job_id: int | None) -> tuple[str | None, str]:
         job = queue.get(job_id)
     except UserError as err:
         return None, str(err)
+    if job.tool is not None:
+        return None, f"Job {job_id} runs `loracraft {job.tool}`: no config to edit; Duplicate runs it again."
     return job.config_toml, f"Job {job_id}'s config is in the form: edit it, then add it to the queue."
 
 
