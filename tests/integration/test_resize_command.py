@@ -322,3 +322,16 @@ def test_the_input_is_never_the_output(locon, tmp_path):
     with pytest.raises(UserError, match=r"--save_to \S+ is the --model file; write the result to a new file"):
         main(["--model", str(locon), "--save_to", str(locon), "--overwrite"], echo=lambda line: None)
     assert locon.read_bytes() == before
+
+
+@pytest.mark.gpu
+def test_resize_on_cuda_gives_the_cpu_deltas(fixed, locon, tmp_path):
+    cpu, _ = fixed
+    out = tmp_path / "cuda.safetensors"
+    flags = ["--new_rank", "4", "--new_conv_rank", "2", "--device", "cuda"]
+    run(["--model", str(locon), "--save_to", str(out), *flags])
+    on_cuda, on_cpu = modules_of(out), modules_of(cpu)
+    assert set(on_cuda) == set(on_cpu)
+    for name, parts in on_cuda.items():
+        assert parts["lora_up.weight"].device.type == "cpu"
+        torch.testing.assert_close(lora_delta(parts), lora_delta(on_cpu[name]), atol=1e-5, rtol=1e-4)

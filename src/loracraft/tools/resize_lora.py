@@ -28,7 +28,7 @@ from __future__ import annotations
 import argparse
 import statistics
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -285,14 +285,22 @@ def report(result: ResizedLoRA, verbose: bool) -> list[str]:
         f"{len(reduced)} of {len(result.modules)} modules reduced (largest rank was {result.old_rank}); "
         "ranks now: " + ", ".join(f"{rank} x{count}" for rank, count in sorted(ranks.items(), reverse=True))
     )
-    if reduced:
-        kept = [module.factored.fro_retained for module in reduced]
-        lowest = min(reduced, key=lambda module: module.factored.fro_retained)
-        lines.append(
-            f"Frobenius norm retained by the reduced modules: mean {statistics.fmean(kept):.2%}, "
-            f"std {statistics.pstdev(kept):.3f}, lowest {lowest.factored.fro_retained:.2%} ({lowest.name})"
-        )
+    lines.extend(
+        retention_summary([(module.name, module.factored) for module in reduced], "the reduced modules")
+    )
     return lines
+
+
+def retention_summary(items: Sequence[tuple[str, Factored]], which: str) -> list[str]:
+    """The mean, spread and lowest of the modules' retained Frobenius norms (kohya's closing line)."""
+    if not items:
+        return []
+    kept = [factored.fro_retained for _, factored in items]
+    name, lowest = min(items, key=lambda item: item[1].fro_retained)
+    return [
+        f"Frobenius norm retained by {which}: mean {statistics.fmean(kept):.2%}, std "
+        f"{statistics.pstdev(kept):.3f}, lowest {lowest.fro_retained:.2%} ({name})"
+    ]
 
 
 def _module_line(module: ModuleResize) -> str:
