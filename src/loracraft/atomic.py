@@ -2,7 +2,9 @@
 
 import glob
 import os
+import shutil
 import tempfile
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,6 +35,39 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@contextmanager
+def atomic_folder(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary folder next to `target`; on success it becomes `target`. A `target` already
+    there is moved aside first and deleted only once the new folder is in place (put back if that fails),
+    so a crash leaves the old or the new folder under the name, never half of one."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield tmp
+        old = target.with_name(f".{target.name}.{uuid.uuid4().hex}.old") if target.exists() else None
+        if old is not None:
+            os.replace(target, old)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if old is not None:
+                os.replace(old, target)
+            raise
+        if old is not None:
+            _remove(old)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
 
 
 def leftover_temp_files(target: str | os.PathLike) -> list[Path]:
