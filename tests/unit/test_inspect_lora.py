@@ -21,10 +21,12 @@ from loracraft.networks.lora_health import unused_layers
 from loracraft.networks.lora_network import build_lora_network
 from loracraft.networks.network_spec import network_spec
 from loracraft.networks.target_selection import TargetChoice
+from loracraft.networks.training_record import Bucket, Folder, training_record
 from loracraft.tools.inspect_lora import (
     FLUSHED_ADVICE,
     NON_FINITE_ADVICE,
     UNDERFLOW_ADVICE,
+    ZERO_ALPHA_ADVICE,
     main,
 )
 from model_helpers import tiny_family_modules
@@ -286,6 +288,47 @@ def test_a_lycoris_loha_file(tmp_path):
     assert report["training"] == {} and (report["family"], report["family_evidence"]) == (
         "sd1/sd2",
         ["names"],
+    )
+
+
+def test_a_dataset_config_runs_buckets_and_regularization_folders_per_dataset():
+    datasets = [  # kohya's ss_datasets of a run with a dataset config (train_network.py)
+        {"is_dreambooth": True, "batch_size_per_device": 2, "num_train_images": 60, "resolution": [512, 512],
+         "bucket_info": {"buckets": {"0": {"resolution": [512, 512], "count": 40},
+                                     "1": {"resolution": [576, 448], "count": 20}}, "mean_img_ar_error": 0.0},
+         "subsets": [{"img_count": 6, "num_repeats": 10, "image_dir": "mychar", "is_reg": False},
+                     {"img_count": 30, "num_repeats": 1, "image_dir": "person", "is_reg": True}]},
+        {"is_dreambooth": True, "num_train_images": 12, "resolution": [768, 768],
+         "bucket_info": {"buckets": {"0": {"resolution": [768, 768], "count": 12}}, "mean_img_ar_error": 0.0},
+         "subsets": [{"img_count": 12, "num_repeats": 1, "image_dir": "style", "is_reg": False}]},
+    ]  # fmt: skip
+    dirs = {"mychar": {"n_repeats": 10, "img_count": 6}, "style": {"n_repeats": 1, "img_count": 12}}
+    record = training_record({"ss_datasets": json.dumps(datasets), "ss_dataset_dirs": json.dumps(dirs)})
+    assert record.folders == (
+        Folder("mychar", 10, 6),
+        Folder("style", 1, 12),
+        Folder("person", 1, 30, regularization=True),
+    )
+    assert record.buckets == (Bucket(512, 512, 40, 0), Bucket(576, 448, 20, 0), Bucket(768, 768, 12, 1))
+
+
+def test_alpha_0_parts_of_no_type_and_a_metadata_family_the_tensors_refute(locon, tmp_path):
+    state = {key: tensor.clone() for key, tensor in locon.items()}
+    state["lora_unet_mid_block_attentions_0_proj_in.alpha"] = torch.tensor(0.0)
+    odd = "lora_unet_mid_block_attentions_0_proj_out"
+    state[f"{odd}.lora_A.weight"] = state.pop(f"{odd}.lora_down.weight")
+    state[f"{odd}.lora_B.weight"] = state.pop(f"{odd}.lora_up.weight")
+    path = save(tmp_path / "odd.safetensors", state, {**METADATA, "ss_base_model_version": "sdxl_base_v1-0"})
+    _, (report,) = inspect_json(path)
+    assert report["types"] == {"lora": len(names(state)) - 1, "unknown": 1}
+    assert report["health"]["zero_alpha"] == ["lora_unet_mid_block_attentions_0_proj_in"]
+    unknown = f"knows no type for {odd} (alpha, lora_A.weight, lora_B.weight)"
+    assert report["consumers"] == dict.fromkeys(["AUTOMATIC1111", "ComfyUI", "Forge", "diffusers"], unknown)
+    _, lines = inspect_text(path)
+    assert "  note: the metadata says SDXL, but the tensors are for SD1.x" in lines
+    assert (
+        f"  health: 1 modules have alpha 0: lora_unet_mid_block_attentions_0_proj_in; {ZERO_ALPHA_ADVICE}"
+        in lines
     )
 
 

@@ -118,6 +118,9 @@ class FileFacts:
     """U-Net modules outside kohya's blocks (conv_in, time embedding...), which diffusers does not convert."""
     a1111_unnamed: bool = False
     """SDXL modules under diffusers names A1111 has no rule for (add_embedding, the first up-sampler)."""
+    unknown_parts: str | None = None
+    """A module whose parts are of no type ("NAME (parts)"): A1111 refuses the whole file for it, the others
+    leave it out."""
 
 
 def file_verdicts(facts: FileFacts) -> dict[str, str | None]:
@@ -129,6 +132,8 @@ def file_verdicts(facts: FileFacts) -> dict[str, str | None]:
 def _file_verdict(consumer: str, facts: FileFacts) -> str | None:
     if consumer not in _KEY_STYLE_READERS.get(facts.key_style, ()):
         return "does not read this file's key names"
+    if facts.unknown_parts:
+        return f"knows no type for {facts.unknown_parts}"
     for algo in sorted(facts.types):
         if algo == "kohya-oft":
             why = _kohya_oft(consumer, facts.family)

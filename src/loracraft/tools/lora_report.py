@@ -209,7 +209,7 @@ def _blocks(
 def _facts(
     modules: LoRAModules, types: Mapping[str, str | None], family: str | None, style: str
 ) -> FileFacts:
-    present = [parts for parts in modules.values()]
+    present = list(modules.values())
     dora = [parts["dora_scale"] for parts in present if "dora_scale" in parts]
     unet = [name for name in modules if name.startswith("lora_unet_")]
     return FileFacts(
@@ -229,6 +229,10 @@ def _facts(
             if "weight" in parts
         ),
         beyond_kohya_targets=any(not _KOHYA_TARGET_BLOCKS.match(name) for name in unet),
+        unknown_parts=next(
+            (f"{name} ({', '.join(sorted(modules[name]))})" for name, algo in types.items() if algo is None),
+            None,
+        ),
         a1111_unnamed=style == "kohya-diffusers-sdxl"
         and any(name.startswith(_A1111_UNNAMED_SDXL) for name in unet),
     )
