@@ -17,6 +17,7 @@ import torch
 from diffusers import DiffusionPipeline, StableDiffusionPipeline
 
 from consumer_math import delta
+from loracraft.errors import UserError
 from loracraft.models.checkpoint_file import read_checkpoint, write_checkpoint
 from loracraft.models.config_inference import infer_config
 from loracraft.models.ldm_convert import UNET_PREFIX
@@ -200,6 +201,26 @@ def test_only_the_named_tensors_change_and_every_other_key_is_kept(sd1) -> None:
     assert result.metadata["modelspec.title"] == "merged"
 
 
+def test_a_ckpt_output_holds_the_same_tensors(sd1, tmp_path) -> None:
+    tiny, lora, merged, _ = sd1
+    out = tmp_path / "merged.ckpt"
+    run(
+        [
+            "--sd_model",
+            str(tiny.single_file),
+            "--models",
+            str(lora),
+            "--ratios",
+            str(RATIO),
+            "--save_to",
+            str(out),
+        ]
+    )
+    expected, written = read_checkpoint(merged).tensors, read_checkpoint(out).tensors
+    assert written.keys() == expected.keys()
+    assert all(torch.equal(written[key], tensor) for key, tensor in expected.items())
+
+
 def test_half_precision_file_keeps_its_dtypes_and_other_keys_byte_for_byte(sd1, tmp_path) -> None:
     """An fp16 checkpoint with EMA-like extra keys: merged in float32, cast back to fp16 per tensor."""
     tiny, lora, _, expected = sd1
@@ -222,26 +243,45 @@ def test_half_precision_file_keeps_its_dtypes_and_other_keys_byte_for_byte(sd1, 
 
 
 def test_diffusers_folder_out_loads_with_the_merged_weights(sd1, tiny_sd1_bundle, tmp_path) -> None:
+    """Written as a folder: an existing one is kept without --overwrite and replaced whole with it."""
     tiny, lora, _, expected = sd1
     out = tmp_path / "merged-folder"
-    run(
-        [
-            "--sd_model",
-            str(tiny.single_file),
-            "--models",
-            str(lora),
-            "--ratios",
-            str(RATIO),
-            "--save_to",
-            str(out),
-        ]
-    )
+    out.mkdir()
+    (out / "mine.txt").write_text("mine")
+    argv = [
+        "--sd_model",
+        str(tiny.single_file),
+        "--models",
+        str(lora),
+        "--ratios",
+        str(RATIO),
+        "--save_to",
+        str(out),
+    ]
+    with pytest.raises(UserError, match="already exists"):
+        main(argv, echo=lambda line: None)
+    assert [p.name for p in out.iterdir()] == ["mine.txt"]
+    run([*argv, "--overwrite"])
+    assert not (out / "mine.txt").exists()
     base = state_dicts(tiny_sd1_bundle)
     assert_same_model(state_dicts(load_model_bundle(out)), expected, base)
-    assert_same_model(
-        state_dicts(DiffusionPipeline.from_pretrained(out, local_files_only=True)), expected, base
-    )
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "a temporary folder was left"
+    pipe = DiffusionPipeline.from_pretrained(out, local_files_only=True)
+    assert_same_model(state_dicts(pipe), expected, base)
+    assert pipe.tokenizer("a red circle").input_ids == tiny_sd1_bundle.tokenizer("a red circle").input_ids
+    assert [p.name for p in tmp_path.iterdir()] == ["merged-folder"], "a temporary folder was left"
+
+
+@pytest.mark.gpu
+def test_merging_on_the_gpu_gives_the_cpu_result(sd1, tmp_path) -> None:
+    """--device cuda: the same arithmetic in float32 (no TF32), every tensor back on the CPU."""
+    tiny, lora, merged, _ = sd1
+    out = tmp_path / "gpu.safetensors"
+    argv = ["--sd_model", str(tiny.single_file), "--models", str(lora), "--ratios", str(RATIO)]
+    run([*argv, "--save_to", str(out), "--device", "cuda"])
+    cpu, gpu = read_checkpoint(merged).tensors, read_checkpoint(out).tensors
+    assert cpu.keys() == gpu.keys()
+    for key, tensor in cpu.items():
+        torch.testing.assert_close(gpu[key], tensor, rtol=0, atol=1e-6, msg=key)
 
 
 def test_diffusers_folder_in_gives_a_single_file_with_the_merged_weights(

@@ -183,6 +183,14 @@ def test_lycoris_types_sum_exactly_into_a_lora(tiny_sd1_bundle, two_loras, tmp_p
     assert_close_changes(changes_of(out), expected_sum([(loha, 1.0), (first, 1.0)]))
 
 
+@pytest.mark.gpu
+def test_summing_on_the_gpu_gives_the_cpu_sum(two_loras, tmp_path) -> None:
+    first, second = two_loras
+    out = tmp_path / "sum.safetensors"
+    run(["--models", str(first), str(second), "--new_rank", "6", "--device", "cuda", "--save_to", str(out)])
+    assert_close_changes(changes_of(out), expected_sum([(first, 1.0), (second, 1.0)]))
+
+
 # Bad inputs ---------------------------------------------------------------------------------------------
 
 

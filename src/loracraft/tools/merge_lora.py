@@ -87,7 +87,11 @@ def make_parser() -> argparse.ArgumentParser:
         help="The output: a .safetensors/.ckpt file; with --sd_model a path without suffix is a diffusers folder.",
     )
     parser.add_argument(
-        "--precision", choices=tuple(PRECISIONS), default="float", help="Precision of the arithmetic [float]."
+        "--precision",
+        choices=tuple(PRECISIONS),
+        default="float",
+        help="Precision of the arithmetic merging into a checkpoint, and the default --save_precision of a "
+        "merged LoRA (a LoRA sum is always computed in float32) [float].",
     )
     parser.add_argument(
         "--save_precision",
@@ -116,7 +120,9 @@ def make_parser() -> argparse.ArgumentParser:
         "--new_rank", type=int, help="Rank of the merged LoRA [the largest input rank]; a dynamic rank's cap."
     )
     parser.add_argument(
-        "--new_conv_rank", type=int, help="Rank of its 3x3 convolutions [the largest input convolution rank]."
+        "--new_conv_rank",
+        type=int,
+        help="Rank of its 3x3 convolutions [--new_rank when given, else the largest input convolution rank].",
     )
     parser.add_argument(
         "--dynamic_method",
@@ -376,7 +382,10 @@ def _rank_choice(args: argparse.Namespace, inputs: Sequence[LoRAInput]) -> RankC
     largest, largest_conv = largest_ranks(inputs)
     rank = args.new_rank or largest
     return RankChoice(
-        rank, args.new_conv_rank or largest_conv or rank, args.dynamic_method, args.dynamic_param
+        rank,
+        args.new_conv_rank or args.new_rank or largest_conv or rank,  # kohya: --new_rank when given
+        args.dynamic_method,
+        args.dynamic_param,
     )
 
 
