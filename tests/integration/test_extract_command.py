@@ -380,6 +380,29 @@ def test_an_existing_output_is_kept(sd1, tmp_path):
     assert out.read_bytes() == b"mine"
 
 
+def test_single_files_without_tokenizers_take_tokenizer_path(sd1, tiny_sd1, tmp_path, monkeypatch):
+    """Offline, with no tokenizer beside the files, the loader's message names --tokenizer_path, which
+    extract takes (the tokenizer only sets the text encoder's special token ids)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    org, tuned = bare / "org.safetensors", bare / "tuned.safetensors"
+    shutil.copy(sd1.org, org)
+    shutil.copy(sd1.tuned, tuned)
+    out = tmp_path / "x.safetensors"
+    argv = ["--model_org", str(org), "--model_tuned", str(tuned), "--save_to", str(out)]
+    with pytest.raises(UserError, match=r"^--model_org .*pass --tokenizer_path DIR"):
+        main(argv, echo=print)
+    assert not out.exists()
+    main(
+        [*argv, "--dim", "4", "--clamp_quantile", "1", "--tokenizer_path", str(tiny_sd1.tokenizer_dir)],
+        echo=print,
+    )
+    tensors, _ = read_lora_file(out)
+    for name, parts in modules_of(tensors).items():
+        torch.testing.assert_close(lora_delta(parts), sd1.deltas[name], atol=2e-6, rtol=1e-4, msg=name)
+
+
 @pytest.mark.gpu
 def test_extract_on_cuda(sd1):
     org, tuned = load_models(str(sd1.org), str(sd1.tuned))

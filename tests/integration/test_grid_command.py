@@ -200,13 +200,13 @@ def _lora_only(run: Path, folder: Path) -> None:
         (_moved("sample_prompts"), (), "{folder}/toy.toml: the run's sample_prompts {folder}/moved is not there; give "
          "--prompts FILE"),
         (shutil.copytree, ("--weights", "0.5,x"), "grid: argument --weights: '0.5,x' is not a list of numbers; write "
-         "e.g. --weights 0.4,0.7,1.0"),
+         "e.g. --weights 0.4,0.7,1.0 or 0.7-1.5 [5]"),
         (shutil.copytree, ("--weights", "1,nan"), "grid: argument --weights: '1,nan' is not a list of numbers; write "
-         "e.g. --weights 0.4,0.7,1.0"),
+         "e.g. --weights 0.4,0.7,1.0 or 0.7-1.5 [5]"),
         (shutil.copytree, ("--epochs", "2,last"), "grid: argument --epochs: '2,last' is not a list of epochs; write "
          "e.g. --epochs 2,4,final or --epochs all"),
-        (shutil.copytree, ("--seeds", "-1"), "grid: argument --seeds: '-1' is not a list of seeds (whole numbers from "
-         "0 to 4294967295); write e.g. --seeds 1,2"),
+        (shutil.copytree, ("--seeds", "-2"), "grid: argument --seeds: '-2' is not a list of seeds (whole numbers from "
+         "0 to 4294967295, -1 for a random one); write e.g. --seeds 1,2 or -1--1 [8]"),
         (shutil.copytree, ("--epochs", "1,7"), "--epochs 7: toy has no file of epoch 7; it has epoch 1, step 3, "
          "epoch 2, epoch 3 (final)"),
         (shutil.copytree, ("--output_name", "other"), "--output_name other: OUTPUT_DIR {folder} holds no LoRA files "

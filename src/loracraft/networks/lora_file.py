@@ -68,6 +68,19 @@ def read_lora_file(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str
     raise UserError(f"{path}: unknown LoRA file type {suffix!r}; expected .safetensors, .ckpt or .pt")
 
 
+def read_lora_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """A .safetensors file's metadata from its header alone (no tensor is read); {} for .ckpt/.pt files,
+    which have none, and for a file that cannot be read (reading its tensors names what is wrong)."""
+    path = Path(path)
+    if path.suffix.lower() != ".safetensors":
+        return {}
+    try:
+        with safetensors.safe_open(path, framework="pt") as f:
+            return dict(f.metadata() or {})
+    except (safetensors.SafetensorError, OSError):
+        return {}
+
+
 def _tensors_for_saving(state_dict: dict[str, Tensor], dtype: torch.dtype | None) -> dict[str, Tensor]:
     def convert(key: str, tensor: Tensor) -> Tensor:
         target = torch.float32 if key.endswith(".alpha") else (dtype or tensor.dtype)

@@ -32,7 +32,7 @@ from torch import Tensor
 from loracraft.errors import UserError
 from loracraft.networks.checkpoint_merge import FLAG, LoRAInput
 from loracraft.networks.lora_input import TYPE_NAMES, module_alpha, module_rank, module_size, module_type
-from loracraft.networks.low_rank import Factored, factorize
+from loracraft.networks.low_rank import Factored, factorize, is_conv_3x3
 from loracraft.networks.module_delta import module_bias_delta, module_delta, weight_free
 
 PLAIN_PARTS = frozenset({"lora_down.weight", "lora_up.weight", "alpha"})
@@ -71,10 +71,6 @@ class SummedLoRA:
             for module in self.modules
             if is_conv_3x3(self.tensors[f"{module.name}.lora_down.weight"]) == conv
         }
-
-
-def is_conv_3x3(down: Tensor) -> bool:
-    return down.dim() == 4 and tuple(down.shape[2:]) != (1, 1)
 
 
 def largest_ranks(inputs: Sequence[LoRAInput]) -> tuple[int | None, int | None]:

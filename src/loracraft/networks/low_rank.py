@@ -23,6 +23,8 @@ factors actually reproduce, so it is also right after a clamp.
 from __future__ import annotations
 
 import math
+import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -173,3 +175,19 @@ def _max_ratio(s: Tensor, rank: int) -> float:
         return 1.0
     last = float(s[rank - 1])
     return float(s[0]) / last if last > 0.0 else math.inf
+
+
+def is_conv_3x3(down: Tensor) -> bool:
+    return down.dim() == 4 and tuple(down.shape[2:]) != (1, 1)
+
+
+def retention_summary(items: Sequence[tuple[str, Factored]], which: str) -> list[str]:
+    """The mean, spread and lowest of the modules' retained Frobenius norms (kohya's closing line)."""
+    if not items:
+        return []
+    kept = [factored.fro_retained for _, factored in items]
+    name, lowest = min(items, key=lambda item: item[1].fro_retained)
+    return [
+        f"Frobenius norm retained by {which}: mean {statistics.fmean(kept):.2%}, std "
+        f"{statistics.pstdev(kept):.3f}, lowest {lowest.fro_retained:.2%} ({name})"
+    ]

@@ -32,6 +32,7 @@ from loracraft.networks.target_selection import is_norm
 from loracraft.sampling.lora_swap import LoRAFile, lora_applied
 from loracraft.sampling.prompts import SamplePrompt
 from loracraft.sampling.render import RenderedImage, SamplingModels, render_image
+from loracraft.tools.tool_parser import add_tokenizer_flags
 
 MIXED_PRECISIONS = {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -39,10 +40,7 @@ MIXED_PRECISIONS = {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 def add_base_model_flags(parser: argparse.ArgumentParser, *, model_help: str, required: bool) -> None:
     """The flags that say how the base model is loaded and drawn with (sample's and grid's)."""
     parser.add_argument("--pretrained_model_name_or_path", required=required, help=model_help)
-    parser.add_argument(
-        "--tokenizer_path", help="The CLIP tokenizer folder, when the model has none beside it."
-    )
-    parser.add_argument("--tokenizer_2_path", help="SDXL's second tokenizer folder.")
+    add_tokenizer_flags(parser)
     parser.add_argument(
         "--clip_skip", type=int, help="SD1/SD2: the text encoder layer from the end (as trained)."
     )

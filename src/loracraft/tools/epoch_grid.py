@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -33,13 +32,14 @@ from typing import Any
 
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
-from safetensors import SafetensorError, safe_open
 
 from loracraft.atomic import write_atomic
 from loracraft.config.load import build_config, read_config_file
 from loracraft.config.sample_options import SAMPLERS
 from loracraft.config.schema import TrainConfig
 from loracraft.errors import UserError
+from loracraft.networks.lora_file import read_lora_metadata
+from loracraft.sampling.axis_values import axis_numbers, axis_seeds
 from loracraft.sampling.grid import labelled_grid
 from loracraft.sampling.lora_columns import (
     BaseModelSettings,
@@ -76,7 +76,7 @@ def make_parser() -> argparse.ArgumentParser:
         "--weights",
         type=weight_list,
         default=DEFAULT_WEIGHTS,
-        help="LoRA weights, comma-separated (default: 0.7,1.0,1.3).",
+        help="LoRA weights, comma-separated or as A1111's X/Y plot ranges: 0.7-1.5 [5] (default: 0.7,1.0,1.3).",
     )
     parser.add_argument(
         "--epochs",
@@ -87,7 +87,10 @@ def make_parser() -> argparse.ArgumentParser:
         "--prompts", help="A --sample_prompts file (.txt, .toml, .json); default: the run's sample_prompts."
     )
     parser.add_argument(
-        "--seeds", type=seed_list, help="Seeds, comma-separated: a row per prompt and seed; default: --d."
+        "--seeds",
+        type=seed_list,
+        help="Seeds, comma-separated (-1: random; A1111 ranges: -1--1 [8]): a row per prompt and seed; "
+        "default: --d.",
     )
     parser.add_argument(
         "--sampler", choices=SAMPLERS, help="Sampler of prompts without --ss; default: the run's."
@@ -102,16 +105,13 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def weight_list(text: str) -> tuple[float, ...]:
-    """`0.4,0.7,1.0` -> (0.4, 0.7, 1.0): finite numbers, at least one."""
+    """`0.4,0.7,1.0` or A1111's `0.7-1.5 [5]` -> the weights (sampling/axis_values.py)."""
     try:
-        weights = tuple(float(part) for part in text.split(","))
+        return tuple(round(weight, 10) for weight in axis_numbers(text))
     except ValueError:
-        weights = ()
-    if not weights or not all(math.isfinite(weight) for weight in weights):
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not a list of numbers; write e.g. --weights 0.4,0.7,1.0"
-        )
-    return weights
+            f"{text!r} is not a list of numbers; write e.g. --weights 0.4,0.7,1.0 or 0.7-1.5 [5]"
+        ) from None
 
 
 def epoch_list(text: str) -> tuple[int | str, ...] | None:
@@ -127,12 +127,14 @@ def epoch_list(text: str) -> tuple[int | str, ...] | None:
 
 
 def seed_list(text: str) -> tuple[int, ...]:
-    parts = [part.strip() for part in text.split(",")]
-    if not all(part.isdigit() and int(part) < 2**32 for part in parts):
+    """`1,2`, a range (`1-4`) or -1 for a random seed (`-1--1 [8]`: eight), as A1111's seed axis."""
+    try:
+        return tuple(axis_seeds(text))
+    except ValueError:
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not a list of seeds (whole numbers from 0 to 4294967295); write e.g. --seeds 1,2"
-        )
-    return tuple(int(part) for part in parts)
+            f"{text!r} is not a list of seeds (whole numbers from 0 to 4294967295, -1 for a random one); "
+            "write e.g. --seeds 1,2 or -1--1 [8]"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -334,25 +336,13 @@ def _file_of(saved: list[SavedLoRA], wanted: int | str, name: str) -> SavedLoRA:
 
 
 def _saved_lora(path: Path, match: re.Match[str]) -> SavedLoRA:
-    metadata = _metadata(path)
+    metadata = read_lora_metadata(path)
     recorded_epoch, recorded_step = _whole(metadata.get("ss_epoch")), _whole(metadata.get("ss_steps"))
     if match["epoch"]:
         return SavedLoRA(path, "epoch", int(match["epoch"]), recorded_step)
     if match["step"]:
         return SavedLoRA(path, "step", recorded_epoch, int(match["step"]))
     return SavedLoRA(path, "final", recorded_epoch, recorded_step)
-
-
-def _metadata(path: Path) -> dict[str, str]:
-    """A .safetensors file's metadata from its header alone; {} for other files and unreadable ones
-    (LoRAFile.read names what is wrong with those)."""
-    if path.suffix.lower() != ".safetensors":
-        return {}
-    try:
-        with safe_open(str(path), framework="pt") as file:
-            return dict(file.metadata() or {})
-    except (SafetensorError, OSError):
-        return {}
 
 
 def _whole(value: str | None) -> int | None:

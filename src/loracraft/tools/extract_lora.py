@@ -15,7 +15,8 @@ trained LoRA does, and as --network_weights.
 Where we differ from kohya, on purpose: the family comes from the files (SD1, SD2 or SDXL, single files or
 diffusers folders), so --v2/--sdxl are only checked against it; --dynamic_method/--dynamic_param choose each
 module's rank as in `loracraft resize`; the retained Frobenius norm is reported per module (--verbose) and
-in a summary, measured after the clamp.
+in a summary, measured after the clamp; --clamp_quantile 1 clips nothing (kohya's signed quantile still
+clips negative entries beyond the largest positive one there).
 """
 
 from __future__ import annotations
@@ -36,12 +37,19 @@ from loracraft.models.family import FAMILY_NAMES
 from loracraft.models.loading import load_model_bundle
 from loracraft.networks.kohya_names import text_encoder_prefixes
 from loracraft.networks.lora_file import save_lora_file
-from loracraft.networks.low_rank import DYNAMIC_METHODS, Factored, factorize
+from loracraft.networks.low_rank import DYNAMIC_METHODS, Factored, factorize, retention_summary
 from loracraft.networks.metadata import base_model_version, lora_modelspec
 from loracraft.networks.target_selection import TargetChoice, text_encoder_targets_for, unet_targets_for
 from loracraft.networks.targets import LoRATarget, is_conv_3x3
-from loracraft.tools.resize_lora import check_dynamic, check_lora_output, retention_summary
-from loracraft.tools.tool_parser import PRECISIONS, ToolParser, add_overwrite_flag, compute_device
+from loracraft.tools.tool_parser import (
+    PRECISIONS,
+    ToolParser,
+    add_overwrite_flag,
+    add_tokenizer_flags,
+    check_dynamic,
+    check_lora_output,
+    compute_device,
+)
 
 _LOADING_FLAG = "--pretrained_model_name_or_path"  # what load_model_bundle's messages name
 
@@ -97,10 +105,12 @@ class ExtractedLoRA:
     text_encoders_kept: bool
 
 
-def load_models(model_org: str, model_tuned: str) -> tuple[ModelBundle, ModelBundle]:
+def load_models(
+    model_org: str, model_tuned: str, tokenizers: tuple[str | None, str | None] = (None, None)
+) -> tuple[ModelBundle, ModelBundle]:
     """Both models, refused in one line when either is missing or not an SD model, or their families
-    differ."""
-    org, tuned = _load("--model_org", model_org), _load("--model_tuned", model_tuned)
+    differ; `tokenizers` (--tokenizer_path, --tokenizer_2_path) serve both single files."""
+    org, tuned = _load("--model_org", model_org, tokenizers), _load("--model_tuned", model_tuned, tokenizers)
     if org.family != tuned.family:
         raise UserError(
             f"--model_tuned {model_tuned} is an {FAMILY_NAMES[tuned.family]} model but --model_org {model_org} is "
@@ -109,11 +119,11 @@ def load_models(model_org: str, model_tuned: str) -> tuple[ModelBundle, ModelBun
     return org, tuned
 
 
-def _load(flag: str, path: str) -> ModelBundle:
+def _load(flag: str, path: str, tokenizers: tuple[str | None, str | None]) -> ModelBundle:
     if not Path(path).exists():
         raise UserError(f"{flag} {path}: no such file or folder")
     try:
-        return load_model_bundle(path)
+        return load_model_bundle(path, tokenizer_path=tokenizers[0], tokenizer_2_path=tokenizers[1])
     except UserError as error:
         message = str(error).replace(_LOADING_FLAG, flag)
         raise UserError(message if message.startswith(flag) else f"{flag} {message}") from None
@@ -304,7 +314,10 @@ def make_parser() -> argparse.ArgumentParser:
         help="Record the LoRA as v-prediction (default: what the base model says; SD2: yes, as kohya).",
     )
     parser.add_argument(
-        "--clamp_quantile", type=float, default=0.99, help="Clip both factors at this quantile [0.99]."
+        "--clamp_quantile",
+        type=float,
+        default=0.99,
+        help="Clip both factors at this quantile of their entries; 1: no clip [0.99].",
     )
     parser.add_argument(
         "--min_diff",
@@ -327,6 +340,7 @@ def make_parser() -> argparse.ArgumentParser:
         "--dynamic_param", type=float, help="The target of --dynamic_method (e.g. sv_fro 0.9)."
     )
     parser.add_argument("--verbose", action="store_true", help="One line per module: rank and retained norm.")
+    add_tokenizer_flags(parser)
     for flag in ("--load_original_model_to", "--load_tuned_model_to"):
         parser.add_argument(flag, help="Accepted from kohya_ss command lines; models load on the CPU.")
     add_overwrite_flag(parser)
@@ -338,7 +352,7 @@ def main(argv: list[str], echo: Callable[[str], None] = print) -> int:
     settings = ExtractSettings(
         args.dim,
         args.conv_dim,
-        args.clamp_quantile,
+        None if args.clamp_quantile == 1 else args.clamp_quantile,
         args.min_diff,
         args.dynamic_method,
         args.dynamic_param,
@@ -348,7 +362,7 @@ def main(argv: list[str], echo: Callable[[str], None] = print) -> int:
     save_to = check_lora_output(
         args.save_to, args.overwrite, {"--model_org": args.model_org, "--model_tuned": args.model_tuned}
     )
-    org, tuned = load_models(args.model_org, args.model_tuned)
+    org, tuned = load_models(args.model_org, args.model_tuned, (args.tokenizer_path, args.tokenizer_2_path))
     check_family_flags(org.family, args.v2, args.sdxl, args.model_org)
     result = extract_lora(org, tuned, settings, echo)
     v_parameterization = recorded_prediction(args.v_parameterization, org)

@@ -28,7 +28,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import safetensors
 import torch
 
 from loracraft.atomic import write_atomic
@@ -45,18 +44,20 @@ from loracraft.models.prediction import prediction_of_file
 from loracraft.networks.checkpoint_merge import CheckpointWeights, LoRAInput, ModuleWeights, merge_into
 from loracraft.networks.kohya_names import unet_namer
 from loracraft.networks.lora_family import SD, file_family
-from loracraft.networks.lora_file import save_lora_file
+from loracraft.networks.lora_file import read_lora_metadata, save_lora_file
 from loracraft.networks.lora_input import read_modules
 from loracraft.networks.lora_sum import RankChoice, SummedLoRA, concat_loras, largest_ranks, sum_loras
-from loracraft.networks.low_rank import DYNAMIC_METHODS
+from loracraft.networks.low_rank import DYNAMIC_METHODS, retention_summary
 from loracraft.networks.merge_into_base import base_modules
 from loracraft.networks.metadata import base_model_version, checkpoint_modelspec, lora_modelspec
 from loracraft.networks.target_selection import is_norm
-from loracraft.tools.resize_lora import check_dynamic, check_lora_output, retention_summary
 from loracraft.tools.tool_parser import (
     PRECISIONS,
     ToolParser,
     add_overwrite_flag,
+    add_tokenizer_flags,
+    check_dynamic,
+    check_lora_output,
     check_new_output,
     compute_device,
 )
@@ -134,6 +135,7 @@ def make_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--device", help="Where to compute: cpu (default) or cuda.")
     parser.add_argument("--verbose", action="store_true", help="One line per merged LoRA module.")
+    add_tokenizer_flags(parser)
     add_overwrite_flag(parser)
     return parser
 
@@ -180,16 +182,9 @@ def _ratios(models: Sequence[str], ratios: Sequence[float] | None) -> list[float
 def read_inputs(paths: Sequence[str], ratios: Sequence[float]) -> list[LoRAInput]:
     """Every --models file, read (one line for a file that is no LoRA, truncated or a checkpoint)."""
     return [
-        LoRAInput(path, ratio, read_modules(path, "models"), _metadata(path))
+        LoRAInput(path, ratio, read_modules(path, "models"), read_lora_metadata(path))
         for path, ratio in zip(paths, ratios, strict=True)
     ]
-
-
-def _metadata(path: str) -> dict[str, str]:
-    if Path(path).suffix.lower() != ".safetensors":
-        return {}
-    with safetensors.safe_open(path, framework="pt") as file:
-        return dict(file.metadata() or {})
 
 
 def _title(path: str, metadata: Mapping[str, str]) -> str:
@@ -231,11 +226,20 @@ class CheckpointOptions:
     v2: bool
     metadata: bool
     """kohya's modelspec keys (not with --no_metadata)."""
+    tokenizers: tuple[str | None, str | None] = (None, None)
+    """--tokenizer_path, --tokenizer_2_path: a single file saved as a diffusers folder needs them."""
 
 
 def _options(args: argparse.Namespace, device: torch.device) -> CheckpointOptions:
     save_dtype = PRECISIONS[args.save_precision] if args.save_precision else None
-    return CheckpointOptions(PRECISIONS[args.precision], save_dtype, device, args.v2, not args.no_metadata)
+    return CheckpointOptions(
+        PRECISIONS[args.precision],
+        save_dtype,
+        device,
+        args.v2,
+        not args.no_metadata,
+        (args.tokenizer_path, args.tokenizer_2_path),
+    )
 
 
 def merge_checkpoint(
@@ -287,7 +291,9 @@ def _merge_folder_to_file(
     options: CheckpointOptions,
     echo: Callable[[str], None],
 ) -> None:
-    bundle = load_model_bundle(base)
+    bundle = load_model_bundle(
+        base, tokenizer_path=options.tokenizers[0], tokenizer_2_path=options.tokenizers[1]
+    )
     _check_v2(options.v2, bundle.family)
     tensors = to_ldm_checkpoint(
         bundle.unet, bundle.vae, bundle.text_encoder, bundle.text_encoder_2, bundle.family
@@ -312,7 +318,9 @@ def _merge_to_folder(
     options: CheckpointOptions,
     echo: Callable[[str], None],
 ) -> None:
-    bundle = load_model_bundle(base)
+    bundle = load_model_bundle(
+        base, tokenizer_path=options.tokenizers[0], tokenizer_2_path=options.tokenizers[1]
+    )
     _check_v2(options.v2, bundle.family)
     for model in (bundle.unet, *bundle.text_encoders):
         model.to(device=options.device, dtype=options.dtype)
@@ -356,7 +364,7 @@ def _checkpoint_spec(
     spec = checkpoint_modelspec(family, bool(v), save_to.stem, now())
     if v is None and family == "sd2":
         del spec["modelspec.prediction_type"]
-    base_metadata = _metadata(str(base)) if base.is_file() else {}
+    base_metadata = read_lora_metadata(base) if base.is_file() else {}
     titles = [_title(str(base), base_metadata)] + [_title(lora.path, lora.metadata) for lora in inputs]
     return spec | {"modelspec.merged_from": ", ".join(titles)}
 

@@ -26,18 +26,16 @@ Tucker/DoRA/scalar LoRA modules are refused in one line: their deltas are not on
 from __future__ import annotations
 
 import argparse
-import statistics
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import safetensors
 import torch
 from torch import Tensor
 
 from loracraft.errors import UserError
-from loracraft.networks.lora_file import save_lora_file
+from loracraft.networks.lora_file import read_lora_metadata, save_lora_file
 from loracraft.networks.lora_input import (
     PLAIN_PARTS,
     TYPE_NAMES,
@@ -47,22 +45,21 @@ from loracraft.networks.lora_input import (
     module_type,
     read_modules,
 )
-from loracraft.networks.low_rank import DYNAMIC_METHODS, Factored, factorize_product
+from loracraft.networks.low_rank import (
+    DYNAMIC_METHODS,
+    Factored,
+    factorize_product,
+    is_conv_3x3,
+    retention_summary,
+)
 from loracraft.tools.tool_parser import (
     PRECISIONS,
     ToolParser,
     add_overwrite_flag,
-    check_new_output,
+    check_dynamic,
+    check_lora_output,
     compute_device,
 )
-
-LORA_SUFFIXES = (".safetensors", ".ckpt", ".pt")
-# The first part of a model checkpoint's keys (LDM single file, diffusers component files, VAE): a file
-# that has them was given where a LoRA belongs.
-_MODEL_ROOTS = {
-    "model", "cond_stage_model", "conditioner", "first_stage_model", "down_blocks", "mid_block",
-    "up_blocks", "conv_in", "text_model", "encoder", "decoder",
-}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -89,29 +86,6 @@ class ResizeSettings:
     def target_rank(self, down: Tensor) -> int:
         """The rank a module may keep: --new_conv_rank for a convolution larger than 1x1."""
         return self.conv_rank if is_conv_3x3(down) else self.new_rank
-
-
-def check_dynamic(method: str | None, param: float | None) -> None:
-    """kohya's rule (a method needs its parameter) and the range in which each parameter means something
-    (the kohya_ss GUI's checks)."""
-    if method is None:
-        return
-    if param is None:
-        raise UserError(f"--dynamic_method {method} needs --dynamic_param (e.g. 0.9 for sv_fro)")
-    if method == "sv_ratio" and param < 1:
-        raise UserError(
-            f"--dynamic_param {param:g}: for sv_ratio it is the largest kept singular value over the "
-            "smallest, at least 1 (e.g. 4)"
-        )
-    if method != "sv_ratio" and not 0 < param <= 1:
-        raise UserError(
-            f"--dynamic_param {param:g}: for {method} it is the share of the module to keep, above 0 and at "
-            "most 1 (e.g. 0.9)"
-        )
-
-
-def is_conv_3x3(down: Tensor) -> bool:
-    return down.dim() == 4 and tuple(down.shape[2:]) != (1, 1)
 
 
 @dataclass(frozen=True)
@@ -146,18 +120,12 @@ def read_lora_for_resize(path: str | Path) -> LoRAModules:
     """The file's modules, refused in one line unless every one is a plain LoRA/LoCon module."""
     modules = read_modules(str(path), "model")
     for name in sorted(modules):
-        check_resizable(path, name, modules[name], modules)
+        check_resizable(path, name, modules[name])
     return modules
 
 
-def check_resizable(path: str | Path, name: str, parts: Mapping[str, Tensor], modules: LoRAModules) -> None:
+def check_resizable(path: str | Path, name: str, parts: Mapping[str, Tensor]) -> None:
     algo = module_type(name, dict(parts))
-    if algo is None and _MODEL_ROOTS & set(modules):
-        key = f"{name}.{next(iter(parts))}"
-        raise UserError(
-            f"--model {path} is a model checkpoint (its tensors are named like {key}), not a LoRA; give the "
-            "LoRA file to resize (loracraft extract makes a LoRA from a fine-tuned model)"
-        )
     if algo is None:
         raise UserError(
             f"--model {path} is not a LoRA: {name} has parts of no LoRA type ({', '.join(sorted(parts))}); "
@@ -246,21 +214,13 @@ def _one_value(values: Iterable[str]) -> str:
     return distinct.pop() if len(distinct) == 1 else "Dynamic"
 
 
-def file_metadata(path: str | Path) -> dict[str, str]:
-    """A .safetensors file's metadata (its header only); other formats have none."""
-    if Path(path).suffix.lower() != ".safetensors":
-        return {}
-    with safetensors.safe_open(str(path), framework="pt") as f:
-        return dict(f.metadata() or {})
-
-
 def resize_lora(path: str | Path, settings: ResizeSettings) -> ResizedLoRA:
     """Read `path`, check it and resize every module; nothing is written."""
     modules = read_lora_for_resize(path)
     if settings.dynamic_method is None:
         check_something_to_reduce(path, modules, settings)
     tensors, results = resize_modules(modules, settings)
-    return ResizedLoRA(tensors, resized_metadata(file_metadata(path), settings, results), results)
+    return ResizedLoRA(tensors, resized_metadata(read_lora_metadata(path), settings, results), results)
 
 
 def check_something_to_reduce(path: str | Path, modules: LoRAModules, settings: ResizeSettings) -> None:
@@ -289,18 +249,6 @@ def report(result: ResizedLoRA, verbose: bool) -> list[str]:
         retention_summary([(module.name, module.factored) for module in reduced], "the reduced modules")
     )
     return lines
-
-
-def retention_summary(items: Sequence[tuple[str, Factored]], which: str) -> list[str]:
-    """The mean, spread and lowest of the modules' retained Frobenius norms (kohya's closing line)."""
-    if not items:
-        return []
-    kept = [factored.fro_retained for _, factored in items]
-    name, lowest = min(items, key=lambda item: item[1].fro_retained)
-    return [
-        f"Frobenius norm retained by {which}: mean {statistics.fmean(kept):.2%}, std "
-        f"{statistics.pstdev(kept):.3f}, lowest {lowest.fro_retained:.2%} ({name})"
-    ]
 
 
 def _module_line(module: ModuleResize) -> str:
@@ -350,17 +298,6 @@ def make_parser() -> argparse.ArgumentParser:
     )
     add_overwrite_flag(parser)
     return parser
-
-
-def check_lora_output(save_to: str, overwrite: bool, inputs: Mapping[str, str]) -> Path:
-    """--save_to: a LoRA suffix, a free path (or --overwrite), and never one of the inputs."""
-    path = check_new_output(save_to, overwrite)
-    if path.suffix.lower() not in LORA_SUFFIXES:
-        raise UserError(f"--save_to {path}: use a .safetensors, .ckpt or .pt file name")
-    for flag, given in inputs.items():
-        if Path(given).exists() and path.exists() and path.samefile(given):
-            raise UserError(f"--save_to {path} is the {flag} file; write the result to a new file")
-    return path
 
 
 def main(argv: list[str], echo: Callable[[str], None] = print) -> int:

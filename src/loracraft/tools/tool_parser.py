@@ -8,6 +8,7 @@ same names here, so a guide's command line works with `loracraft` in front.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 from pathlib import Path
 from typing import NoReturn
 
@@ -29,6 +30,15 @@ def add_overwrite_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--overwrite", action="store_true", help="Replace an existing output (refused otherwise)."
     )
+
+
+def add_tokenizer_flags(parser: argparse.ArgumentParser) -> None:
+    """Where a single-file model's tokenizers are when none lie beside it and the hub is out of reach
+    (the model loader's message names these flags)."""
+    parser.add_argument(
+        "--tokenizer_path", help="The CLIP tokenizer folder, when the model has none beside it."
+    )
+    parser.add_argument("--tokenizer_2_path", help="SDXL's second tokenizer folder.")
 
 
 def check_new_output(path: str | Path, overwrite: bool, flag: str = "--save_to") -> Path:
@@ -58,3 +68,36 @@ def compute_device(name: str | None, flag: str = "--device") -> torch.device:
             f"{flag} {name}: this machine has no such CUDA device; leave {flag} out to use the CPU"
         )
     return device
+
+
+LORA_SUFFIXES = (".safetensors", ".ckpt", ".pt")
+
+
+def check_lora_output(save_to: str, overwrite: bool, inputs: Mapping[str, str]) -> Path:
+    """--save_to: a LoRA suffix, a free path (or --overwrite), and never one of the inputs."""
+    path = check_new_output(save_to, overwrite)
+    if path.suffix.lower() not in LORA_SUFFIXES:
+        raise UserError(f"--save_to {path}: use a .safetensors, .ckpt or .pt file name")
+    for flag, given in inputs.items():
+        if Path(given).exists() and path.exists() and path.samefile(given):
+            raise UserError(f"--save_to {path} is the {flag} file; write the result to a new file")
+    return path
+
+
+def check_dynamic(method: str | None, param: float | None) -> None:
+    """kohya's rule (a method needs its parameter) and the range in which each parameter means something
+    (the kohya_ss GUI's checks)."""
+    if method is None:
+        return
+    if param is None:
+        raise UserError(f"--dynamic_method {method} needs --dynamic_param (e.g. 0.9 for sv_fro)")
+    if method == "sv_ratio" and param < 1:
+        raise UserError(
+            f"--dynamic_param {param:g}: for sv_ratio it is the largest kept singular value over the "
+            "smallest, at least 1 (e.g. 4)"
+        )
+    if method != "sv_ratio" and not 0 < param <= 1:
+        raise UserError(
+            f"--dynamic_param {param:g}: for {method} it is the share of the module to keep, above 0 and at "
+            "most 1 (e.g. 0.9)"
+        )
