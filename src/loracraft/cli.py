@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from loracraft import __version__
 from loracraft.errors import UserError
 from loracraft.library_notices import filter_library_notices
+from loracraft.tools import TOOLS
 from loracraft.training.interrupt import RunStopped
 
 if TYPE_CHECKING:
@@ -29,7 +30,7 @@ commands:
   extract a LoRA from a fine-tuned checkpoint and its base (kohya's extract_lora_from_models.py flags)
   gui     the web UI: the training form, dataset tools and the job queue (loracraft gui --help)
   config  import a kohya_ss GUI JSON, kohya TOML or command line as loracraft TOML | presets (loracraft config)
-  queue   add | list | stop | resume | cancel | delete | move | run: the job queue (loracraft queue --help)
+  queue   add | add-tool | list | stop | resume | cancel | delete | move | run: the job queue (loracraft queue --help)
 
 loracraft {version}
 """
@@ -80,18 +81,17 @@ def run_plan(argv: list[str]) -> int:
 
 def run_dataset(argv: list[str]) -> int:
     from loracraft.config.suggest import did_you_mean
-    from loracraft.tools import dataset_check, dataset_prepare
 
-    actions = {"prepare": dataset_prepare.main, "check": dataset_check.main}
+    actions = {words.split()[1]: module for words, module in TOOLS.items() if words.startswith("dataset ")}
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: loracraft dataset prepare|check [flags]  (loracraft dataset prepare --help)")
         return 0 if argv else 2
-    action = actions.get(argv[0])
-    if action is None:
+    module = actions.get(argv[0])
+    if module is None:
         raise UserError(
             f"unknown dataset action {argv[0]!r}{did_you_mean(argv[0], actions)}; use prepare or check"
         )
-    return action(argv[1:])
+    return tool_command(module)(argv[1:])
 
 
 def tool_command(module: str) -> Callable[[list[str]], int]:
@@ -126,12 +126,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "plan": run_plan,
     "demo": tool_command("demo"),
     "dataset": run_dataset,
-    "sample": tool_command("sample"),
-    "grid": tool_command("epoch_grid"),
-    "inspect": tool_command("inspect_lora"),
-    "resize": tool_command("resize_lora"),
-    "merge": tool_command("merge_lora"),
-    "extract": tool_command("extract_lora"),
+    **{words: tool_command(module) for words, module in TOOLS.items() if " " not in words},
     "config": tool_command("config_import"),
     "queue": run_queue_command,
     "gui": run_gui,

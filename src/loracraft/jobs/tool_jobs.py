@@ -6,8 +6,8 @@ it ended (the tool's one-line `error:` is the failure reason). The argv is check
 added, with the tool's own parser, so a mistyped flag is refused at once in the tool's one line, not
 minutes later in the worker.
 
-TOOLS is the one list of the commands a job may run: the queue's CLI, the worker and the web UI's
-Utilities tab read it. A tool with actions (`dataset prepare`) is listed per action.
+The commands a job may run are loracraft.tools.TOOLS, the table the `loracraft` command dispatches
+through too.
 """
 
 from __future__ import annotations
@@ -20,18 +20,8 @@ from types import ModuleType
 
 from loracraft.config.suggest import did_you_mean
 from loracraft.errors import UserError
+from loracraft.tools import TOOLS
 
-# Command words -> the module in loracraft.tools whose make_parser() and main() the command runs.
-TOOLS = {
-    "inspect": "inspect_lora",
-    "resize": "resize_lora",
-    "merge": "merge_lora",
-    "extract": "extract_lora",
-    "grid": "epoch_grid",
-    "sample": "sample",
-    "dataset prepare": "dataset_prepare",
-    "dataset check": "dataset_check",
-}
 TOOL_COMMANDS = tuple(dict.fromkeys(words.split()[0] for words in TOOLS))
 # The parsed flags that name what a tool writes, in the order they are looked for.
 OUTPUT_FLAGS = ("save_to", "output", "output_dir")
