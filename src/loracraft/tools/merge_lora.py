@@ -32,6 +32,7 @@ import torch
 
 from loracraft.atomic import write_atomic
 from loracraft.errors import UserError
+from loracraft.models.bundle import ModelBundle
 from loracraft.models.checkpoint_file import read_checkpoint, write_checkpoint
 from loracraft.models.config_inference import infer_config
 from loracraft.models.config_metadata import config_metadata
@@ -284,6 +285,15 @@ def _merge_file_to_file(
     echo(f"{len(weights.working)} tensors of {len(checkpoint.tensors)} changed")
 
 
+def _loaded_base(base: Path, options: CheckpointOptions) -> ModelBundle:
+    """The base model loaded whole (a diffusers folder in, or a folder out), --v2 checked against it."""
+    bundle = load_model_bundle(
+        base, tokenizer_path=options.tokenizers[0], tokenizer_2_path=options.tokenizers[1]
+    )
+    _check_v2(options.v2, bundle.family)
+    return bundle
+
+
 def _merge_folder_to_file(
     base: Path,
     inputs: Sequence[LoRAInput],
@@ -291,10 +301,7 @@ def _merge_folder_to_file(
     options: CheckpointOptions,
     echo: Callable[[str], None],
 ) -> None:
-    bundle = load_model_bundle(
-        base, tokenizer_path=options.tokenizers[0], tokenizer_2_path=options.tokenizers[1]
-    )
-    _check_v2(options.v2, bundle.family)
+    bundle = _loaded_base(base, options)
     tensors = to_ldm_checkpoint(
         bundle.unet, bundle.vae, bundle.text_encoder, bundle.text_encoder_2, bundle.family
     )
@@ -318,10 +325,7 @@ def _merge_to_folder(
     options: CheckpointOptions,
     echo: Callable[[str], None],
 ) -> None:
-    bundle = load_model_bundle(
-        base, tokenizer_path=options.tokenizers[0], tokenizer_2_path=options.tokenizers[1]
-    )
-    _check_v2(options.v2, bundle.family)
+    bundle = _loaded_base(base, options)
     for model in (bundle.unet, *bundle.text_encoders):
         model.to(device=options.device, dtype=options.dtype)
     merge_into(ModuleWeights(_model_layers(bundle), bundle.family), inputs, echo)
