@@ -30,7 +30,6 @@ from lycoris_files import VARIANTS, state_dict_of
 from run_helpers import train_argv
 
 CELL = 64
-HEADER = 24  # sampling/grid.py's HEADER_HEIGHT
 PROMPT = "a red circle --w 64 --h 64 --s 2 --d 3"
 
 
@@ -59,8 +58,13 @@ def grid(*argv: str) -> int:
     return main(["grid", *map(str, argv)])
 
 
-def cell(image: Image.Image, label_width: int, row: int, column: int) -> np.ndarray:
-    top, left = HEADER + row * CELL, label_width + column * CELL
+def header_height(image: Image.Image, rows: int) -> int:
+    """The grid's header: the image's height less its rows of cells (labels may wrap onto more lines)."""
+    return image.height - rows * CELL
+
+
+def cell(image: Image.Image, label_width: int, row: int, column: int, rows: int = 2) -> np.ndarray:
+    top, left = header_height(image, rows) + row * CELL, label_width + column * CELL
     return np.asarray(image)[top : top + CELL, left : left + CELL]
 
 
@@ -107,7 +111,8 @@ def test_cells_are_sample_s_images_and_the_axes_are_recorded(
     }
     image = Image.open(save_to)
     label_width = image.width - 5 * CELL
-    assert image.height == HEADER + 2 * CELL and 0 < label_width <= 328
+    # "epoch 3 (final) · 0.5" wraps in a 64-pixel cell: the header holds three lines of labels
+    assert header_height(image, 2) > 24 and 0 < label_width <= 328
     axes = json.loads(image.text["loracraft"])
     assert [column["label"] for column in axes["columns"]] == passed["columns"]
     assert [(column["lora"], column["epoch"], column["step"], column["weight"]) for column in axes["columns"]] == [
@@ -147,11 +152,11 @@ def test_cells_are_sample_s_images_and_the_axes_are_recorded(
 
 
 def test_defaults_the_run_s_prompts_and_seed_and_an_existing_grid_needs_overwrite(run, tmp_path, capsys):
-    """A row per sample prompt at its --d; the default output NAME-grid.png is refused once it exists."""
+    """A row per sample prompt at its --d; the default output NAME-epochs.png is refused once it exists."""
     folder = tmp_path / "run"
     shutil.copytree(run, folder)
     assert grid(folder, "--epochs", "2", "--weights", "1") == 0
-    written = folder / "toy-grid.png"
+    written = folder / "toy-epochs.png"
     first = written.read_bytes()
     rows = json.loads(Image.open(written).text["loracraft"])["rows"]
     assert [(row["label"], row["seed"]) for row in rows] == [("seed 3: a red circle", 3)]
@@ -337,7 +342,7 @@ def test_a_lycoris_run_s_epochs_draw_as_a1111_applies_them(run, tiny_sd1_bundle,
     state = randomised(state_dict_of("sd1", "loha")[0], seed=7, scale=0.5)
     save_file(state, str(folder / "toy-000002.safetensors"))
     assert grid(folder, "--epochs", "2", "--weights", "0.8", "--base", "--seeds", "4") == 0
-    image = Image.open(folder / "toy-grid.png")
+    image = Image.open(folder / "toy-epochs.png")
     label_width = image.width - 2 * CELL
 
     patched = copy.deepcopy(tiny_sd1_bundle)
@@ -355,6 +360,6 @@ def test_a_lycoris_run_s_epochs_draw_as_a1111_applies_them(run, tiny_sd1_bundle,
             models, prompt, default_sampler="euler_a", device=torch.device("cpu"), autocast=nullcontext
         ).image
     )
-    drawn = cell(image, label_width, 0, 1).astype(int)
+    drawn = cell(image, label_width, 0, 1, rows=1).astype(int)
     assert np.abs(drawn - expected).max() <= 2
-    assert np.abs(drawn - cell(image, label_width, 0, 0)).mean() > 5
+    assert np.abs(drawn - cell(image, label_width, 0, 0, rows=1)).mean() > 5

@@ -96,7 +96,7 @@ def make_parser() -> argparse.ArgumentParser:
         "--sampler", choices=SAMPLERS, help="Sampler of prompts without --ss; default: the run's."
     )
     parser.add_argument("--base", action="store_true", help="Add the base model alone (weight 0) first.")
-    parser.add_argument("--save_to", help="The grid PNG; default: OUTPUT_DIR/NAME-grid.png.")
+    parser.add_argument("--save_to", help="The grid PNG; default: OUTPUT_DIR/NAME-epochs.png.")
     add_overwrite_flag(parser)
     add_base_model_flags(
         parser, model_help="The base model; default: the run's (from NAME.toml).", required=False
@@ -232,7 +232,7 @@ def render_epoch_grid(request: GridRequest, echo: Callable[[str], None] = print)
     name, saved = run_files(request.output_dir, request.output_name)
     chosen = chosen_files(saved, request.epochs, name)
     save_to = check_new_output(
-        request.save_to or request.output_dir / f"{name}-grid.png", request.overwrite, "--save_to"
+        request.save_to or request.output_dir / f"{name}-epochs.png", request.overwrite, "--save_to"
     )
     config = run_config(request.output_dir, name)
     prompt_file = _prompt_file(request, config, name)
