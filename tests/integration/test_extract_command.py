@@ -18,7 +18,7 @@ import torch
 from diffusers_checks import fuse_and_check, pipeline_of
 from loracraft.errors import UserError
 from loracraft.models.checkpoint_file import write_checkpoint
-from loracraft.models.config_metadata import config_metadata
+from loracraft.models.config_metadata import models_config_metadata
 from loracraft.models.ldm_convert import to_ldm_checkpoint
 from loracraft.models.loading import load_model_bundle
 from loracraft.networks.lora_file import read_lora_file
@@ -49,10 +49,7 @@ def low_rank_delta(weight: torch.Tensor, generator: torch.Generator) -> torch.Te
 def save_single_file(bundle, path: Path, tokenizer_dirs: list[Path]) -> None:
     """The bundle as a single file in its family's layout, its tokenizers beside it."""
     checkpoint = to_ldm_checkpoint(bundle.unet, bundle.vae, *bundle.text_encoders, family=bundle.family)
-    configs = {"unet": dict(bundle.unet.config), "vae": dict(bundle.vae.config)}
-    for name, model in zip(("text_encoder", "text_encoder_2"), bundle.text_encoders, strict=False):
-        configs[name] = model.config.to_dict()
-    write_checkpoint(path, checkpoint, config_metadata(configs))
+    write_checkpoint(path, checkpoint, models_config_metadata(bundle.unet, bundle.vae, bundle.text_encoders))
     for folder, suffix in zip(tokenizer_dirs, ("tokenizer", "tokenizer_2"), strict=False):
         shutil.copytree(folder, path.with_name(f"{path.stem}-{suffix}"))
 

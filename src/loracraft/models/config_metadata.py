@@ -7,7 +7,7 @@ weight shapes. A real SD1.5, SD2 or SDXL file needs none of them (its values are
 """
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 # metadata key -> (component, config field)
@@ -33,6 +33,16 @@ def config_metadata(configs: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
         for key, (component, field) in METADATA_FIELDS.items()
         if field in configs.get(component, {})
     }
+
+
+def models_config_metadata(unet: Any, vae: Any, text_encoders: Sequence[Any]) -> dict[str, str]:
+    """config_metadata of a model's own modules (text encoders in kohya's TE1, TE2 order)."""
+    configs = {"unet": dict(unet.config), "vae": dict(vae.config)}
+    configs |= {
+        name: model.config.to_dict()
+        for name, model in zip(("text_encoder", "text_encoder_2"), text_encoders, strict=False)
+    }
+    return config_metadata(configs)
 
 
 def overrides_from_metadata(metadata: Mapping[str, str], component: str) -> dict[str, Any]:

@@ -35,7 +35,7 @@ from loracraft.errors import UserError
 from loracraft.models.bundle import ModelBundle
 from loracraft.models.checkpoint_file import read_checkpoint, write_checkpoint
 from loracraft.models.config_inference import infer_config
-from loracraft.models.config_metadata import config_metadata
+from loracraft.models.config_metadata import models_config_metadata
 from loracraft.models.diffusers_save import save_bundle_folder
 from loracraft.models.family import FAMILY_NAMES, detect_family
 from loracraft.models.ldm_convert import UNET_PREFIX, to_ldm_checkpoint
@@ -307,15 +307,14 @@ def _merge_folder_to_file(
     )
     weights = _checkpoint_weights(tensors, bundle.unet.config, bundle.family, options)
     merge_into(weights, inputs, echo)
-    configs = {"unet": dict(bundle.unet.config), "vae": dict(bundle.vae.config)}
-    configs |= {
-        name: model.config.to_dict()
-        for name, model in zip(("text_encoder", "text_encoder_2"), bundle.text_encoders, strict=False)
-    }
     spec = _checkpoint_spec(
         bundle.family, bundle.prediction.v_parameterization, base, inputs, save_to, options
     )
-    _write_checkpoint_file(save_to, weights.merged(options.save_dtype), config_metadata(configs) | spec)
+    _write_checkpoint_file(
+        save_to,
+        weights.merged(options.save_dtype),
+        models_config_metadata(bundle.unet, bundle.vae, bundle.text_encoders) | spec,
+    )
 
 
 def _merge_to_folder(
