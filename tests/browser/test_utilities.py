@@ -36,21 +36,37 @@ def lora_file(gui_folder):
 
 
 def open_tool(page, key: str) -> None:
+    """Open the tool's accordion and wait until its form is mounted: Gradio renders an accordion's
+    controls when it first opens, and a value typed before a control has taken its initial value is
+    wiped by it (CI saw inspect run with an empty FILE box)."""
     open_tab(page, "utilities-tab")
     page.locator(f"#utility-{key}").get_by_text(f"loracraft {key}", exact=True).click()
+    expect(page.locator(f"#utility-{key}-run")).to_be_visible()
+
+
+def fill(box, value) -> None:
+    """set_value, then check the box kept it (a control still mounting may reset it once)."""
+    for _ in range(3):
+        set_value(box, value)
+        page_value = box.input_value()
+        if page_value == str(value):
+            box.page.wait_for_timeout(200)
+            if box.input_value() == str(value):
+                return
+    expect(box).to_have_value(str(value))
 
 
 def test_inspect_shows_its_report_and_resize_runs_as_a_job_with_its_console(open_page, lora_file, gui_folder):
     page = open_page()
     open_tool(page, "inspect")
-    set_value(text_input(page, "utility-inspect-files"), str(lora_file))
+    fill(text_input(page, "utility-inspect-files"), str(lora_file))
     page.locator("#utility-inspect-run").click()
     report = page.locator("#utility-inspect-result textarea")
     expect(report).to_have_value(re.compile(r"rank and alpha: rank 4 on all 2 modules"))
 
     open_tool(page, "resize")
     resized = gui_folder / "toy-rank2.safetensors"
-    set_value(text_input(page, "utility-resize-model"), str(lora_file))
+    fill(text_input(page, "utility-resize-model"), str(lora_file))
     set_value(text_input(page, "utility-resize-save_to"), str(resized))
     set_value(page.locator("#utility-resize-new_rank input[type=number]"), 2)
     page.locator("#utility-resize-run").click()
