@@ -22,6 +22,8 @@ commands:
   plan    the run train's flags describe, without training: steps, files, memory, time, LR curve PNG
   demo    train a LoRA on the embedded tiny model and render a comparison grid
   dataset prepare (kohya folder tree from your images) | check (the dataset doctor)
+  caption tag or caption a folder of images (WD14, BLIP, BLIP-2, GIT, Florence-2, an OpenAI-compatible
+          endpoint) | caption edit DIR: bulk caption edits (loracraft caption --help)
   sample  draw a prompt file's images from saved LoRA files, several side by side (loracraft sample --help)
   grid    a training run's epochs x weights as one labelled image, to pick the epoch and weight to keep
   inspect what a LoRA file holds: type, family, ranks, training settings, tags, norms, zeros and NaNs, hashes

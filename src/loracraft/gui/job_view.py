@@ -44,7 +44,7 @@ class JobPage:
 def job_page(job: Job, progress: JobProgress) -> JobPage:
     return JobPage(
         headline=headline(job),
-        progress=progress_bar(progress) if job.tool_argv is None else tool_command_line(job),
+        progress=progress_bar(progress) if job.tool_argv is None else tool_command_line(job, progress),
         speed=speed_line(progress),
         loss=loss_table(progress),
         lr=lr_table(progress),
@@ -85,10 +85,18 @@ def progress_bar(progress: JobProgress) -> str:
     return bar + line
 
 
-def tool_command_line(job: Job) -> str:
-    """A tool job's place of the progress bar: the command it runs (a tool reports no steps)."""
+def tool_command_line(job: Job, progress: JobProgress | None = None) -> str:
+    """A tool job's place of the progress bar: the command it runs, under a bar of its work when the tool
+    counts it (captioning: images)."""
     command = html.escape(f"loracraft {shlex.join(job.tool_argv)}")
-    return f"<span class='job-progress-line'>{command}</span>"
+    line = f"<span class='job-progress-line'>{command}</span>"
+    if progress is None or progress.tool_done is None:
+        return line
+    done, total, unit = progress.tool_done
+    percent = f" ({100 * done / total:.0f}%)" if total else ""
+    count = html.escape(f"{done}/{total} {unit}{percent}")
+    bar = f"<progress value='{done}' max='{max(total, 1)}'></progress>"
+    return f"{bar}<span class='job-progress-line'>{count}</span> {line}"
 
 
 def speed_line(progress: JobProgress) -> str:

@@ -52,6 +52,8 @@ class JobProgress:
     """The run's TensorBoard folder (--logging_dir), when it logs there."""
     outcome: tuple[str, str] | None = None
     """(finished|stopped|failed, why) when the run wrote how it ended."""
+    tool_done: tuple[int, int, str] | None = None
+    """A tool job's count of its work (done, total, unit: "images"), when the tool reports one."""
 
 
 def read_events(path: Path) -> list[dict[str, Any]]:
@@ -112,6 +114,8 @@ class _Reader:
             for image in event["images"]:
                 sample = (event["step"], self._epoch_of(event["step"]), Path(image["path"]), image["caption"])
                 self.progress.samples.append(sample)
+        elif kind == "tool_progress":
+            self.progress.tool_done = (event["done"], event["total"], event["unit"])
         elif kind == "end":
             self.progress.outcome = (event["outcome"], event.get("detail", ""))
 

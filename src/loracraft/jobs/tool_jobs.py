@@ -54,12 +54,14 @@ def tool_command_of(argv: list[str] | tuple[str, ...]) -> str:
             f"use one of {', '.join(TOOL_COMMANDS)}"
         )
     actions = [words.split()[1] for words in TOOLS if words.startswith(f"{argv[0]} ")]
-    if not actions:
-        return argv[0]
     action = argv[1] if len(argv) > 1 else ""
-    if action not in actions:
+    if action in actions:
+        return f"{argv[0]} {action}"
+    if argv[0] in TOOLS:  # a command that also has actions (`caption DIR`, `caption edit DIR`)
+        return argv[0]
+    if actions:
         raise UserError(f"loracraft {argv[0]} needs an action first: {' or '.join(actions)}")
-    return f"{argv[0]} {action}"
+    return argv[0]
 
 
 def tool_parser(command: str) -> argparse.ArgumentParser:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from loracraft.errors import UserError
 from loracraft.jobs.progress import log_tail
 from loracraft.jobs.queue import Claim, Job, JobQueue
+from loracraft.jobs.tool_progress import PROGRESS_FILE_VARIABLE
 
 POLL_S = 1.0
 # The exit statuses of a run stopped by Ctrl-C or SIGTERM after saving a state (128 + the signal).
@@ -157,6 +158,8 @@ class Worker:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         if device is not None:
             env["CUDA_VISIBLE_DEVICES"] = device
+        if job.tool_argv is not None:
+            env[PROGRESS_FILE_VARIABLE] = str(job.progress_file)
         # Its own session (process group on Windows): a Ctrl-C in the worker's terminal, or the worker's
         # end, does not reach the run.
         if sys.platform == "win32":

@@ -14,4 +14,6 @@ TOOLS = {
     "sample": "sample",
     "dataset prepare": "dataset_prepare",
     "dataset check": "dataset_check",
+    "caption": "caption",
+    "caption edit": "caption_edit",
 }
