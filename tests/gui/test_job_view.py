@@ -128,3 +128,19 @@ def test_job_without_progress_yet(tmp_path):
 )
 def test_duration_text(seconds, text):
     assert duration(seconds) == text
+
+
+def test_a_tool_job_that_counts_its_work_shows_a_bar_over_its_command(tmp_path):
+    queue = JobQueue(tmp_path / "queue.sqlite")
+    job = queue.add_tool(["caption", str(tmp_path), "--overwrite"], workdir=tmp_path)
+    assert "<progress" not in job_page(job, read_progress(job)).progress  # nothing counted yet
+    write_events(
+        job.progress_file,
+        [
+            {"event": "tool_progress", "done": 0, "total": 8, "unit": "images"},
+            {"event": "tool_progress", "done": 6, "total": 8, "unit": "images"},
+        ],
+    )
+    shown = job_page(job, read_progress(job)).progress
+    assert "<progress value='6' max='8'></progress>" in shown
+    assert "6/8 images (75%)" in shown and f"loracraft caption {tmp_path} --overwrite" in shown
