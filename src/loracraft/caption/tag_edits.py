@@ -11,7 +11,8 @@ The edits respect what kohya's `process_caption` keeps fixed when it shuffles (r
 - Otherwise the first `keep_tokens` tags are fixed.
 `sort` and `dedupe` reorder and drop flexible tags only (a flexible tag that repeats a fixed one is the
 duplicate dropped). The trigger word is moved to, or added at, the very front, the front of the fixed
-part, so `keep_tokens 1` keeps it there; the tags that were fixed stay right behind it. Added tags go to
+part, so `keep_tokens 1` keeps it there; the tags that were fixed stay right behind it (a trigger that
+was not among the first `keep_tokens` tags is one more to keep: train with `--keep_tokens` one higher). Added tags go to
 the end of the flexible part, before a fixed suffix.
 
 The steps run in one order: replace (text anywhere in a part), rename (whole tags), remove (whole tags),
