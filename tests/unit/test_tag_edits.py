@@ -8,6 +8,7 @@ from loracraft.caption.tag_edits import (
     TagEdits,
     edit_caption,
     join_tags,
+    most_frequent,
     split_tags,
     tag_count_changes,
     tag_counts,
@@ -212,6 +213,8 @@ def test_tag_count_changes_list_the_top_tags_before_and_after():
     # The top 2 before (cat, kitty) and after (cat, red); sks, third after, is left out.
     assert tag_count_changes(before, after, 2) == [("cat", 5, 9), ("red", 3, 3), ("kitty", 4, 0)]
     assert tag_count_changes(before, after, 0) == []
+    # Tags as frequent are taken in name order.
+    assert most_frequent(Counter({"b": 1, "c": 2, "a": 1}), 2) == [("c", 2), ("a", 1)]
 
 
 def test_is_empty():

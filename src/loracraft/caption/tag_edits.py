@@ -206,11 +206,16 @@ def tag_counts(
     return counts
 
 
+def most_frequent(counts: collections.Counter[str], top: int) -> list[tuple[str, int]]:
+    """The `top` most frequent tags with their counts, tags as frequent in name order."""
+    return sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:top]
+
+
 def tag_count_changes(
     before: collections.Counter[str], after: collections.Counter[str], top: int
 ) -> list[tuple[str, int, int]]:
     """(tag, count before, count after) for the `top` most frequent tags before and the `top` after,
     most frequent after first, then most frequent before, then by name."""
-    tags = {tag for tag, _ in before.most_common(top)} | {tag for tag, _ in after.most_common(top)}
+    tags = {tag for tag, _ in most_frequent(before, top)} | {tag for tag, _ in most_frequent(after, top)}
     rows = [(tag, before[tag], after[tag]) for tag in tags]
     return sorted(rows, key=lambda row: (-row[2], -row[1], row[0]))

@@ -28,7 +28,7 @@ from loracraft.caption.caption_folder import (
     read_caption_folder,
 )
 from loracraft.caption.images import relative_name
-from loracraft.caption.tag_edits import TagEdits, split_tags, tag_count_changes, tag_counts
+from loracraft.caption.tag_edits import TagEdits, most_frequent, split_tags, tag_count_changes, tag_counts
 from loracraft.errors import UserError
 from loracraft.tools.tool_parser import ToolParser
 
@@ -155,7 +155,7 @@ def tag_lines(before: Counter[str], after: Counter[str] | None, top: int) -> lis
     if not top:
         return []
     if after is None:
-        rows = before.most_common(top)
+        rows = most_frequent(before, top)
         width = max((len(tag) for tag, _ in rows), default=0)
         header = f"most frequent tags ({len(rows)} of {len(before)}):"
         return [header] + [f"  {tag:<{width}}  {count}" for tag, count in rows]
