@@ -233,3 +233,26 @@ def test_the_worker_reads_a_tool_killed_by_a_signal_as_stopped_only_for_stop_sig
     )
     # A training run that dies on SIGTERM did not save its state: failed, as before.
     assert outcome(-signal.SIGTERM, ["step 3"]) == ("failed", "killed by SIGTERM")
+
+
+def test_a_caption_job_runs_through_the_worker_and_reports_its_images_to_the_job_page(
+    queue, tmp_path, photos
+):
+    """The Captioning page's path: `loracraft caption` queued as a tool job, its subprocess asking an
+    endpoint (the fake, in this process) and counting its images into the job's progress file."""
+    from fake_openai_server import fake_openai_server
+
+    (photos / "p1.txt").write_text("mine", encoding="utf-8")
+    with fake_openai_server() as server:
+        argv = ["caption", str(photos), "--endpoint", server.url, "--model", "vlm", "--prefix", "sks,"]
+        job = queue.add_tool(argv, workdir=tmp_path)
+        assert queue.get(job.id).tool == "caption" and job.name == "caption"
+        assert run_queue(queue, echo=lambda _: None) == 0
+    done = queue.get(job.id)
+    assert done.state == "done"
+    assert (photos / "p0.txt").read_text(encoding="utf-8").startswith("sks, 64x64 rgb(")
+    assert (photos / "p1.txt").read_text(encoding="utf-8") == "mine"  # kept: no --overwrite
+    assert [request.body["model"] for request in server.requests] == ["vlm"]
+    progress = read_progress(done)
+    assert progress.tool_done == (1, 1, "images")
+    assert any(line == "captioned 1 image (1 written)" for line in progress.log_tail)

@@ -54,7 +54,8 @@ class CaptionSummary:
         done = [
             f"{n} {action.value}" for action, n in self.actions.items() if action is not Action.KEEP and n
         ]
-        lines = [f"captioned {self.captioned} images" + (f" ({', '.join(done)})" if done else "")]
+        plural = "" if self.captioned == 1 else "s"
+        lines = [f"captioned {self.captioned} image{plural}" + (f" ({', '.join(done)})" if done else "")]
         if kept := self.actions.get(Action.KEEP, 0):
             lines.append(
                 f"skipped {kept} with a caption already (kept; --overwrite replaces, --append adds to them)"
