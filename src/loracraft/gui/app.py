@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 
 from loracraft.errors import UserError
+from loracraft.gui.captioning_tab import captioning_tab
 from loracraft.gui.config_tab import config_panel
 from loracraft.gui.controls import make_control
 from loracraft.gui.dataset_tab import check_section, dataset_tab
@@ -160,7 +161,8 @@ def controls_of_toml(text: str | None) -> list[Any]:
 
 
 def build_app(queue: JobQueue) -> gr.Blocks:
-    """The whole page on `queue`: Train (the form), Dataset, the Queue with its job pages, Utilities."""
+    """The whole page on `queue`: Train (the form), Dataset, the Queue with its job pages, Utilities,
+    Captioning."""
     start_values = initial_controls()
     start_validation = validate(start_values)
     start_optimizer = start_validation.config.optimizer_name if start_validation.config else None
@@ -210,6 +212,7 @@ def build_app(queue: JobQueue) -> gr.Blocks:
             form_rewrites.append(dataset_tab(controls))
             jobs = jobs_tab(queue, current_config)
             utilities_tab(queue, jobs.selected_job)
+            captioning_tab(queue, jobs.selected_job)
 
         check_form = {
             "fn": lambda query, before, *shown: refresh_form(shown, query, before),

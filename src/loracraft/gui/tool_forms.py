@@ -45,7 +45,8 @@ class ToolField:
     form_fields' control kinds; `initial` the control's starting value (the default as the control shows
     it); `default_hint` a default a text box cannot show (a parsed list), for its placeholder;
     `flag_value` what a checked checkbox gives the flag; `item_type` a list's items (int, float or str);
-    `repeat` a list given as one flag per item (append); `counted` a flag given N times (count)."""
+    `repeat` a list given as one flag per item (append), or per `per_flag` items (append with nargs=N:
+    `--replace OLD NEW`); `counted` a flag given N times (count)."""
 
     dest: str
     name: str
@@ -61,6 +62,7 @@ class ToolField:
     flag_value: Any = None
     item_type: type | None = None
     repeat: bool = False
+    per_flag: int = 1
     counted: bool = False
 
     @property
@@ -107,8 +109,11 @@ def _field(action: argparse.Action, help_text: str) -> ToolField:
     if is_list:
         item_type = action.type if action.type in (int, float) else str
         repeat = isinstance(action, argparse._AppendAction)
+        per_flag = action.nargs if repeat and isinstance(action.nargs, int) else 1
         initial = _list_text(item_type, action.default) if action.default else ""
-        return ToolField(kind=LIST, initial=initial, item_type=item_type, repeat=repeat, **common)
+        return ToolField(
+            kind=LIST, initial=initial, item_type=item_type, repeat=repeat, per_flag=per_flag, **common
+        )
     if action.choices:
         initial = NOT_SET if action.default is None else str(action.default)
         return ToolField(kind=DROPDOWN, initial=initial, choices=tuple(action.choices), **common)
@@ -138,6 +143,8 @@ def _hint(default: Any) -> str:
 
 
 def _list_text(item_type: type, items: Sequence[Any]) -> str:
+    # append with nargs=N parses to one list per flag given: their items in a row.
+    items = [part for item in items for part in (item if isinstance(item, list | tuple) else [item])]
     if item_type is str:
         return shlex.join(str(item) for item in items)
     return " ".join(str(item) for item in items)
@@ -159,7 +166,7 @@ def tool_argv(fields: Sequence[ToolField], values: Sequence[Any]) -> list[str]:
         elif field.counted:
             flags += [field.name] * int(given[0])
         elif field.repeat:
-            flags += [part for item in given for part in (field.name, item)]
+            flags += _repeated(field, given)
         elif field.kind == LIST:
             flags += [field.name, *given]
         else:
@@ -168,6 +175,14 @@ def tool_argv(fields: Sequence[ToolField], values: Sequence[Any]) -> list[str]:
             flags += [f"{field.name}={text}"] if text.startswith("-") else [field.name, text]
     # Positionals first: after a list flag (--lora a b) they would read as more of its items.
     return positionals + flags
+
+
+def _repeated(field: ToolField, items: list[str]) -> list[str]:
+    """`--flag item` per item, or per `per_flag` items (`--replace OLD NEW --replace OLD NEW`)."""
+    if len(items) % field.per_flag:
+        raise UserError(f"{field.name}: give its items {field.per_flag} at a time ({len(items)} given)")
+    groups = [items[start : start + field.per_flag] for start in range(0, len(items), field.per_flag)]
+    return [part for group in groups for part in (field.name, *group)]
 
 
 def _given(field: ToolField, value: Any) -> list[str]:

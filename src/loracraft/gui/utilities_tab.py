@@ -139,14 +139,27 @@ def utilities_tab(
             "command as a job (its console shows below and in the Queue tab); Inspect runs at once. "
             "Relative paths are read from the folder the UI was started in."
         )
-        sections = [_section(form) for form in forms]
-        gr.Markdown("### Tool job queued from this tab")
-        watched = gr.State(None)
-        job_headline = gr.Markdown(watched_job(queue, None)[0], elem_id="utility-job-headline")
-        console = gr.Textbox(
-            label="Console", lines=12, max_lines=12, interactive=False, elem_id="utility-job-console"
-        )
-        timer = gr.Timer(REFRESH_SECONDS, active=False)
+        tool_sections(queue, forms, queue_selection)
+    return forms
+
+
+def tool_sections(
+    queue: JobQueue,
+    forms: Sequence[ToolForm],
+    queue_selection: gr.Dropdown | None = None,
+    prefix: str = "utility",
+) -> None:
+    """An accordion per tool of `forms` and, under them, the panel following the job last queued from
+    them, built where the caller is; `prefix` starts the elem_ids (`utility-resize-run`), so that
+    another tab (Captioning) can show its own tools the same way."""
+    sections = [_section(form, prefix) for form in forms]
+    gr.Markdown("### Tool job queued from this tab")
+    watched = gr.State(None)
+    job_headline = gr.Markdown(watched_job(queue, None)[0], elem_id=f"{prefix}-job-headline")
+    console = gr.Textbox(
+        label="Console", lines=12, max_lines=12, interactive=False, elem_id=f"{prefix}-job-console"
+    )
+    timer = gr.Timer(REFRESH_SECONDS, active=False)
 
     def refresh(job_id: int | None) -> list[Any]:
         title, tail, running = watched_job(queue, job_id)
@@ -161,7 +174,6 @@ def utilities_tab(
         queued = run.click(lambda *values, form=form: _queue_event(queue, form, values, queue_selection),
                            inputs=controls, outputs=outputs)  # fmt: skip
         queued.then(refresh, inputs=watched, outputs=[job_headline, console, timer], show_progress="hidden")
-    return forms
 
 
 def _queue_event(queue: JobQueue, form: ToolForm, values: Sequence[Any], selection: Any) -> list[Any]:
@@ -171,17 +183,16 @@ def _queue_event(queue: JobQueue, form: ToolForm, values: Sequence[Any], selecti
     return [message, job_id] + ([job_id] if selection is not None else [])
 
 
-def _section(form: ToolForm) -> tuple[list[gr.components.Component], gr.Button, gr.Textbox]:
+def _section(form: ToolForm, prefix: str) -> tuple[list[gr.components.Component], gr.Button, gr.Textbox]:
     """A tool's accordion: its description, its controls, Run and where the result shows."""
     in_page = form.command in IN_PAGE_TOOLS
-    with gr.Accordion(f"loracraft {form.command}", open=False, elem_id=f"utility-{form.key}"):
+    key = f"{prefix}-{form.key}"
+    with gr.Accordion(f"loracraft {form.command}", open=False, elem_id=key):
         gr.Markdown(form.description)
-        controls = [tool_control(field, f"utility-{form.key}-{field.dest}") for field in form.fields]
-        run = gr.Button(
-            "Run" if in_page else "Run (queue a job)", variant="primary", elem_id=f"utility-{form.key}-run"
-        )
+        controls = [tool_control(field, f"{key}-{field.dest}") for field in form.fields]
+        run = gr.Button("Run" if in_page else "Run (queue a job)", variant="primary", elem_id=f"{key}-run")
         label = "Report" if in_page else "Queued"
         message = gr.Textbox(
-            label=label, lines=20 if in_page else 1, interactive=False, elem_id=f"utility-{form.key}-result"
+            label=label, lines=20 if in_page else 1, interactive=False, elem_id=f"{key}-result"
         )
     return controls, run, message
