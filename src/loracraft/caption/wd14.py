@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from loracraft.caption.model_source import TAGGER_MODEL, TAGGER_TAGS
 from loracraft.caption.tag_rules import (
@@ -106,8 +107,7 @@ class Tagger:
 
 
 def _print_debug(image: Image.Image, found: ImageTags, separator: str) -> None:
-    from tqdm import tqdm
-
+    # tqdm.write keeps the run's progress bar below the lines.
     tqdm.write(f"{image.info.get('path', 'image')}:")
     tqdm.write(f"  rating tags: {found.rating or ''}")
     tqdm.write(f"  character tags: {separator.join(found.characters)}")
