@@ -31,9 +31,11 @@ def find_images(folder: Path, recursive: bool = False) -> list[Path]:
 
 
 def load_rgb(path: Path) -> Image.Image:
-    """The image upright in 8-bit RGB; an unreadable file is an ImageFileError naming it."""
+    """The image upright in 8-bit RGB, its `info["path"]` naming it for a captioner's messages; an
+    unreadable file is an ImageFileError naming it."""
     with open_image(path) as img:
         rgb, _alpha = decode_upright(img, path)
+    rgb.info["path"] = os.fspath(path)
     return rgb
 
 

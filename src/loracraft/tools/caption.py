@@ -109,7 +109,8 @@ def _add_tagger_flags(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--always_first_tags",
-        help="Tags moved to the front when found, in this order (e.g. '1girl,1boy'), comma separated.",
+        help="Tags moved to the front when found, each in turn as kohya does (the last listed ends up first), "
+        "separated by --caption_separator (e.g. '1girl,1boy').",
     )
     group.add_argument(
         "--tag_replacement",
@@ -224,7 +225,8 @@ def main(argv: list[str]) -> int:
         captioner = open_captioner(args)
         caption_images(folder, jobs, captioner, policy, summary, workers=args.max_data_loader_n_workers)
         if report := getattr(captioner, "report", None):
-            print("\n".join(report()))
+            for line in report():
+                print(line)
     print("\n".join(summary.lines()))
     if message := summary.failure_message():
         print(f"error: {message}", file=sys.stderr)
