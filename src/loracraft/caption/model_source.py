@@ -24,7 +24,8 @@ DEFAULT_TAGGER = "SmilingWolf/wd-v1-4-convnext-tagger-v2"
 TAGGER_MODEL = "model.onnx"
 TAGGER_TAGS = "selected_tags.csv"
 _SMALL_FILES = ["*.json", "*.csv", "*.txt", "*.model", "*.py", "*.tiktoken"]
-_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+# The hub's rule: ASCII letters, digits, `_`, `-` and `.`, neither first nor last (`./name` is a path).
+_HUB_ID = re.compile(r"^\w(?:[\w.-]*\w)?/\w(?:[\w.-]*\w)?$", re.ASCII)
 
 
 class ModelKind(Enum):
