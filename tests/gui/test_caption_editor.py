@@ -126,9 +126,21 @@ def test_a_caption_changed_on_disk_since_the_load_is_never_overwritten(photos):
         move(state, "my edit", 1)
     assert (photos / "a.txt").read_text(encoding="utf-8") == "typed in another editor\n"
     view = caption_editor_view.on_move(state, "my edit", 1)
-    # Only the status line changes: the box keeps "my edit", the state stays on a.png.
+    # The status line says why; the box keeps "my edit" (not updated), the state stays on a.png.
     assert view[1].startswith("⚠ ") and "changed on disk" in view[1]
-    assert all(update == gr.update() for index, update in enumerate(view) if index != 1)
+    assert view[0] == state and view[5] == gr.update()
+
+
+def test_an_action_refused_after_saving_the_box_keeps_the_save(photos):
+    state = load_folder(str(photos))
+    no_edit = ["", "", "", "", False, "", "", "", False, False, 0]
+    view = caption_editor_view.on_preview(state, "my edit", False, *no_edit)
+    assert view[1] == "⚠ no bulk edit given: fill in what to add, remove, replace or rename, or tick one"
+    assert (photos / "a.txt").read_text(encoding="utf-8") == "my edit\n"
+    saved = view[0]
+    assert saved.current.text == "my edit\n" and view[9] == gr.update(interactive=True)
+    # The box still says "my edit": moving on writes nothing more and is not refused.
+    assert caption_editor_view.on_move(saved, "my edit", 1)[1] == ""
 
 
 def test_undo_gives_the_files_their_text_before_the_last_step(photos):

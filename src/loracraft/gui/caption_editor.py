@@ -177,20 +177,14 @@ def _written(state: EditorState, changes: tuple[CaptionChange, ...], description
     """Write `changes` (refused in one line, nothing written, for a file changed on disk) and remember
     them as an undo step."""
     apply_changes(changes)
-    created = frozenset(
-        change.caption_file for change in changes if not change.before and not _exists(state, change)
-    )
-    step = UndoStep(description, changes, created)
+    missing = {file.caption_file for file in state.files if not file.exists}
+    step = UndoStep(description, changes, frozenset(change.caption_file for change in changes) & missing)
     after = {change.caption_file: change.after for change in changes}
     files = tuple(
         replace(file, text=after[file.caption_file], exists=True) if file.caption_file in after else file
         for file in state.files
     )
     return replace(state, files=files, undo_steps=(*state.undo_steps, step)[-UNDO_STEPS:])
-
-
-def _exists(state: EditorState, change: CaptionChange) -> bool:
-    return any(file.exists for file in state.files if file.caption_file == change.caption_file)
 
 
 def go_to(state: EditorState, box: str, position: int) -> EditorState:

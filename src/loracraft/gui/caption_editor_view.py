@@ -143,9 +143,11 @@ def _stats_table(state: EditorState) -> Any:
     return pd.DataFrame(top_tags(state), columns=["tag", "count"])
 
 
-def _refused(err: UserError, extra: int = 0) -> list[Any]:
-    """Only the status line changes: the state stays, the box keeps the user's text."""
-    return [gr.update(), f"⚠ {err}", *[gr.update()] * (VIEW_SIZE - 2 + extra)]
+def _refused(err: UserError, state: EditorState, extra: int = 0) -> list[Any]:
+    """The status line says why; the box keeps the user's text. `state` is the one to keep: an action
+    that saved the box before it was refused keeps the save (an undo step)."""
+    undo_button = gr.update(interactive=bool(state.undo_steps))
+    return [state, f"⚠ {err}", *[gr.update()] * (VIEW_SIZE - 3), undo_button, *[gr.update()] * extra]
 
 
 def _filter_of(search: str, tag: str | None, mode: str) -> CaptionFilter:
@@ -155,11 +157,12 @@ def _filter_of(search: str, tag: str | None, mode: str) -> CaptionFilter:
 def on_load(state: EditorState, box: str, folder: str, extension: str, recursive: bool, separator: str,
             marker: str, search: str, tag: str | None, mode: str) -> list[Any]:  # fmt: skip
     """Save the caption edited in the box, then load `folder`."""
+    saved = state
     try:
-        save_caption(state, box)
+        saved = save_caption(state, box)
         loaded = load_folder(folder, extension, recursive, separator, marker, _filter_of(search, tag, mode))
     except UserError as err:
-        return _refused(err)
+        return _refused(err, saved)
     with_captions = sum(file.exists for file in loaded.files)
     status = f"Loaded {len(loaded.files)} images ({with_captions} with a caption file) from {loaded.folder}."
     if not loaded.files:
@@ -171,7 +174,7 @@ def on_filter(state: EditorState, box: str, search: str, tag: str | None, mode: 
     try:
         state = with_filter(save_caption(state, box), _filter_of(search, tag, mode))
     except UserError as err:
-        return _refused(err)
+        return _refused(err, state)
     return editor_view(state, f"{len(state.shown)} of {len(state.files)} images shown.", list_changed=True)
 
 
@@ -179,7 +182,7 @@ def on_move(state: EditorState, box: str, step: int) -> list[Any]:
     try:
         moved = move(state, box, step)
     except UserError as err:
-        return _refused(err)
+        return _refused(err, state)
     return editor_view(moved, _saved_line(state, moved), list_changed=False)
 
 
@@ -187,7 +190,7 @@ def on_pick(state: EditorState, box: str, event: gr.SelectData) -> list[Any]:
     try:
         picked = go_to(state, box, event.index)
     except UserError as err:
-        return _refused(err)
+        return _refused(err, state)
     return editor_view(picked, _saved_line(state, picked), list_changed=False)
 
 
@@ -195,14 +198,14 @@ def on_save(state: EditorState, box: str) -> list[Any]:
     try:
         saved = save_caption(state, box)
     except UserError as err:
-        return _refused(err)
+        return _refused(err, state)
     return editor_view(
         saved, _saved_line(state, saved) or "Nothing to save: the caption is as on disk.", False
     )
 
 
 def _saved_line(before: EditorState, after: EditorState) -> str:
-    if len(after.undo_steps) == len(before.undo_steps) and after.undo_steps == before.undo_steps:
+    if after.undo_steps == before.undo_steps:
         return ""
     return f"Saved {after.undo_steps[-1].changes[0].caption_file.name}."
 
@@ -216,7 +219,7 @@ def on_undo(state: EditorState, box: str) -> list[Any]:
         step = state.undo_steps[-1].description if state.undo_steps else ""
         state = with_filter(undo(state), state.caption_filter)
     except UserError as err:
-        return _refused(err)
+        return _refused(err, state)
     return editor_view(state, f"Undone: {step}.", list_changed=True)
 
 
@@ -240,23 +243,25 @@ def on_add(state: EditorState, box: str, typed: str) -> list[Any]:
 
 def on_preview(state: EditorState, box: str, create_missing: bool, *form: Any) -> list[Any]:
     """Save the box, then show what the bulk edit changes (written by nothing)."""
+    saved = state
     try:
-        state = save_caption(state, box)
-        plan = plan_bulk(state, bulk_edits(state, *form), create_missing)
+        saved = save_caption(state, box)
+        plan = plan_bulk(saved, bulk_edits(saved, *form), create_missing)
     except UserError as err:
-        return _refused(err, extra=2)
-    report = plan_report(state, plan)
+        return _refused(err, saved, extra=2)
+    report = plan_report(saved, plan)
     status = f"Preview: {len(plan.changes)} caption files would change; Apply writes them."
-    return [*editor_view(state, status, list_changed=False), plan, report]
+    return [*editor_view(saved, status, list_changed=False), plan, report]
 
 
 def on_apply(state: EditorState, box: str, previewed: BulkPlan | None, create_missing: bool, *form: Any) -> list[Any]:  # fmt: skip
     """Save the box, then write the previewed bulk edit."""
+    saved = state
     try:
         saved = save_caption(state, box)
         written = apply_bulk(saved, previewed, bulk_edits(saved, *form), create_missing)
     except UserError as err:
-        return _refused(err, extra=2)
+        return _refused(err, saved, extra=2)
     status = f"Applied: {written.undo_steps[-1].description} (Undo takes it back)."
     report = plan_report(saved, previewed, applied=True)
     return [*editor_view(written, status, list_changed=True), None, report]
