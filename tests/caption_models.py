@@ -92,7 +92,7 @@ def save_blip(folder: Path) -> Path:
 
 def save_blip2(folder: Path) -> Path:
     tokenizer = bpe_tokenizer(folder.with_name(folder.name + "-vocab"))
-    # transformers 4.47+ writes one <image> token per query token into the prompt.
+    # Newer transformers write one <image> token per query token into the prompt (4.44 ignores it).
     tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
     opt = {
         "model_type": "opt",
@@ -179,9 +179,9 @@ def save_florence2(folder: Path) -> Path:
     model.generation_config.num_beams = 3
     model.generation_config.no_repeat_ngram_size = 3
     with torch.no_grad():
-        image_tokens = model.get_image_features(
-            torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE)
-        ).pooler_output.shape[1]
+        features = model.get_image_features(torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE))
+    # The processor writes one image token per image feature into the prompt (4.56 returns the tensor).
+    image_tokens = getattr(features, "pooler_output", features).shape[1]
     images = transformers.CLIPImageProcessor(
         size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, do_center_crop=False, image_seq_length=image_tokens
     )

@@ -75,10 +75,13 @@ def reference(
     min_new_tokens: int = 5,
     seed: int = 42,
     batch_size: int = 1,
+    device: str = "cpu",
 ) -> dict[str, str]:
-    """What transformers' own `generate` writes for each image with the settings the flags stand for."""
+    """What transformers' own `generate` writes for each image with the settings the flags stand for
+    (on CUDA with the model and the pixels in fp16)."""
     processor = transformers.AutoProcessor.from_pretrained(model_dir)
-    model = getattr(transformers, MODEL_CLASSES[kind]).from_pretrained(model_dir).eval()
+    dtype = torch.float16 if device == "cuda" else torch.float32
+    model = getattr(transformers, MODEL_CLASSES[kind]).from_pretrained(model_dir).to(device, dtype).eval()
     settings = {"max_new_tokens": max_new_tokens or KOHYA_MAX_LENGTH[kind], "min_new_tokens": min_new_tokens}
     if beams:
         settings |= {"do_sample": False, "num_beams": beams}
@@ -90,7 +93,7 @@ def reference(
         paths = images[start : start + batch_size]
         pictures = [Image.open(path).convert("RGB") for path in paths]
         with torch.no_grad():
-            texts = _generate(kind, processor, model, pictures, prompt, settings)
+            texts = _generate(kind, processor, model, pictures, prompt, settings, dtype)
         captions |= {path.name: on_one_line(text) for path, text in zip(paths, texts, strict=True)}
     return captions
 
@@ -101,10 +104,20 @@ def on_one_line(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
-def _generate(kind, processor, model, pictures, prompt, settings) -> list[str]:
+def placed(inputs, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The processor's tensors on the model's device, the pixels in its dtype (transformers 4.44's
+    BatchEncoding.to takes no dtype)."""
+    return {
+        name: value.to(device, dtype) if value.is_floating_point() else value.to(device)
+        for name, value in inputs.items()
+    }
+
+
+def _generate(kind, processor, model, pictures, prompt, settings, dtype) -> list[str]:
     count = len(pictures)
     if kind is ModelKind.FLORENCE2:
         inputs = processor(images=pictures, text=[FLORENCE_TASK] * count, return_tensors="pt")
+        inputs = placed(inputs, model.device, dtype)
         texts = processor.batch_decode(model.generate(**inputs, **settings), skip_special_tokens=True)
         return [
             processor.post_process_generation(text, task=FLORENCE_TASK, image_size=picture.size)[
@@ -123,10 +136,11 @@ def _generate(kind, processor, model, pictures, prompt, settings) -> list[str]:
             inputs["input_ids"] = torch.tensor([ids] * count)
     else:
         inputs = processor(images=pictures, text=[prompt] * count if prompt else None, return_tensors="pt")
+    inputs = placed(inputs, model.device, dtype)
     texts = processor.batch_decode(model.generate(**inputs, **settings), skip_special_tokens=True)
     if not prompt:
         return texts
-    # kohya cut its BLIP prompt off the decoded caption; BLIP-2 before transformers 4.45 never repeats it.
+    # kohya cut its BLIP prompt off the decoded caption; older transformers' BLIP-2 never repeats it.
     said = processor.tokenizer.decode(processor.tokenizer(prompt).input_ids, skip_special_tokens=True).strip()
     return [text.strip().removeprefix(said) for text in texts]
 
@@ -316,3 +330,16 @@ def test_a_cuda_device_on_a_machine_without_one_is_refused(models, images):
     with pytest.raises(UserError, match="--device cuda: this machine has no such CUDA device"):
         main([str(images[0].parent), "--model", str(models[ModelKind.GIT]), "--device", "cuda"])
     assert not list(images[0].parent.glob("*.txt"))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", KINDS, ids=lambda kind: kind.name)
+def test_on_cuda_each_kind_runs_in_fp16_as_its_generate_does(kind, models, images):
+    # No --device: the GPU is taken when there is one.
+    assert main([str(images[0].parent), "--model", str(models[kind]), "--max_length", "24"]) == 0
+    captions = {path.name: path.with_suffix(".txt").read_text(encoding="utf-8").strip() for path in images}
+    assert all(captions.values())
+    expected = reference(
+        kind, models[kind], images, prompt=kohya_prompt(kind), max_new_tokens=24, device="cuda"
+    )
+    assert captions == expected

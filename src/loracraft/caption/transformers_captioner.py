@@ -11,6 +11,7 @@ the model writes after it. BLIP continues kohya's prompt, "a picture of ", when 
 BLIP did, and cut it off the caption); `--prompt ""` captions unconditionally. Florence-2 takes its
 `--task` instead, and its processor turns the answer into text (`post_process_generation`).
 `--remove_words` cuts the phrases kohya's GIT captioner removes ("with the words ...", "that says ...").
+A caption is written on one line, since kohya trains on a caption file's first line only.
 
 The images of a batch go through the processor and `generate` together, on `--device` (the GPU when there
 is one) in fp16 on CUDA. Florence-2 is native in transformers 4.56 and newer; the original
@@ -189,8 +190,8 @@ class TransformersCaptioner:
 
 
 def _without_echo(output: torch.Tensor, prefix: torch.Tensor | None) -> torch.Tensor:
-    """The tokens the model wrote: `output` without the prompt it repeats at its start. BLIP-2 on
-    transformers before 4.45 returns only the new tokens (after a start token), so the prompt is cut
+    """The tokens the model wrote: `output` without the prompt it repeats at its start. Older
+    transformers' BLIP-2 (4.44) returns only the new tokens after a start token, so the prompt is cut
     only where the output does begin with it."""
     if prefix is None or output.shape[1] < prefix.shape[1]:
         return output
@@ -245,6 +246,7 @@ def _load(folder: Path, kind: ModelKind, name: str, dtype: torch.dtype) -> tuple
     import transformers
 
     model_class = getattr(transformers, _MODEL_CLASSES[kind], None)
+    # Only Florence-2's class is missing from a transformers loracraft installs with.
     if model_class is None:
         raise UserError(
             f"--model {name} is {kind.value}, which needs transformers {FLORENCE_TRANSFORMERS} or newer "
