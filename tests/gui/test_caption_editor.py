@@ -155,6 +155,9 @@ def test_undo_gives_the_files_their_text_before_the_last_step(photos):
     assert [file.text for file in state.files[:2]] == ["sks, cat, red\n", "dog, red, red\r\n"]
     with pytest.raises(UserError, match="^nothing to undo: no caption was saved"):
         undo(state)
+    typing = caption_editor_view.on_undo(state, "typed, not saved")  # Undo drops it, writing nothing
+    assert typing[1] == "Unsaved edits of a.png undone." and typing[5] == "sks, cat, red"
+    assert file_bytes(photos) == before
     for step in range(UNDO_STEPS + 2):
         state = save_caption(state, f"caption {step}")
     assert len(state.undo_steps) == UNDO_STEPS
