@@ -134,3 +134,12 @@ def test_progress_events_for_the_job_page(folder, tmp_path, monkeypatch):
 def test_a_folder_that_is_not_there_is_one_line(tmp_path):
     with pytest.raises(UserError, match=r"missing does not exist; pass the folder that holds the images"):
         find_images(tmp_path / "missing")
+
+
+def test_a_caption_is_written_on_one_line(folder):
+    class Chatty(ColourNamer):
+        def caption(self, images):
+            return [f"{text}.\n\nIt is\tsquare.\x07" for text in super().caption(images)]
+
+    run(folder, Chatty(), CaptionPolicy(prefix="sks,"))
+    assert (folder / "red.txt").read_text() == "sks, red, square. It is square.\n"

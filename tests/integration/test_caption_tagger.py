@@ -312,3 +312,11 @@ def test_providers_for_device(device, available, providers):
 def test_a_device_onnx_runtime_has_no_name_for():
     with pytest.raises(UserError, match=r"^--device mps: the tagger runs on cpu, cuda or cuda:N$"):
         wd14.providers_for("mps", ["CPUExecutionProvider"])
+
+
+def test_an_image_no_tag_reaches_is_named_not_written_empty(tagger, tmp_path, capsys):
+    """kohya writes an empty caption file there, which would train on no words; ours names the image."""
+    write_image(tmp_path / "grey.png")
+    assert caption(tmp_path, tagger, "--thresh", "0.9999", "--character_threshold", "0.9999") == 1
+    assert not (tmp_path / "grey.txt").exists()
+    assert f"grey.png: {wd14.NO_TAGS}" in capsys.readouterr().out

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from loracraft.caption.backend import Captioner
 from loracraft.caption.images import caption_path, load_rgb, relative_name
-from loracraft.caption.writing import Action, CaptionPolicy, existing_caption, write_caption
+from loracraft.caption.writing import Action, CaptionPolicy, existing_caption, one_line, write_caption
 from loracraft.data.file_errors import describe_os_error
 from loracraft.errors import UserError
 from loracraft.jobs.tool_progress import ToolProgress
@@ -171,7 +171,7 @@ def _caption_batch(
     for (job, _), result in zip(ready, results, strict=True):
         if isinstance(result, Exception):
             summary.failed.append((job.image, _reason(result)))
-        elif not result.strip():
+        elif not one_line(result):
             summary.failed.append((job.image, "the captioner gave no text for it"))
         else:
             _write(job, result, policy, summary)

@@ -1,7 +1,8 @@
 """BLIP, BLIP-2, GIT and Florence-2 captioners: a transformers model and its processor, read from a folder.
 
 Generation follows kohya's `finetune/make_captions.py`: `--beam_search` searches `--num_beams` beams,
-otherwise nucleus sampling with `--top_p` (and kohya's repetition penalty of 1.1 for it); the torch seed
+otherwise nucleus sampling with `--top_p` (and kohya's repetition penalty of 1.1 for it), except GIT, which
+decodes greedily without --beam_search as kohya's `make_captions_by_git.py` does; the torch seed
 is set once to `--seed` when the model is ready, as kohya seeds once per run, so a run is repeatable.
 `--max_length` and `--min_length` count the caption's own tokens (kohya's also counted its BLIP prompt and
 start token): kohya's defaults, BLIP 75 and GIT 50 (`make_captions_by_git.py`), and 256 for the others.
@@ -23,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,10 +71,14 @@ class Generation:
     max_new_tokens: int
     min_new_tokens: int
 
+    sample: bool = True
+
     def generate_kwargs(self) -> dict[str, Any]:
         length = {"max_new_tokens": self.max_new_tokens, "min_new_tokens": self.min_new_tokens}
         if self.beam_search:
             return {**length, "do_sample": False, "num_beams": self.num_beams}
+        if not self.sample:
+            return {**length, "do_sample": False, "num_beams": 1}
         # num_beams=1: a model's own generation config (Florence-2's asks for 3) would make it beam sampling.
         return {
             **length,
@@ -95,16 +99,11 @@ def generation_from_flags(args: argparse.Namespace, kind: ModelKind) -> Generati
     if not args.beam_search and not 0 < args.top_p <= 1:
         raise UserError(f"--top_p {args.top_p:g}: use a share above 0 and at most 1 (kohya's default 0.9)")
     # The default --min_length 5 with a short --max_length asks for no more than the caption may hold.
+    # kohya's make_captions_by_git.py decodes greedily (it has no sampling flags); its BLIP script samples.
+    sample = kind is not ModelKind.GIT
     return Generation(
-        args.beam_search, args.num_beams, args.top_p, max_length, min(args.min_length, max_length)
+        args.beam_search, args.num_beams, args.top_p, max_length, min(args.min_length, max_length), sample
     )
-
-
-def one_line(text: str) -> str:
-    """The caption on one line: kohya trains on a caption file's first line only, so line breaks (and every
-    other run of whitespace) become one space; control characters, never text, are dropped."""
-    printable = "".join(char for char in text if char.isspace() or unicodedata.category(char) != "Cc")
-    return " ".join(printable.split())
 
 
 def remove_sign_text(caption: str) -> str:
@@ -139,7 +138,7 @@ class TransformersCaptioner:
                 f"the GPU ran out of memory captioning {len(images)} images at once; lower --batch_size "
                 "or use --device cpu"
             ) from None
-        texts = [one_line(text) for text in self._decode(output, inputs, images)]
+        texts = self._decode(output, inputs, images)
         return [remove_sign_text(text) if self.remove_words else text for text in texts]
 
     def _inputs(self, images: list[Image.Image]) -> dict[str, torch.Tensor]:

@@ -61,6 +61,9 @@ class InputLayout:
     fixed_batch: int | None
 
 
+NO_TAGS = "no tag reached the thresholds; lower --general_threshold (or --thresh) to tag it"
+
+
 @dataclass
 class Tagger:
     """A Captioner: a batch of images -> the tag line kohya's flags make from each image's scores."""
@@ -85,7 +88,10 @@ class Tagger:
             self.frequencies.update(found.counted())
             if self.debug:
                 _print_debug(image, found, self.rules.separator)
-            captions.append(self.rules.separator.join(found.tags))
+            if found.tags:
+                captions.append(self.rules.separator.join(found.tags))
+            else:  # kohya writes an empty caption file, which would train on no words at all
+                captions.append(ValueError(NO_TAGS))
         return captions
 
     def _scores(self, batch: np.ndarray) -> np.ndarray:

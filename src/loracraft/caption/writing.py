@@ -5,11 +5,14 @@ A caption file the user already has is never lost: it is kept unless `--overwrit
 prefix and suffix (a trigger word, a style tag) are joined with one space, as the kohya_ss GUI's
 captioning pages and kohya's `caption_prefix` join them; `--prefix "sks,"` reads as a tag in a tag list.
 With `--append`, the new caption's tags that the old one already has are not repeated (kohya's
-tagger `--append_tags`). Files are written atomically: an interrupted run leaves each caption whole.
+tagger `--append_tags`). A caption is written on one line (line breaks become spaces): kohya trains on a
+caption file's first line only, and a vision-language model's second paragraph would be lost. Files are
+written atomically: an interrupted run leaves each caption whole.
 """
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -43,10 +46,17 @@ class CaptionPolicy:
 
     def text(self, caption: str, existing: str | None = None) -> str:
         """The file's new text: the caption with the prefix and suffix, after `existing` when appending."""
-        caption = _joined(self.prefix, caption.strip(), self.suffix)
+        caption = _joined(self.prefix, one_line(caption), self.suffix)
         if existing is None or not self.append:
             return caption
         return append_tags(existing, caption, self.separator)
+
+
+def one_line(text: str) -> str:
+    """The caption on one line: kohya trains on a caption file's first line only, so line breaks (and every
+    other run of whitespace) become one space; control characters, never text, are dropped."""
+    printable = "".join(char for char in text if char.isspace() or unicodedata.category(char) != "Cc")
+    return " ".join(printable.split())
 
 
 def _joined(prefix: str, caption: str, suffix: str) -> str:
