@@ -4,6 +4,7 @@ with what was written kept, batches in order, and the job's progress events. The
 stand-in that names each image's colour, so every file can be checked against its own image."""
 
 import json
+import re
 
 import pytest
 from PIL import Image
@@ -143,3 +144,17 @@ def test_a_caption_is_written_on_one_line(folder):
 
     run(folder, Chatty(), CaptionPolicy(prefix="sks,"))
     assert (folder / "red.txt").read_text() == "sks, red, square. It is square.\n"
+
+
+def test_debug_prints_each_caption_as_it_is_written(folder, capsys):
+    """kohya's --debug of its BLIP and GIT scripts, for every captioner (here an endpoint)."""
+    from fake_openai_server import fake_openai_server
+    from loracraft.tools.caption import main
+
+    with fake_openai_server() as server:
+        assert main([str(folder), "--endpoint", server.url, "--model", "m", "--debug"]) == 0
+    out = capsys.readouterr().out
+    shown = re.findall(r"^(\w+)\.png: 24x16 rgb\((\d+), (\d+), (\d+)\)$", out, re.MULTILINE)
+    assert sorted(name for name, *_ in shown) == ["blue", "green", "red"]
+    for name, *rgb in shown:  # each line is its own image's caption (JPEG moves a colour by a step or two)
+        assert all(abs(int(got) - want) <= 3 for got, want in zip(rgb, COLOURS[name], strict=True))

@@ -12,11 +12,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from loracraft.caption.model_source import DEFAULT_TAGGER
 from loracraft.errors import UserError
 from loracraft.tools.tool_parser import ToolParser
+
+if TYPE_CHECKING:
+    from loracraft.caption.run import CaptionJob
 
 DEFAULT_API_KEY_VARIABLE = "OPENAI_API_KEY"
 
@@ -42,13 +47,16 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--model",
         "--repo_id",
+        "--model_id",
         dest="model",
         help="A hub id or a local folder: a WD14 tagger (model.onnx + selected_tags.csv), BLIP, BLIP-2, GIT or "
         f"Florence-2; with --endpoint, the served model's name. Default: kohya's tagger, {DEFAULT_TAGGER}.",
     )
     group.add_argument(
         "--model_dir",
-        help="kohya's tagger download folder: a MODEL_DIR/owner_name/ copy of --model there is used as it is.",
+        default="wd14_tagger_model",
+        help="kohya's tagger download folder: a MODEL_DIR/owner_name/ copy of --model there is used as it is "
+        "(other downloads go to the hub cache).",
     )
     group.add_argument("--force_download", action="store_true", help="Download the model again.")
     group.add_argument(
@@ -62,6 +70,9 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--device", help="cpu, cuda or cuda:N (default: cuda when there is one, else the CPU)."
+    )
+    group.add_argument(
+        "--debug", action="store_true", help="Print each image's caption (a tagger: its tags by category)."
     )
 
 
@@ -130,7 +141,6 @@ def _add_tagger_flags(parser: argparse.ArgumentParser) -> None:
         help="Split a character tag's series: `chara_name_(series)` becomes `chara_name, series`.",
     )
     group.add_argument("--frequency_tags", action="store_true", help="Print how often each tag was written.")
-    group.add_argument("--debug", action="store_true", help="Print each image's tags.")
 
 
 def _add_captioner_flags(parser: argparse.ArgumentParser) -> None:
@@ -223,7 +233,11 @@ def main(argv: list[str]) -> int:
     jobs = plan_jobs(images, args.caption_extension, policy, summary)
     if jobs:
         captioner = open_captioner(args)
-        caption_images(folder, jobs, captioner, policy, summary, workers=args.max_data_loader_n_workers)
+        # --debug: each caption as it is written (a tagger prints its own, per tag category).
+        show = _print_caption(folder) if args.debug and not getattr(captioner, "debug", False) else None
+        caption_images(
+            folder, jobs, captioner, policy, summary, workers=args.max_data_loader_n_workers, on_caption=show
+        )
         if report := getattr(captioner, "report", None):
             for line in report():
                 print(line)
@@ -232,3 +246,14 @@ def main(argv: list[str]) -> int:
         print(f"error: {message}", file=sys.stderr)
         return 1
     return 0
+
+
+def _print_caption(folder: Path) -> Callable[[CaptionJob, str], None]:
+    from tqdm import tqdm
+
+    from loracraft.caption.images import relative_name
+
+    def show(job: CaptionJob, caption: str) -> None:
+        tqdm.write(f"{relative_name(job.image, folder)}: {caption}")
+
+    return show
