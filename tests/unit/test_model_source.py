@@ -24,7 +24,7 @@ from loracraft.tools.caption import make_parser
 
 REPO = "someone/tiny-captioner"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
-SMALL_FILES = ["*.json", "*.csv", "*.txt", "*.model", "*.py", "*.tiktoken"]
+SMALL_FILES = ["*.json", "*.csv", "*.txt", "*.model", "*.tiktoken"]  # never *.py: no repository code
 KINDS_WE_TAKE = "a WD14 tagger (model.onnx with selected_tags.csv), BLIP, BLIP-2, GIT or Florence-2"
 
 

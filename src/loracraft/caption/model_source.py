@@ -23,7 +23,8 @@ from loracraft.errors import UserError
 DEFAULT_TAGGER = "SmilingWolf/wd-v1-4-convnext-tagger-v2"
 TAGGER_MODEL = "model.onnx"
 TAGGER_TAGS = "selected_tags.csv"
-_SMALL_FILES = ["*.json", "*.csv", "*.txt", "*.model", "*.py", "*.tiktoken"]
+# A repository's Python files are never fetched: loracraft runs no code from a model repository.
+_SMALL_FILES = ["*.json", "*.csv", "*.txt", "*.model", "*.tiktoken"]
 # The hub's rule: ASCII letters, digits, `_`, `-` and `.`, neither first nor last (`./name` is a path).
 _HUB_ID = re.compile(r"^\w(?:[\w.-]*\w)?/\w(?:[\w.-]*\w)?$", re.ASCII)
 
@@ -92,13 +93,20 @@ def model_kind(folder: Path, name: str) -> ModelKind:
     if not config.is_file():
         raise UserError(f"--model {name}: {folder} holds no captioning model; pass {_KINDS_TEXT} folder")
     try:
-        model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
+        settings = json.loads(config.read_text(encoding="utf-8"))
+        model_type = settings.get("model_type")
     except (OSError, ValueError, AttributeError) as error:
         raise UserError(f"--model {name}: cannot read {config} ({error}); download the model again") from None
     if model_type not in MODEL_TYPES:
         raise UserError(
             f"--model {name} is a {model_type or 'untyped'} model, not a captioner loracraft runs; "
             f"use {_KINDS_TEXT} model, or --endpoint for other vision-language models"
+        )
+    if MODEL_TYPES[model_type] is ModelKind.FLORENCE2 and "auto_map" in settings:
+        # Its config points at Python files in the repository (trust_remote_code): never run, never fetched.
+        raise UserError(
+            f"--model {name} is Florence-2's original release, which runs its own code; use its "
+            "transformers conversion instead, e.g. --model florence-community/Florence-2-large"
         )
     return MODEL_TYPES[model_type]
 

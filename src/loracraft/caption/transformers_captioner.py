@@ -16,13 +16,13 @@ A caption is written on one line, since kohya trains on a caption file's first l
 
 The images of a batch go through the processor and `generate` together, on `--device` (the GPU when there
 is one) in fp16 on CUDA. Florence-2 is native in transformers 4.56 and newer; the original
-remote-code release (microsoft/Florence-2-*) is not run, since that would run the repository's code.
+remote-code release (microsoft/Florence-2-*) is refused by model_source, since it would run the
+repository's code.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -251,11 +251,6 @@ def _load(folder: Path, kind: ModelKind, name: str, dtype: torch.dtype) -> tuple
             f"--model {name} is {kind.value}, which needs transformers {FLORENCE_TRANSFORMERS} or newer "
             f"(this is {transformers.__version__}): pip install -U transformers"
         )
-    if kind is ModelKind.FLORENCE2 and _is_remote_code(folder):
-        raise UserError(
-            f"--model {name} is Florence-2's original release, which runs its own code; use its "
-            "transformers conversion instead, e.g. --model florence-community/Florence-2-large"
-        )
     dtype_keyword = "torch_dtype" if _older_than(transformers.__version__, "4.56") else "dtype"
     try:
         processor = transformers.AutoProcessor.from_pretrained(folder)
@@ -267,14 +262,6 @@ def _load(folder: Path, kind: ModelKind, name: str, dtype: torch.dtype) -> tuple
             "again (--force_download for a hub id)"
         ) from None
     return processor, model.eval()
-
-
-def _is_remote_code(folder: Path) -> bool:
-    """Whether the model's config points at code in its repository (`auto_map`), not at transformers'."""
-    try:
-        return "auto_map" in json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
 
 
 def _older_than(version: str, minimum: str) -> bool:
