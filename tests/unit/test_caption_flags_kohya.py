@@ -8,6 +8,7 @@ changes on purpose, UNSUPPORTED the flags it lacks (each refused in one line by 
 
 import pytest
 
+from kohya_flags import assert_takes_kohya_flags, parser_defaults
 from loracraft.caption.model_source import DEFAULT_TAGGER
 from loracraft.errors import UserError
 from loracraft.tools import caption
@@ -67,23 +68,10 @@ UNSUPPORTED = {
 }  # fmt: skip
 
 
-def our_defaults() -> dict[str, object]:
-    found = {}
-    for action in caption.make_parser()._actions:
-        for name in action.option_strings or [action.dest]:
-            found[name] = action.default
-    return found
-
-
 @pytest.mark.parametrize("script", sorted(KOHYA_FLAGS))
 def test_every_kohya_flag_is_taken_with_kohya_s_default(script):
-    ours = our_defaults()
-    for flag, default in KOHYA_FLAGS[script].items():
-        if flag in UNSUPPORTED:
-            assert flag not in ours
-            continue
-        assert flag in ours, f"{script}: {flag} missing"
-        assert ours[flag] == DIFFERENCES.get((script, flag), default), f"{script}: {flag}"
+    ours = parser_defaults(caption.make_parser())
+    assert_takes_kohya_flags(script, ours, KOHYA_FLAGS[script], DIFFERENCES, UNSUPPORTED)
 
 
 def test_the_default_model_is_kohya_s_tagger():

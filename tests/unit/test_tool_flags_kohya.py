@@ -8,6 +8,7 @@ on purpose (README, "Where loracraft deliberately differs from kohya"); UNSUPPOR
 
 import pytest
 
+from kohya_flags import assert_takes_kohya_flags, parser_defaults
 from loracraft.tools import epoch_grid, extract_lora, inspect_lora, merge_lora, resize_lora
 
 KOHYA_FLAGS = {
@@ -54,28 +55,13 @@ DIFFERENCES = {
 UNSUPPORTED = {"--lbws"}
 
 
-def _defaults(module) -> dict[str, object]:
-    """Our parser's options and positionals by kohya's spelling -> their defaults."""
-    found = {}
-    for action in module.make_parser()._actions:
-        names = action.option_strings or [action.dest]
-        for name in names:
-            found[name] = action.default
-    return found
-
-
 @pytest.mark.parametrize("script", sorted(KOHYA_FLAGS))
 def test_every_kohya_flag_is_taken_with_kohya_s_default(script):
-    ours = _defaults(OURS[script])
+    ours = parser_defaults(OURS[script].make_parser())
     if script == "check_lora_weights.py":
         ours["file"] = None  # our positional takes several files (FILE...)
         assert "-s" in ours
-    for flag, default in KOHYA_FLAGS[script].items():
-        if flag in UNSUPPORTED:
-            assert flag not in ours
-            continue
-        assert flag in ours, f"{script}: {flag} missing"
-        assert ours[flag] == DIFFERENCES.get((script, flag), default), f"{script}: {flag}"
+    assert_takes_kohya_flags(script, ours, KOHYA_FLAGS[script], DIFFERENCES, UNSUPPORTED)
 
 
 def test_an_unsupported_kohya_flag_is_one_line():

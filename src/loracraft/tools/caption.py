@@ -155,11 +155,13 @@ def _add_captioner_flags(parser: argparse.ArgumentParser) -> None:
         help="Florence-2's task: <CAPTION>, <DETAILED_CAPTION> or <MORE_DETAILED_CAPTION>.",
     )
     group.add_argument(
-        "--beam_search", action="store_true", help="Beam search instead of nucleus sampling (BLIP)."
+        "--beam_search",
+        action="store_true",
+        help="Beam search with --num_beams (otherwise nucleus sampling with --top_p; GIT decodes greedily).",
     )
     group.add_argument("--num_beams", type=int, default=1, help="Beams of the beam search.")
     group.add_argument(
-        "--top_p", type=float, default=0.9, help="Nucleus sampling's top_p (BLIP without beam search)."
+        "--top_p", type=float, default=0.9, help="Nucleus sampling's top_p (without --beam_search; not GIT)."
     )
     group.add_argument(
         "--max_length", type=int, help="Longest caption in tokens (default: BLIP 75, GIT 50, others 256)."
