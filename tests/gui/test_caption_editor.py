@@ -72,7 +72,7 @@ def test_a_folder_loads_its_images_and_captions_and_bad_values_are_one_line(phot
     bad = {
         ("", ".txt", ","): "give the folder of images whose captions to edit",
         (str(tmp_path / "none"), ".txt", ","): f"{tmp_path / 'none'} does not exist; pass the folder that holds the images",
-        (str(photos), "txt", ","): "--caption_extension 'txt': give it with its dot, e.g. .txt",
+        (str(photos), "txt", ","): "--caption_extension 'txt': start it with a dot, e.g. .txt",
         (str(photos), ".txt", ""): "--caption_separator is empty; give the text between tags, e.g. ','",
     }  # fmt: skip
     for (folder, extension, separator), message in bad.items():

@@ -181,7 +181,7 @@ def test_a_caption_file_appearing_after_the_plan_is_not_overwritten(folder):
         ),
         (["--add", "a", "--keep_tokens", "-1"], "error: --keep_tokens -1: use 0 or more"),
         (["--top", "-1"], "error: --top -1: use 0 (no tag counts) or more"),
-        (["--caption_extension", "txt"], "error: --caption_extension txt: start it with a dot"),
+        (["--caption_extension", "txt"], "error: --caption_extension 'txt': start it with a dot, e.g. .txt"),
         (["--trigger", "a, b"], "error: --trigger 'a, b': one tag each"),
         (["--rename", "a"], "error: caption edit: argument --rename: expected 2 arguments"),
     ],

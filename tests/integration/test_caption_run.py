@@ -158,3 +158,24 @@ def test_debug_prints_each_caption_as_it_is_written(folder, capsys):
     assert sorted(name for name, *_ in shown) == ["blue", "green", "red"]
     for name, *rgb in shown:  # each line is its own image's caption (JPEG moves a colour by a step or two)
         assert all(abs(int(got) - want) <= 3 for got, want in zip(rgb, COLOURS[name], strict=True))
+
+
+@pytest.mark.parametrize("extension", ["txt", "."])
+def test_a_caption_extension_without_its_dot_is_one_line_before_anything_is_written(folder, extension):
+    from loracraft.tools.caption import main
+
+    with pytest.raises(
+        UserError, match=rf"^--caption_extension '{re.escape(extension)}': start it with a dot"
+    ):
+        main(
+            [
+                str(folder),
+                "--endpoint",
+                "http://127.0.0.1:9/v1",
+                "--model",
+                "m",
+                "--caption_extension",
+                extension,
+            ]
+        )
+    assert not list(folder.rglob("*txt"))

@@ -39,6 +39,13 @@ def load_rgb(path: Path) -> Image.Image:
     return rgb
 
 
+def checked_caption_extension(caption_extension: str) -> str:
+    """`--caption_extension` as kohya appends it to the image's stem: it must start with its dot."""
+    if not caption_extension.startswith(".") or caption_extension == ".":
+        raise UserError(f"--caption_extension {caption_extension!r}: start it with a dot, e.g. .txt")
+    return caption_extension
+
+
 def caption_path(image: Path, caption_extension: str) -> Path:
     """Where the caption of `image` is: `<stem><caption_extension>` beside it, as kohya reads it."""
     return image.with_name(image.stem + caption_extension)

@@ -36,7 +36,7 @@ from loracraft.caption.caption_folder import (
     plan_changes,
     read_caption_folder,
 )
-from loracraft.caption.images import relative_name
+from loracraft.caption.images import checked_caption_extension, relative_name
 from loracraft.caption.tag_edits import TagEdits, edit_caption, split_tags, tag_counts
 from loracraft.errors import UserError
 from loracraft.tools.caption_edit import summary_lines
@@ -109,8 +109,7 @@ def load_folder(
     """The folder's images and captions, read as `caption edit` reads them; a bad value is one line."""
     if not folder.strip():
         raise UserError("give the folder of images whose captions to edit")
-    if not caption_extension.startswith(".") or caption_extension == ".":
-        raise UserError(f"--caption_extension {caption_extension!r}: give it with its dot, e.g. .txt")
+    checked_caption_extension(caption_extension)
     TagEdits(separator=separator, keep_tokens_separator=keep_tokens_separator)  # checks both, in one line
     files = read_caption_folder(Path(folder.strip()), caption_extension, recursive)
     state = EditorState(Path(folder.strip()), separator, keep_tokens_separator, tuple(files))

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from loracraft.caption.model_source import DEFAULT_TAGGER
 from loracraft.errors import UserError
-from loracraft.tools.tool_parser import ToolParser
+from loracraft.tools.tool_parser import ToolParser, add_caption_extension_flag
 
 if TYPE_CHECKING:
     from loracraft.caption.run import CaptionJob
@@ -78,13 +78,7 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
 
 def _add_file_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("caption files")
-    group.add_argument(
-        "--caption_extension",
-        "--caption_extention",
-        dest="caption_extension",
-        default=".txt",
-        help="The caption files' extension.",
-    )
+    add_caption_extension_flag(group)
     group.add_argument(
         "--prefix", default="", help="Text put before each caption (a trigger word), joined by a space."
     )
@@ -208,8 +202,6 @@ def check_flags(args: argparse.Namespace) -> None:
         raise UserError(f"--retries {args.retries}: use 0 or more")
     if args.endpoint and not args.model:
         raise UserError("--endpoint needs --model NAME: the model the server should answer with")
-    if not args.caption_extension.startswith("."):
-        raise UserError(f"--caption_extension {args.caption_extension}: start it with a dot, e.g. .txt")
 
 
 def main(argv: list[str]) -> int:

@@ -30,7 +30,7 @@ from loracraft.caption.caption_folder import (
 from loracraft.caption.images import relative_name
 from loracraft.caption.tag_edits import TagEdits, most_frequent, split_tags, tag_count_changes, tag_counts
 from loracraft.errors import UserError
-from loracraft.tools.tool_parser import ToolParser
+from loracraft.tools.tool_parser import ToolParser, add_caption_extension_flag
 
 # Images named in the summary line; the rest are counted.
 MAX_NAMED = 5
@@ -100,13 +100,7 @@ def _add_edit_flags(parser: argparse.ArgumentParser) -> None:
 
 def _add_reading_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("how captions are read (kohya's flags)")
-    group.add_argument(
-        "--caption_extension",
-        "--caption_extention",
-        dest="caption_extension",
-        default=".txt",
-        help="The caption files' extension.",
-    )
+    add_caption_extension_flag(group)
     group.add_argument("--caption_separator", default=",", help="The text between tags.")
     group.add_argument(
         "--keep_tokens", type=int, default=0, help="The first N tags are fixed: sort and dedupe leave them."
@@ -146,8 +140,6 @@ def edits_from_args(args: argparse.Namespace) -> TagEdits:
 def check_flags(args: argparse.Namespace) -> None:
     if args.top < 0:
         raise UserError(f"--top {args.top}: use 0 (no tag counts) or more")
-    if not args.caption_extension.startswith("."):
-        raise UserError(f"--caption_extension {args.caption_extension}: start it with a dot, e.g. .txt")
 
 
 def tag_lines(before: Counter[str], after: Counter[str] | None, top: int) -> list[str]:

@@ -32,6 +32,21 @@ def add_overwrite_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_caption_extension_flag(parser: argparse._ActionsContainer) -> None:
+    """kohya's `--caption_extension` (and its old spelling `--caption_extention`), `.txt` as kohya's tagger
+    and the kohya_ss GUI write; a value without its dot is refused in one line."""
+    from loracraft.caption.images import checked_caption_extension
+
+    parser.add_argument(
+        "--caption_extension",
+        "--caption_extention",
+        dest="caption_extension",
+        default=".txt",
+        type=checked_caption_extension,
+        help="The caption files' extension.",
+    )
+
+
 def add_tokenizer_flags(parser: argparse.ArgumentParser) -> None:
     """Where a single-file model's tokenizers are when none lie beside it and the hub is out of reach
     (the model loader's message names these flags)."""
