@@ -179,3 +179,16 @@ def test_a_caption_extension_without_its_dot_is_one_line_before_anything_is_writ
             ]
         )
     assert not list(folder.rglob("*txt"))
+
+
+def test_caption_files_are_replaced_atomically(folder):
+    """A new file moved over the old one (a new inode, no temporary file left): an interrupted run never
+    leaves half a caption."""
+    from loracraft.atomic import leftover_temp_files
+
+    (folder / "red.txt").write_text("old words", encoding="utf-8")
+    before = (folder / "red.txt").stat().st_ino
+    run(folder, ColourNamer(), CaptionPolicy(overwrite=True))
+    assert (folder / "red.txt").stat().st_ino != before
+    assert (folder / "red.txt").read_text() == "red, square\n"
+    assert leftover_temp_files(folder / "red.txt") == []
